@@ -1,0 +1,166 @@
+"""The probe catalogue: semantic events and the probes that observe them, as data.
+
+tracers/events.txt names the events the correlator understands;
+tracers/probes.txt maps each event to concrete probes per probe source and
+QEMU version. Both are parsed once into validated objects; every error names
+the file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CatalogueError
+from .paths import TRACERS
+
+SOURCES = ("uprobe", "usdt", "tracepoint")
+FILTERS = ("proc", "watched", "switch", "wakee", "workers")
+N_ARGS = 4
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    name: str
+    code: int
+    arg_names: tuple[str, ...]
+    description: str
+    where: str
+
+    @property
+    def has_strings(self) -> bool:
+        return self.name == "node.name"
+
+
+@dataclass(frozen=True)
+class VersionMatch:
+    """A QEMU version constraint: "*", "7.2", ">=8.0" or "<8.2" (major.minor)."""
+
+    op: str  # "*", "==", ">=", "<"
+    version: tuple[int, int]
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "VersionMatch":
+        if text == "*":
+            return cls("*", (0, 0))
+        m = re.fullmatch(r"(>=|<)?(\d+)\.(\d+)", text)
+        if not m:
+            raise CatalogueError(f"{where}: bad QEMU version constraint {text!r} (use *, 7.2, >=8.0 or <8.2)")
+        return cls(m.group(1) or "==", (int(m.group(2)), int(m.group(3))))
+
+    def matches(self, version: tuple[int, int]) -> bool:
+        if self.op == "*":
+            return True
+        if self.op == "==":
+            return version == self.version
+        if self.op == ">=":
+            return version >= self.version
+        return version < self.version
+
+    @property
+    def specificity(self) -> int:
+        return {"*": 0, ">=": 1, "<": 1, "==": 2}[self.op]
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    event: str
+    source: str
+    qemu: VersionMatch
+    target: str
+    filter: str
+    args: tuple[str, ...]  # bpftrace expressions, "0" when unused; "str:" prefix for strings
+    where: str
+
+    @property
+    def slot(self) -> tuple[str, str, str]:
+        """Lines with the same slot are alternatives for different QEMU versions."""
+        return (self.event, self.source, self.target)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    events: dict[str, EventSpec]
+    probes: tuple[ProbeSpec, ...]
+
+    def by_code(self) -> dict[int, EventSpec]:
+        return {e.code: e for e in self.events.values()}
+
+    def select(self, version: tuple[int, int], sources: tuple[str, ...]) -> list[ProbeSpec]:
+        """The probes that apply to a QEMU `version`, for the given probe sources.
+
+        For each slot (event, source, target) the most specific matching line wins.
+        """
+        best: dict[tuple[str, str, str], ProbeSpec] = {}
+        for p in self.probes:
+            if p.source not in sources or not p.qemu.matches(version):
+                continue
+            cur = best.get(p.slot)
+            if cur is None or p.qemu.specificity > cur.qemu.specificity:
+                best[p.slot] = p
+        return [p for p in self.probes if best.get(p.slot) is p]
+
+
+def _lines(path: Path):
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CatalogueError(f"{path}: cannot read probe catalogue: {err.strerror}") from err
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield f"{path.name}:{lineno}", line
+
+
+def parse_events(path: Path) -> dict[str, EventSpec]:
+    events: dict[str, EventSpec] = {}
+    for where, line in _lines(path):
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise CatalogueError(f"{where}: expected NAME ARGS DESCRIPTION")
+        name, args, description = parts
+        if not re.fullmatch(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", name):
+            raise CatalogueError(f"{where}: bad event name {name!r}")
+        if name in events:
+            raise CatalogueError(f"{where}: event {name} defined twice (first at {events[name].where})")
+        arg_names = tuple(args.split(","))
+        if len(arg_names) != N_ARGS:
+            raise CatalogueError(f"{where}: event {name} must list {N_ARGS} argument names (use - for unused)")
+        events[name] = EventSpec(name, len(events) + 1, arg_names, description, where)
+    return events
+
+
+def parse_probes(path: Path, events: dict[str, EventSpec]) -> tuple[ProbeSpec, ...]:
+    probes = []
+    for where, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 5 + N_ARGS:
+            raise CatalogueError(
+                f"{where}: expected EVENT SOURCE QEMU TARGET FILTER and {N_ARGS} args, got {len(parts)} columns"
+            )
+        event, source, qemu, target, filt, *args = parts
+        if event not in events:
+            raise CatalogueError(f"{where}: unknown event {event!r} (not in events.txt)")
+        if source not in SOURCES:
+            raise CatalogueError(f"{where}: unknown probe source {source!r} (one of {', '.join(SOURCES)})")
+        if filt not in FILTERS:
+            raise CatalogueError(f"{where}: unknown filter {filt!r} (one of {', '.join(FILTERS)})")
+        if source == "tracepoint" and not re.fullmatch(r"[a-z_0-9]+:[a-z_0-9]+", target):
+            raise CatalogueError(f"{where}: tracepoint target must be category:name, got {target!r}")
+        if source != "tracepoint" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", target):
+            raise CatalogueError(f"{where}: bad symbol or probe name {target!r}")
+        exprs = tuple("0" if a == "-" else a for a in args)
+        if any(a.startswith("str:") for a in exprs) != events[event].has_strings:
+            raise CatalogueError(f"{where}: string arguments are only for node.name")
+        probes.append(ProbeSpec(event, source, VersionMatch.parse(qemu, where), target, filt, exprs, where))
+    mapped = {p.event for p in probes}
+    for name, spec in events.items():
+        if name not in mapped:
+            raise CatalogueError(f"{spec.where}: event {name} has no probe in {path.name}")
+    return tuple(probes)
+
+
+def load(directory: Path = TRACERS) -> Catalogue:
+    events = parse_events(directory / "events.txt")
+    return Catalogue(events, parse_probes(directory / "probes.txt", events))

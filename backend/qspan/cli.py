@@ -1,0 +1,257 @@
+"""The qspan command line. Every failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__, catalogue, correlate, lab, program, recording, target, tracer
+from .errors import QspanError, RecordingError, TracerError
+
+EXAMPLES = """\
+examples:
+  qspan ps                                     list running QEMU processes
+  qspan tracer --pid 1234 --print              show the bpftrace program for PID 1234
+  qspan record --pid 1234 --duration 10 --out trace.qspan
+  qspan spans trace.qspan --out spans.json     correlate a recording into spans
+  qspan attach --pid 1234 --duration 10 --out spans.json
+  qspan lab up && qspan lab load --qd 4 --count 2000 --verify && qspan lab down
+"""
+
+
+def _progress(msg: str) -> None:
+    print(f"qspan: {msg}", file=sys.stderr, flush=True)
+
+
+# -- inspection ---------------------------------------------------------------
+
+
+def cmd_ps(args) -> int:
+    pids = target.list_qemu_pids()
+    if not pids:
+        print("no QEMU processes running")
+        return 0
+    print(f"{'PID':>8}  {'VERSION':<8} {'PROBES':<7} {'QMP':<28} BINARY")
+    for pid in pids:
+        try:
+            t = target.inspect(pid)
+            print(f"{pid:>8}  {t.version or '?':<8} {t.probe_source:<7} {t.qmp_path or '-':<28} {t.exe}")
+        except QspanError as err:
+            print(f"{pid:>8}  {'?':<8} {'-':<7} {'-':<28} ({err})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    t = target.inspect(args.pid)
+    print(json.dumps(t.header() | {"exported_symbols": len(t.symbols)}, indent=2))
+    return 0
+
+
+def _program_for(pid: int) -> tuple[target.Target, catalogue.Catalogue, program.Program]:
+    t = target.inspect(pid)
+    cat = catalogue.load()
+    return t, cat, program.generate(cat, program.program_input(t))
+
+
+def cmd_tracer(args) -> int:
+    t, _cat, prog = _program_for(args.pid)
+    if args.print:
+        sys.stdout.write(prog.text)
+        for why in prog.skipped:
+            print(f"// skipped {why}")
+        return 0
+    print("nothing to do: use --print", file=sys.stderr)
+    return 2
+
+
+# -- tracing ------------------------------------------------------------------
+
+
+def _header(t: target.Target, cat: catalogue.Catalogue, prog: program.Program) -> dict:
+    return {
+        "tool": f"qspan {__version__}",
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": t.header(),
+        "codes": {str(e.code): e.name for e in cat.events.values()},
+        "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
+        "skipped_probes": list(prog.skipped),
+    }
+
+
+def trace_to_file(pid: int, duration_s: float, out: Path) -> tuple[tracer.TraceResult, dict]:
+    """Trace PID for duration_s seconds into recording `out`; Ctrl-C ends the trace early."""
+    tracer.check_can_trace()
+    t, cat, prog = _program_for(pid)
+    header = _header(t, cat, prog)
+    session = tracer.TraceSession(prog.text, pid)
+    old = signal.signal(signal.SIGINT, lambda *_: session.stop())
+    try:
+        with open(out, "w") as f:
+            writer = recording.RecordingWriter(f, header)
+            _progress(f"attaching {len(prog.probes)} probes to QEMU {t.version} (PID {pid}) ...")
+            result = session.run(
+                writer.line, duration_s,
+                on_attached=lambda: _progress(f"attached; tracing for {duration_s:g} s (Ctrl-C stops)"),
+            )
+            writer.end(result.summary())
+    finally:
+        signal.signal(signal.SIGINT, old)
+    msg = f"{result.event_lines} events in {result.traced_s:.1f} s"
+    if result.lost_events:
+        msg += f", {result.lost_events} EVENTS LOST (spans touching them are marked incomplete)"
+    _progress(msg)
+    return result, header
+
+
+def _check_ended(result: tracer.TraceResult, pid: int, out: Path) -> None:
+    if result.reason == "qemu-exited":
+        raise TracerError(f"QEMU PID {pid} exited during the trace; the {result.event_lines} events seen are saved in {out}")
+    if result.reason == "tracer-died":
+        raise TracerError(f"bpftrace stopped unexpectedly: {tracer._errors(result.stderr)}; events so far are in {out}")
+
+
+def cmd_record(args) -> int:
+    out = Path(args.out)
+    result, _ = trace_to_file(args.pid, args.duration, out)
+    _progress(f"recording written to {out}")
+    _check_ended(result, args.pid, out)
+    return 0
+
+
+def _write_spans(rec: recording.Recording, out: Path) -> dict:
+    res = correlate.correlate([*rec.events, *rec.lost], rec.header)
+    doc = res.to_json(rec.header)
+    doc["trace"]["end"] = rec.end
+    doc["trace"]["truncated"] = rec.truncated
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    s = res.stats
+    _progress(
+        f"{s['spans']} spans from {s['events']} events -> {out}"
+        + (f" ({s['incomplete']} incomplete: {s['lost_events']} events lost)" if s["lost_events"] else "")
+    )
+    return doc
+
+
+def cmd_spans(args) -> int:
+    rec = recording.read(args.recording, allow_truncated=args.allow_truncated)
+    _write_spans(rec, Path(args.out))
+    return 0
+
+
+def cmd_attach(args) -> int:
+    out = Path(args.out)
+    rec_path = Path(args.record) if args.record else out.with_suffix(".qspan")
+    result, _ = trace_to_file(args.pid, args.duration, rec_path)
+    rec = recording.read(rec_path)
+    _write_spans(rec, out)
+    _check_ended(result, args.pid, rec_path)
+    return 0
+
+
+# -- lab ----------------------------------------------------------------------
+
+
+def cmd_lab(args) -> int:
+    d = Path(args.dir)
+    if args.lab_cmd == "up":
+        info = lab.up(d, scenario=args.scenario, progress=_progress)
+        print(f"pid {info.pid}")
+        print(f"qmp {info.qmp}")
+        print(f"console {info.console}")
+        return 0
+    if args.lab_cmd == "down":
+        print("lab stopped" if lab.down(d) else "no lab running")
+        return 0
+    if args.lab_cmd == "status":
+        info = lab.status(d)
+        print(json.dumps(info.__dict__, indent=1) if info else "no lab running")
+        return 0 if info else 1
+    if args.lab_cmd == "load":
+        info = lab.status(d)
+        if info is None:
+            raise lab.LabError(f"no lab running in {d}: run 'qspan lab up' first")
+        res = lab.load(info, " ".join(args.load_args))
+        print(res.output.strip())
+        return res.rc
+    raise AssertionError(args.lab_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qspan", description="Per-request latency tracing for QEMU block I/O.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"qspan {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("ps", help="list running QEMU processes and how they can be traced").set_defaults(fn=cmd_ps)
+    s = sub.add_parser("inspect", help="show what qspan knows about one QEMU process")
+    s.add_argument("--pid", type=int, required=True)
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("tracer", help="show the generated bpftrace program")
+    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--print", action="store_true", help="print the program (nothing is attached)")
+    s.set_defaults(fn=cmd_tracer)
+
+    s = sub.add_parser("record", help="trace a QEMU process into a replayable recording")
+    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default 10)")
+    s.add_argument("--out", required=True, help="recording file to write")
+    s.set_defaults(fn=cmd_record)
+
+    s = sub.add_parser("spans", help="correlate a recording into spans JSON")
+    s.add_argument("recording")
+    s.add_argument("--out", required=True, help="spans JSON file to write")
+    s.add_argument("--allow-truncated", action="store_true", help="analyse a recording that has no end marker")
+    s.set_defaults(fn=cmd_spans)
+
+    s = sub.add_parser("attach", help="trace a QEMU process and write spans JSON (keeps the recording)")
+    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--duration", type=float, default=10.0)
+    s.add_argument("--out", required=True, help="spans JSON file to write")
+    s.add_argument("--record", help="where to keep the recording (default: OUT with .qspan suffix)")
+    s.set_defaults(fn=cmd_attach)
+
+    s = sub.add_parser("lab", help="the reproducible QEMU lab")
+    s.add_argument("--dir", default=str(lab.DEFAULT_DIR), help="lab state directory (default %(default)s)")
+    lsub = s.add_subparsers(dest="lab_cmd", required=True)
+    u = lsub.add_parser("up", help="start a lab QEMU and boot its guest")
+    u.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
+    lsub.add_parser("down", help="stop the lab QEMU")
+    lsub.add_parser("status", help="show the running lab")
+    ld = lsub.add_parser("load", help="run qspan-load in the guest, e.g. --op write --qd 4 --count 2000 --verify")
+    ld.set_defaults(load_args=[])  # everything after "load" goes to qspan-load verbatim (see main)
+    s.set_defaults(fn=cmd_lab)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    load_args: list[str] = []
+    if argv[:1] == ["lab"] and "load" in argv:
+        # qspan-load's own options (--op, --qd, ...) would confuse argparse: pass them through.
+        i = argv.index("load")
+        argv, load_args = argv[: i + 1], argv[i + 1 :]
+    args = build_parser().parse_args(argv)
+    if load_args:
+        args.load_args = load_args
+    try:
+        return args.fn(args)
+    except QspanError as err:
+        print(f"qspan: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("qspan: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The correlator: typed events in, per-request spans out. Pure and deterministic.
+
+No clock, file, socket or subprocess in here: the same input gives the same
+spans, whether it comes from a live tracer, a recording or a test.
+
+How a guest request is followed (QEMU's own model):
+
+* `req.submit` (blk_aio_pwritev, ...) on a thread opens a request; the next
+  coroutine *entered for the first time* on that thread is the request's
+  coroutine (blk_aio_prwv creates and enters it straight away).
+* A coroutine first entered while a request's coroutine is running is a child
+  of that request (e.g. a driver spawning a background write to its backing
+  node): it is linked to the request but is not on its critical path.
+* The request's coroutine alternates between running and waiting. A wait
+  starts at its yield and ends when it is entered again. Inside a wait the
+  *ready* point is the first signal that the awaited work is done: the worker
+  syscall's return for a thread-pool hop (matched by file offset), or a
+  cross-thread `co.schedule`/`co.wake` naming the coroutine. From ready to
+  resumed the request waits for its home thread only: a *handoff*, whose time
+  is attributed from that thread's timeline (which coroutines ran, event loop,
+  asleep, runnable off-CPU).
+* The request ends when its coroutine terminates.
+
+Phases are contiguous and add up to the span's duration by construction:
+submit, then per wait (queue, device | remote | wait), handoff, then run ...,
+and complete for the last running stretch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .events import CO_ENTER, CO_TERMINATE, CO_YIELD, OP_NAMES, Event, Lost
+from .spans import Handoff, InsteadItem, NodeVisit, Phase, PoolHop, Result, Span
+
+# Timeline segments older than this are dropped; a handoff longer than this is
+# attributed only over its last TIMELINE_HORIZON_NS.
+TIMELINE_HORIZON_NS = 2_000_000_000
+INSTEAD_TOP = 5
+
+
+@dataclass
+class _Segment:
+    start_ns: int
+    end_ns: int
+    kind: str  # co, loop, asleep, runnable
+    co: int
+    request: int | None
+    node: str | None
+
+
+@dataclass
+class _Wait:
+    yield_ns: int
+    pool: PoolHop | None = None
+    ready_ns: int | None = None
+    signal: str = "unknown"
+    from_tid: int = 0
+
+
+@dataclass
+class _Req:
+    id: int
+    op: int
+    blk: int
+    offset: int
+    bytes: int
+    tid: int
+    submit_ns: int
+    co: int = 0
+    cursor_ns: int = 0  # end of the last closed phase
+    run_name: str = "submit"
+    wait: _Wait | None = None
+    ack_ns: int | None = None
+    phases: list[Phase] = field(default_factory=list)
+    handoffs: list[Handoff] = field(default_factory=list)
+    nodes: list[NodeVisit] = field(default_factory=list)
+    pool: list[PoolHop] = field(default_factory=list)
+    children: list[int] = field(default_factory=list)
+    complete: bool = True
+
+    def phase(self, name: str, end_ns: int) -> None:
+        end_ns = max(end_ns, self.cursor_ns)
+        if end_ns > self.cursor_ns or not self.phases:
+            self.phases.append(Phase(name, self.cursor_ns, end_ns - self.cursor_ns))
+        self.cursor_ns = end_ns
+
+
+@dataclass
+class _PendingPool:
+    req: _Req
+    hop: PoolHop
+    offset: int | None
+    op: int
+
+
+class _Thread:
+    """What one thread is doing: its coroutine stack and, if watched, its timeline."""
+
+    def __init__(self, tid: int, watched: bool):
+        self.tid = tid
+        self.watched = watched
+        self.stack: list[int] = []
+        self.cpu = "on"  # on, asleep, runnable
+        self.seg_start: int | None = None
+        self.segments: deque[_Segment] = deque()
+        self.pending_submit: _Req | None = None
+        self.io: PoolHop | None = None  # worker: the hop whose syscall is in progress
+        self.io_req: _Req | None = None
+
+    @property
+    def current(self) -> int:
+        return self.stack[-1] if self.stack else 0
+
+
+class Correlator:
+    """Feed events in timestamp order with add(); take spans with finish()."""
+
+    def __init__(self, header: dict):
+        threads = header.get("target", {}).get("threads", [])
+        self.watched = {t["tid"] for t in threads if t.get("role") in ("main", "iothread")}
+        self.threads: dict[int, _Thread] = {}
+        self.alive: set[int] = set()  # coroutines entered and not yet terminated
+        self.co_req: dict[int, _Req] = {}
+        self.co_node: dict[int, str] = {}
+        self.node_names: dict[int, tuple[str, str]] = {}
+        self.pending_pool: list[_PendingPool] = []
+        self.next_id = 1
+        self.spans: list[Span] = []
+        self.stats = {"events": 0, "lost_events": 0, "unbound_submits": 0, "unmatched_io": 0, "incomplete": 0}
+        self.last_ts = 0
+        self.handlers = {
+            "co.switch": self._co_switch,
+            "co.schedule": self._co_signal,
+            "co.wake": self._co_signal,
+            "req.submit": self._req_submit,
+            "node.io": self._node_io,
+            "node.name": self._node_name,
+            "pool.submit": self._pool_submit,
+            "req.ack": self._req_ack,
+            "sys.io": self._sys_io,
+            "sys.io_done": self._sys_io_done,
+            "sched.switch": self._sched_switch,
+            "sched.wakeup": self._sched_wakeup,
+        }
+
+    # -- plumbing -------------------------------------------------------------
+
+    def thread(self, tid: int) -> _Thread:
+        t = self.threads.get(tid)
+        if t is None:
+            t = self.threads[tid] = _Thread(tid, tid in self.watched)
+        return t
+
+    def add(self, ev: Event | Lost) -> None:
+        if isinstance(ev, Lost):
+            self.stats["lost_events"] += ev.count
+            # Anything in flight may have missed an event: say so on its span.
+            for req in {id(r): r for r in self.co_req.values()}.values():
+                req.complete = False
+            for t in self.threads.values():
+                if t.pending_submit:
+                    t.pending_submit.complete = False
+            return
+        self.stats["events"] += 1
+        self.last_ts = ev.ts_ns
+        handler = self.handlers.get(ev.kind)
+        if handler:
+            handler(ev)
+
+    def _mark(self, t: _Thread, ts: int) -> None:
+        """Close the watched thread's current timeline segment at ts (its state is about to change)."""
+        if not t.watched:
+            return
+        if t.seg_start is not None and ts > t.seg_start:
+            if t.cpu == "on":
+                co = t.current
+                kind = "co" if co else "loop"
+            else:
+                co, kind = 0, t.cpu
+            req = self.co_req.get(co) if co else None
+            t.segments.append(_Segment(t.seg_start, ts, kind, co, req.id if req else None, self.co_node.get(co)))
+            while t.segments and t.segments[0].end_ns < ts - TIMELINE_HORIZON_NS:
+                t.segments.popleft()
+        t.seg_start = ts
+
+    def _name(self, bs: int) -> tuple[str, str]:
+        return self.node_names.get(bs, (f"0x{bs:x}", ""))
+
+    # -- coroutines -----------------------------------------------------------
+
+    def _co_switch(self, ev: Event) -> None:
+        from_co, to_co, action = ev.args[0], ev.args[1], ev.args[2]
+        t = self.thread(ev.tid)
+        self._mark(t, ev.ts_ns)
+        if action == CO_ENTER:
+            parent = t.current
+            if to_co not in self.alive:
+                self.alive.add(to_co)
+                self._bind_new(t, to_co, parent, ev.ts_ns)
+            t.stack.append(to_co)
+            req = self.co_req.get(to_co)
+            if req is not None and req.co == to_co and req.wait is not None:
+                self._resume(req, t, ev.ts_ns)
+        elif action in (CO_YIELD, CO_TERMINATE):
+            if t.stack and t.stack[-1] == from_co:
+                t.stack.pop()
+            elif from_co in t.stack:  # events were lost: resynchronise on what we know
+                del t.stack[t.stack.index(from_co):]
+            req = self.co_req.get(from_co)
+            if req is not None and req.co == from_co:
+                if action == CO_YIELD:
+                    req.phase(req.run_name, ev.ts_ns)
+                    req.run_name = "run"
+                    req.wait = _Wait(ev.ts_ns, pool=req.pool[-1] if req.pool and req.pool[-1].resumed_ns is None else None)
+                else:
+                    self._finish(req, ev.ts_ns)
+            if action == CO_TERMINATE:
+                self.alive.discard(from_co)
+                self.co_req.pop(from_co, None)
+                self.co_node.pop(from_co, None)
+
+    def _bind_new(self, t: _Thread, co: int, parent: int, ts: int) -> None:
+        req = t.pending_submit
+        if req is not None:
+            t.pending_submit = None
+            req.co = co
+            self.co_req[co] = req
+            return
+        parent_req = self.co_req.get(parent) if parent else None
+        if parent_req is not None:
+            self.co_req[co] = parent_req
+            parent_req.children.append(co)
+
+    def _co_signal(self, ev: Event) -> None:
+        co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
+        req = self.co_req.get(co)
+        if req is None or req.co != co or req.wait is None or req.wait.ready_ns is not None:
+            return
+        if ev.tid != req.tid or req.wait.pool is None:
+            req.wait.ready_ns = ev.ts_ns
+            req.wait.signal = ev.kind
+            req.wait.from_tid = ev.tid
+
+    def _resume(self, req: _Req, t: _Thread, ts: int) -> None:
+        w = req.wait
+        assert w is not None
+        req.wait = None
+        hop = w.pool
+        if hop is not None:
+            hop.resumed_ns = ts
+            if hop.io_start_ns is not None and hop.io_done_ns is not None:
+                req.phase("queue", hop.io_start_ns)
+                req.phase("device", hop.io_done_ns)
+            else:
+                req.phase("pool", w.ready_ns if w.ready_ns is not None else ts)
+        elif w.ready_ns is not None:
+            req.phase("remote" if w.from_tid != req.tid else "wait", w.ready_ns)
+        else:
+            req.phase("wait", ts)
+        if w.ready_ns is not None:
+            ready = min(max(w.ready_ns, w.yield_ns), ts)
+            req.phase("handoff", ts)
+            instead, top = self._instead(t, req, ready, ts)
+            req.handoffs.append(
+                Handoff(req.co, w.signal, w.from_tid, t.tid, ready, ts, ts - ready, w.from_tid != t.tid, instead, top)
+            )
+
+    def _instead(self, t: _Thread, req: _Req, a: int, b: int) -> tuple[dict[str, int], list[InsteadItem]]:
+        """What thread t did between a and b, while req waited for it."""
+        cats = {"other_requests": 0, "own_request": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0}
+        by_co: dict[int, InsteadItem] = {}
+        if not t.watched:
+            return {}, []
+        for seg in reversed(t.segments):
+            if seg.end_ns <= a:
+                break
+            dur = min(seg.end_ns, b) - max(seg.start_ns, a)
+            if dur <= 0:
+                continue
+            if seg.kind == "co":
+                cat = "background" if seg.request is None else "own_request" if seg.request == req.id else "other_requests"
+                item = by_co.get(seg.co)
+                if item is None:
+                    item = by_co[seg.co] = InsteadItem(seg.co, seg.request, seg.node, 0)
+                item.dur_ns += dur
+            else:
+                cat = {"loop": "event_loop"}.get(seg.kind, seg.kind)
+            cats[cat] += dur
+        top = sorted(by_co.values(), key=lambda i: (-i.dur_ns, i.co))[:INSTEAD_TOP]
+        return cats, top
+
+    # -- requests -------------------------------------------------------------
+
+    def _req_submit(self, ev: Event) -> None:
+        blk, offset, nbytes, op = ev.args
+        t = self.thread(ev.tid)
+        if t.pending_submit is not None:
+            self.stats["unbound_submits"] += 1
+        req = _Req(self.next_id, op, blk, offset, nbytes, ev.tid, ev.ts_ns, cursor_ns=ev.ts_ns)
+        self.next_id += 1
+        t.pending_submit = req
+
+    def _finish(self, req: _Req, ts: int) -> None:
+        req.phase(req.run_name if req.run_name != "run" else "complete", ts)
+        if not req.complete:
+            self.stats["incomplete"] += 1
+        self.spans.append(
+            Span(
+                id=req.id, op=OP_NAMES.get(req.op, str(req.op)), offset=req.offset, bytes=req.bytes, tid=req.tid,
+                co=req.co, start_ns=req.submit_ns, end_ns=ts, dur_ns=ts - req.submit_ns, ack_ns=req.ack_ns,
+                phases=req.phases, handoffs=req.handoffs, nodes=req.nodes, pool=req.pool, children=req.children,
+                complete=req.complete,
+            )
+        )
+
+    def _node_io(self, ev: Event) -> None:
+        bs, offset, nbytes, _op = ev.args
+        t = self.thread(ev.tid)
+        req = self.co_req.get(t.current)
+        name, driver = self._name(bs)
+        self.co_node[t.current] = name
+        if req is not None:
+            req.nodes.append(NodeVisit(name, driver, offset, nbytes, ev.ts_ns, t.current))
+
+    def _node_name(self, ev: Event) -> None:
+        self.node_names[ev.args[0]] = (str(ev.args[1]), str(ev.args[2]))
+
+    def _req_ack(self, ev: Event) -> None:
+        req = self.co_req.get(self.thread(ev.tid).current)
+        if req is not None and req.ack_ns is None:
+            req.ack_ns = ev.ts_ns
+
+    # -- thread pool ----------------------------------------------------------
+
+    def _pool_submit(self, ev: Event) -> None:
+        t = self.thread(ev.tid)
+        req = self.co_req.get(t.current)
+        if req is None:
+            return
+        hop = PoolHop(ev.ts_ns, None, None, None, None)
+        req.pool.append(hop)
+        visits = [n for n in req.nodes if n.co == t.current]
+        offset = visits[-1].offset if visits else None
+        self.pending_pool.append(_PendingPool(req, hop, offset, req.op))
+
+    def _sys_io(self, ev: Event) -> None:
+        _fd, pos, _nbytes, op = ev.args
+        match = None
+        for i, p in enumerate(self.pending_pool):
+            if p.op == op and (op == 3 or p.offset == pos):
+                match = i
+                break
+        if match is None:
+            self.stats["unmatched_io"] += 1
+            return
+        p = self.pending_pool.pop(match)
+        t = self.thread(ev.tid)
+        p.hop.worker_tid = ev.tid
+        p.hop.io_start_ns = ev.ts_ns
+        t.io, t.io_req = p.hop, p.req
+
+    def _sys_io_done(self, ev: Event) -> None:
+        t = self.thread(ev.tid)
+        hop, req = t.io, t.io_req
+        if hop is None or req is None:
+            return
+        t.io = t.io_req = None
+        hop.io_done_ns = ev.ts_ns
+        if req.wait is not None and req.wait.pool is hop and req.wait.ready_ns is None:
+            req.wait.ready_ns = ev.ts_ns
+            req.wait.signal = "sys.io_done"
+            req.wait.from_tid = ev.tid
+
+    # -- scheduler ------------------------------------------------------------
+
+    def _sched_switch(self, ev: Event) -> None:
+        prev, nxt, prev_state = ev.args[0], ev.args[1], ev.args[2]
+        if prev in self.watched:
+            t = self.thread(prev)
+            self._mark(t, ev.ts_ns)
+            # TASK_RUNNING (0) or only the preemption marker bit: still runnable
+            t.cpu = "asleep" if prev_state & 0x7F else "runnable"
+        if nxt in self.watched:
+            t = self.thread(nxt)
+            self._mark(t, ev.ts_ns)
+            t.cpu = "on"
+
+    def _sched_wakeup(self, ev: Event) -> None:
+        t = self.thread(ev.args[0])
+        if t.watched and t.cpu == "asleep":
+            self._mark(t, ev.ts_ns)
+            t.cpu = "runnable"
+
+    def finish(self) -> Result:
+        unfinished = {id(r): r for r in self.co_req.values() if r.co}
+        pending = [t.pending_submit for t in self.threads.values() if t.pending_submit]
+        stats = dict(self.stats, spans=len(self.spans), unfinished=len(unfinished) + len(pending))
+        spans = sorted(self.spans, key=lambda s: (s.start_ns, s.id))
+        return Result(spans, stats)
+
+
+def correlate(events: Iterable[Event | Lost], header: dict) -> Result:
+    """All spans of a finished event stream. Events are ordered by timestamp first
+    (bpftrace reads per-CPU buffers, so lines from different CPUs interleave)."""
+    ordered = sorted(events, key=lambda e: e.ts_ns if isinstance(e, Event) else e.after_ts_ns)
+    c = Correlator(header)
+    for ev in ordered:
+        c.add(ev)
+    return c.finish()

@@ -1,0 +1,42 @@
+"""Typed records that flow from the tracer into the correlator.
+
+An `Event` is one line of the tracer's output: which semantic event (a name
+from tracers/events.txt), when (`ts_ns`, CLOCK_MONOTONIC as bpftrace's
+`nsecs`), on which thread (`tid`), and up to four arguments whose meaning is
+given per event in events.txt and docs/events.md. `Lost` reports events that
+the kernel dropped before the tracer could read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# co.switch actions (QEMU's CoroutineAction)
+CO_YIELD = 1
+CO_TERMINATE = 2
+CO_ENTER = 3
+
+# request / syscall operation codes (req.submit, node.io, sys.io)
+OP_READ = 1
+OP_WRITE = 2
+OP_FLUSH = 3
+OP_NAMES = {OP_READ: "read", OP_WRITE: "write", OP_FLUSH: "flush"}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    ts_ns: int
+    tid: int
+    args: tuple[int | str, ...] = ()
+
+    def arg(self, i: int) -> int:
+        return self.args[i] if i < len(self.args) else 0  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The tracer reported `count` events lost; `after_ts_ns` is the last event seen before."""
+
+    count: int
+    after_ts_ns: int

@@ -1,0 +1,54 @@
+"""Turn the tracer's text lines into typed records (a generator over any iterable of lines)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from .events import Event, Lost
+
+LOST_RE = re.compile(r"Lost (\d+) events")
+
+
+class MalformedLine(ValueError):
+    def __init__(self, lineno: int, line: str, why: str):
+        super().__init__(f"line {lineno}: {why}: {line[:80]!r}")
+        self.lineno = lineno
+
+
+def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: frozenset[str] = frozenset({"node.name"}),
+                first_lineno: int = 1) -> Iterator[Event | Lost]:
+    """Yield an Event per event line and a Lost per "Lost N events" line.
+
+    `codes` maps event codes to event names (from the catalogue or a recording
+    header). Any other line raises MalformedLine: callers that read bpftrace
+    directly drop its chatter before calling this.
+    """
+    last_ts = 0
+    for lineno, line in enumerate(lines, first_lineno):
+        parts = line.split()
+        if not parts:
+            continue
+        head = parts[0]
+        if head.isdigit():
+            kind = codes.get(int(head))
+            if kind is None:
+                raise MalformedLine(lineno, line, f"unknown event code {head}")
+            if len(parts) != 7:
+                raise MalformedLine(lineno, line, f"expected 7 fields, got {len(parts)}")
+            try:
+                ts, tid = int(parts[1]), int(parts[2])
+                if kind in string_kinds:
+                    args: tuple = (int(parts[3]), parts[4], parts[5], int(parts[6]))
+                else:
+                    args = (int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6]))
+            except ValueError:
+                raise MalformedLine(lineno, line, "non-numeric field") from None
+            last_ts = ts
+            yield Event(kind, ts, tid, args)
+            continue
+        m = LOST_RE.search(line)
+        if m:
+            yield Lost(int(m.group(1)), last_ts)
+            continue
+        raise MalformedLine(lineno, line, "not an event line")

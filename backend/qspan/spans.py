@@ -1,0 +1,109 @@
+"""The span model: what the correlator produces and the spans JSON carries.
+
+Units are in the field names: `_ns` are CLOCK_MONOTONIC nanoseconds (the
+tracer's clock), `_us` microseconds. docs/spans-schema.md documents every
+field; tests/test_docs.py fails when a field here is not documented there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+SCHEMA = "qspan.spans/1"
+
+# Where the waiting thread's time went during a handoff (Handoff.instead keys).
+INSTEAD_CATEGORIES = (
+    "other_requests",  # coroutines of other guest requests ran on the thread
+    "own_request",  # coroutines of this request (children it spawned) ran
+    "background",  # coroutines not tied to any traced request ran
+    "event_loop",  # the thread ran its event loop / bottom halves, outside coroutines
+    "asleep",  # the thread was off-CPU, sleeping (in poll or blocked)
+    "runnable",  # the thread was runnable but waited for a CPU
+)
+
+
+@dataclass
+class Phase:
+    name: str
+    start_ns: int
+    dur_ns: int
+
+
+@dataclass
+class InsteadItem:
+    """One coroutine that ran on the waiting thread while a request waited."""
+
+    co: int
+    request: int | None  # request id, None for background coroutines
+    node: str | None
+    dur_ns: int
+
+
+@dataclass
+class Handoff:
+    """A wait for a thread to resume the request's coroutine once its work was ready."""
+
+    co: int
+    signal: str  # what made it ready: sys.io_done, co.schedule, co.wake, notify, unknown
+    from_tid: int  # thread that signalled readiness
+    to_tid: int  # thread that resumed the coroutine
+    ready_ns: int
+    resumed_ns: int
+    delay_ns: int
+    cross_thread: bool
+    instead_ns: dict[str, int] = field(default_factory=dict)  # INSTEAD_CATEGORIES -> ns
+    instead_top: list[InsteadItem] = field(default_factory=list)
+
+
+@dataclass
+class NodeVisit:
+    node: str  # node name, or bs pointer as hex when unnamed
+    driver: str
+    offset: int
+    bytes: int
+    ts_ns: int
+    co: int
+
+
+@dataclass
+class PoolHop:
+    submit_ns: int
+    worker_tid: int | None
+    io_start_ns: int | None
+    io_done_ns: int | None
+    resumed_ns: int | None
+
+
+@dataclass
+class Span:
+    id: int
+    op: str  # read, write, flush
+    offset: int
+    bytes: int
+    tid: int  # thread that submitted and completed it (the iothread)
+    co: int  # the request's coroutine
+    start_ns: int
+    end_ns: int
+    dur_ns: int
+    ack_ns: int | None
+    phases: list[Phase]
+    handoffs: list[Handoff]
+    nodes: list[NodeVisit]
+    pool: list[PoolHop]
+    children: list[int]  # coroutines spawned by this request (not awaited: off the critical path)
+    complete: bool  # False when events were lost inside the span
+
+
+@dataclass
+class Result:
+    spans: list[Span]
+    stats: dict
+
+    def to_json(self, header: dict) -> dict:
+        return {
+            "schema": SCHEMA,
+            "target": header.get("target", {}),
+            "trace": {k: header[k] for k in ("started_ns", "tool") if k in header},
+            "stats": self.stats,
+            "spans": [asdict(s) for s in self.spans],
+        }

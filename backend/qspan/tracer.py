@@ -1,0 +1,201 @@
+"""Run bpftrace against a QEMU process: the subprocess edge of the pipeline.
+
+`TraceSession` starts bpftrace on a generated program, waits until the probes
+are attached, then hands every event line to a callback until the duration
+ends, the caller stops it, or QEMU exits. bpftrace's chatter on stderr (the
+RLIMIT_MEMLOCK warning on this kind of machine) is tolerated; its errors
+become one TracerError message. "Lost N events" lines are counted, never hidden.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TracerError
+from .parse import LOST_RE
+from .program import BEGIN_MARK
+
+# Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
+PERF_RB_PAGES = "1024"
+NOISE = ("couldn't set RLIMIT_MEMLOCK",)
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+@dataclass
+class TraceResult:
+    reason: str  # duration, stopped, qemu-exited, tracer-died
+    event_lines: int
+    lost_events: int
+    attach_s: float
+    traced_s: float
+    stderr: str
+
+    def summary(self) -> dict:
+        return {
+            "reason": self.reason,
+            "event_lines": self.event_lines,
+            "lost_events": self.lost_events,
+            "attach_s": round(self.attach_s, 3),
+            "traced_s": round(self.traced_s, 3),
+        }
+
+
+def bpftrace_path() -> str:
+    path = shutil.which("bpftrace")
+    if not path:
+        raise TracerError("bpftrace not found on PATH: install it (apt-get install bpftrace)")
+    return path
+
+
+def check_can_trace() -> None:
+    """Fail early, with one clear line, when tracing is impossible here."""
+    bpftrace_path()
+    if os.geteuid() != 0:
+        raise TracerError("tracing needs root (BPF and uprobes): run qspan as root")
+    if not (TRACEFS / "events").is_dir():
+        # Tracepoints need tracefs; a minimal system may not have it mounted.
+        try:
+            subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as err:
+            raise TracerError(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {err}") from err
+
+
+def _errors(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not any(n in ln for n in NOISE)]
+    return "; ".join(lines[-5:]) or "no message"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class TraceSession:
+    def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0):
+        self.program_text = program_text
+        self.pid = pid
+        self.attach_timeout_s = attach_timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._stop_requested = False
+        self._dir = tempfile.TemporaryDirectory(prefix="qspan-")
+
+    def stop(self) -> None:
+        """Ask the session to end (safe from a signal handler or another thread)."""
+        self._stop_requested = True
+
+    def run(self, on_line: Callable[[str], None], duration_s: float | None = None,
+            on_attached: Callable[[], None] | None = None) -> TraceResult:
+        check_can_trace()
+        if not _alive(self.pid):
+            raise TracerError(f"QEMU PID {self.pid} is not running")
+        prog = Path(self._dir.name) / "qspan.bt"
+        prog.write_text(self.program_text)
+        errf = open(Path(self._dir.name) / "stderr", "w+")
+        env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES)
+        t0 = time.monotonic()
+        self._proc = subprocess.Popen(
+            [bpftrace_path(), str(prog)], stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        attached_at = None
+        lines = lost = 0
+        reason = "tracer-died"
+        buf = b""
+        sel = selectors.DefaultSelector()
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+        stopping_since = None
+        try:
+            while True:
+                now = time.monotonic()
+                if stopping_since is None:
+                    if attached_at is None and now - t0 > self.attach_timeout_s:
+                        reason = "attach-timeout"
+                        stopping_since = self._interrupt(now)
+                    elif self._stop_requested:
+                        reason = "stopped"
+                        stopping_since = self._interrupt(now)
+                    elif attached_at is not None and duration_s is not None and now - attached_at >= duration_s:
+                        reason = "duration"
+                        stopping_since = self._interrupt(now)
+                    elif not _alive(self.pid):
+                        reason = "qemu-exited"
+                        stopping_since = self._interrupt(now)
+                elif now - stopping_since > 10:
+                    self._proc.kill()
+                for _key, _ in sel.select(timeout=0.1):
+                    try:
+                        chunk = os.read(fd, 1 << 20)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        break
+                    buf += chunk
+                    *complete, buf = buf.split(b"\n")
+                    for raw in complete:
+                        line = raw.decode("utf-8", "replace")
+                        if line[:1].isdigit():
+                            lines += 1
+                            on_line(line)
+                        elif line == BEGIN_MARK:
+                            attached_at = time.monotonic()
+                            if on_attached:
+                                on_attached()
+                        else:
+                            m = LOST_RE.search(line)
+                            if m:
+                                lost += int(m.group(1))
+                                on_line(line)
+                if self._proc.poll() is not None:
+                    rest = self._proc.stdout.read() or b""
+                    for raw in (buf + rest).split(b"\n"):
+                        line = raw.decode("utf-8", "replace")
+                        if line[:1].isdigit():
+                            lines += 1
+                            on_line(line)
+                        elif LOST_RE.search(line):
+                            lost += int(LOST_RE.search(line).group(1))
+                            on_line(line)
+                    break
+        finally:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            sel.close()
+            errf.seek(0)
+            stderr = errf.read()
+            errf.close()
+            self._dir.cleanup()
+        end = time.monotonic()
+        if attached_at is None:
+            if reason == "attach-timeout":
+                raise TracerError(f"bpftrace did not attach within {self.attach_timeout_s:.0f} s: {_errors(stderr)}")
+            if not _alive(self.pid):
+                raise TracerError(f"QEMU PID {self.pid} exited before the probes were attached")
+            raise TracerError(f"bpftrace failed: {_errors(stderr)}")
+        if reason == "tracer-died":
+            reason = "qemu-exited" if not _alive(self.pid) else "tracer-died"
+        return TraceResult(reason, lines, lost, attached_at - t0, end - attached_at, stderr)
+
+    def _interrupt(self, now: float) -> float:
+        # SIGINT makes bpftrace run END, flush its buffers and exit cleanly.
+        if self._proc and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        return now
