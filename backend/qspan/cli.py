@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, catalogue, correlate, lab, program, recording, target, tracer
+from . import __version__, catalogue, correlate, lab, program, recording, report, target, tracer
 from .errors import QspanError, RecordingError, TracerError
 
 EXAMPLES = """\
@@ -137,6 +137,16 @@ def _write_spans(rec: recording.Recording, out: Path) -> dict:
     return doc
 
 
+def cmd_summary(args) -> int:
+    try:
+        doc = json.loads(Path(args.spans).read_text())
+        spans = doc["spans"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise QspanError(f"{args.spans}: not a qspan spans JSON file ({err})") from None
+    print(report.render_text(report.breakdown(spans)))
+    return 0
+
+
 def cmd_spans(args) -> int:
     rec = recording.read(args.recording, allow_truncated=args.allow_truncated)
     _write_spans(rec, Path(args.out))
@@ -210,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="spans JSON file to write")
     s.add_argument("--allow-truncated", action="store_true", help="analyse a recording that has no end marker")
     s.set_defaults(fn=cmd_spans)
+
+    s = sub.add_parser("summary", help="print the latency breakdown of a spans JSON file")
+    s.add_argument("spans")
+    s.set_defaults(fn=cmd_summary)
 
     s = sub.add_parser("attach", help="trace a QEMU process and write spans JSON (keeps the recording)")
     s.add_argument("--pid", type=int, required=True)

@@ -19,7 +19,8 @@ How a guest request is followed (QEMU's own model):
   resumed the request waits for its home thread only: a *handoff*, whose time
   is attributed from that thread's timeline (which coroutines ran, event loop,
   asleep, runnable off-CPU).
-* The request ends when its coroutine terminates.
+* The request ends at its ack (virtqueue_push: the guest is told), or when
+  its coroutine terminates if no ack was seen.
 
 Phases are contiguous and add up to the span's duration by construction:
 submit, then per wait (queue, device | remote | wait), handoff, then run ...,
@@ -48,7 +49,7 @@ class _Segment:
     kind: str  # co, loop, asleep, runnable
     co: int
     request: int | None
-    node: str | None
+    node: int  # bs of the last node the coroutine entered, 0 if none
 
 
 @dataclass
@@ -73,6 +74,7 @@ class _Req:
     cursor_ns: int = 0  # end of the last closed phase
     run_name: str = "submit"
     wait: _Wait | None = None
+    early: tuple[int, str, int] | None = None  # a wake-up signal seen before the coroutine yielded
     ack_ns: int | None = None
     phases: list[Phase] = field(default_factory=list)
     handoffs: list[Handoff] = field(default_factory=list)
@@ -82,9 +84,9 @@ class _Req:
     complete: bool = True
 
     def phase(self, name: str, end_ns: int) -> None:
+        """Close the next phase at end_ns (clamped: phases never overlap or go back)."""
         end_ns = max(end_ns, self.cursor_ns)
-        if end_ns > self.cursor_ns or not self.phases:
-            self.phases.append(Phase(name, self.cursor_ns, end_ns - self.cursor_ns))
+        self.phases.append(Phase(name, self.cursor_ns, end_ns - self.cursor_ns))
         self.cursor_ns = end_ns
 
 
@@ -124,7 +126,7 @@ class Correlator:
         self.threads: dict[int, _Thread] = {}
         self.alive: set[int] = set()  # coroutines entered and not yet terminated
         self.co_req: dict[int, _Req] = {}
-        self.co_node: dict[int, str] = {}
+        self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
         self.node_names: dict[int, tuple[str, str]] = {}
         self.pending_pool: list[_PendingPool] = []
         self.next_id = 1
@@ -181,7 +183,7 @@ class Correlator:
             else:
                 co, kind = 0, t.cpu
             req = self.co_req.get(co) if co else None
-            t.segments.append(_Segment(t.seg_start, ts, kind, co, req.id if req else None, self.co_node.get(co)))
+            t.segments.append(_Segment(t.seg_start, ts, kind, co, req.id if req else None, self.co_node.get(co, 0)))
             while t.segments and t.segments[0].end_ns < ts - TIMELINE_HORIZON_NS:
                 t.segments.popleft()
         t.seg_start = ts
@@ -214,7 +216,12 @@ class Correlator:
                 if action == CO_YIELD:
                     req.phase(req.run_name, ev.ts_ns)
                     req.run_name = "run"
-                    req.wait = _Wait(ev.ts_ns, pool=req.pool[-1] if req.pool and req.pool[-1].resumed_ns is None else None)
+                    w = req.wait = _Wait(ev.ts_ns, pool=req.pool[-1] if req.pool and req.pool[-1].resumed_ns is None else None)
+                    if req.early is not None:
+                        # Woken before it yielded (a fast completion): ready as soon as it yields.
+                        _ts, w.signal, w.from_tid = req.early
+                        w.ready_ns = ev.ts_ns
+                        req.early = None
                 else:
                     self._finish(req, ev.ts_ns)
             if action == CO_TERMINATE:
@@ -237,7 +244,13 @@ class Correlator:
     def _co_signal(self, ev: Event) -> None:
         co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
         req = self.co_req.get(co)
-        if req is None or req.co != co or req.wait is None or req.wait.ready_ns is not None:
+        if req is None or req.co != co:
+            return
+        if req.wait is None:
+            if req.early is None and self.thread(ev.tid).current != co:
+                req.early = (ev.ts_ns, ev.kind, ev.tid)
+            return
+        if req.wait.ready_ns is not None:
             return
         if ev.tid != req.tid or req.wait.pool is None:
             req.wait.ready_ns = ev.ts_ns
@@ -252,8 +265,11 @@ class Correlator:
         if hop is not None:
             hop.resumed_ns = ts
             if hop.io_start_ns is not None and hop.io_done_ns is not None:
+                # The worker may finish before the coroutine even yields: clamp to the yield.
                 req.phase("queue", hop.io_start_ns)
                 req.phase("device", hop.io_done_ns)
+                w.ready_ns = max(hop.io_done_ns, w.yield_ns)
+                w.signal, w.from_tid = "sys.io_done", hop.worker_tid or 0
             else:
                 req.phase("pool", w.ready_ns if w.ready_ns is not None else ts)
         elif w.ready_ns is not None:
@@ -284,7 +300,7 @@ class Correlator:
                 cat = "background" if seg.request is None else "own_request" if seg.request == req.id else "other_requests"
                 item = by_co.get(seg.co)
                 if item is None:
-                    item = by_co[seg.co] = InsteadItem(seg.co, seg.request, seg.node, 0)
+                    item = by_co[seg.co] = InsteadItem(seg.co, seg.request, self._name(seg.node)[0] if seg.node else None, 0)
                 item.dur_ns += dur
             else:
                 cat = {"loop": "event_loop"}.get(seg.kind, seg.kind)
@@ -304,15 +320,18 @@ class Correlator:
         t.pending_submit = req
 
     def _finish(self, req: _Req, ts: int) -> None:
-        req.phase(req.run_name if req.run_name != "run" else "complete", ts)
+        # The guest sees completion at the ack (virtqueue_push, then its interrupt), which comes
+        # before the coroutine returns; what follows the ack is not on the guest's path.
+        end = req.ack_ns if req.ack_ns is not None and req.ack_ns >= req.cursor_ns else ts
+        req.phase(req.run_name if req.run_name != "run" else "complete", end)
         if not req.complete:
             self.stats["incomplete"] += 1
         self.spans.append(
             Span(
                 id=req.id, op=OP_NAMES.get(req.op, str(req.op)), offset=req.offset, bytes=req.bytes, tid=req.tid,
-                co=req.co, start_ns=req.submit_ns, end_ns=ts, dur_ns=ts - req.submit_ns, ack_ns=req.ack_ns,
-                phases=req.phases, handoffs=req.handoffs, nodes=req.nodes, pool=req.pool, children=req.children,
-                complete=req.complete,
+                co=req.co, start_ns=req.submit_ns, end_ns=end, dur_ns=end - req.submit_ns, ack_ns=req.ack_ns,
+                co_end_ns=ts, phases=req.phases, handoffs=req.handoffs, nodes=req.nodes, pool=req.pool,
+                children=req.children, complete=req.complete,
             )
         )
 
@@ -321,9 +340,9 @@ class Correlator:
         t = self.thread(ev.tid)
         req = self.co_req.get(t.current)
         name, driver = self._name(bs)
-        self.co_node[t.current] = name
+        self.co_node[t.current] = bs
         if req is not None:
-            req.nodes.append(NodeVisit(name, driver, offset, nbytes, ev.ts_ns, t.current))
+            req.nodes.append(NodeVisit(name, driver, bs, offset, nbytes, ev.ts_ns, t.current))
 
     def _node_name(self, ev: Event) -> None:
         self.node_names[ev.args[0]] = (str(ev.args[1]), str(ev.args[2]))
@@ -369,10 +388,6 @@ class Correlator:
             return
         t.io = t.io_req = None
         hop.io_done_ns = ev.ts_ns
-        if req.wait is not None and req.wait.pool is hop and req.wait.ready_ns is None:
-            req.wait.ready_ns = ev.ts_ns
-            req.wait.signal = "sys.io_done"
-            req.wait.from_tid = ev.tid
 
     # -- scheduler ------------------------------------------------------------
 
@@ -398,6 +413,10 @@ class Correlator:
         unfinished = {id(r): r for r in self.co_req.values() if r.co}
         pending = [t.pending_submit for t in self.threads.values() if t.pending_submit]
         stats = dict(self.stats, spans=len(self.spans), unfinished=len(unfinished) + len(pending))
+        # node.name is printed by the probe after node.io of the same call: name nodes at the end.
+        for s in self.spans:
+            for n in s.nodes:
+                n.node, n.driver = self._name(n.bs)
         spans = sorted(self.spans, key=lambda s: (s.start_ns, s.id))
         return Result(spans, stats)
 

@@ -13,6 +13,7 @@ catalogue changes. A recording without its #end line is truncated.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,7 +75,10 @@ def _body(f: IO[str], start_lineno: int, state: dict) -> Iterator[str]:
 def read(path: str | Path, allow_truncated: bool = False) -> Recording:
     path = Path(path)
     try:
-        f = open(path, encoding="utf-8", errors="strict")
+        if path.suffix == ".gz":  # recordings compress ~10x; tests keep theirs gzipped
+            f = gzip.open(path, "rt", encoding="utf-8", errors="strict")
+        else:
+            f = open(path, encoding="utf-8", errors="strict")
     except OSError as err:
         raise RecordingError(f"{path}: cannot open recording: {err.strerror}") from err
     with f:
@@ -101,6 +105,8 @@ def read(path: str | Path, allow_truncated: bool = False) -> Recording:
                 raise RecordingError(f"{path}: corrupted recording near {err}") from None
         except UnicodeDecodeError as err:
             raise RecordingError(f"{path}: corrupted recording (not UTF-8 text at byte {err.start})") from None
+        except (OSError, EOFError) as err:  # gzip: bad magic, CRC, cut stream
+            raise RecordingError(f"{path}: corrupted recording: {err}") from None
     truncated = "end" not in state
     if truncated and not allow_truncated:
         where = f" (last line cut at line {state['partial']})" if "partial" in state else ""

@@ -59,6 +59,7 @@ class Handoff:
 class NodeVisit:
     node: str  # node name, or bs pointer as hex when unnamed
     driver: str
+    bs: int  # BlockDriverState pointer
     offset: int
     bytes: int
     ts_ns: int
@@ -86,6 +87,7 @@ class Span:
     end_ns: int
     dur_ns: int
     ack_ns: int | None
+    co_end_ns: int  # the request's coroutine terminated (after the ack: cleanup off the guest's path)
     phases: list[Phase]
     handoffs: list[Handoff]
     nodes: list[NodeVisit]

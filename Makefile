@@ -1,0 +1,19 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both install what they need first (scripts/setup.sh, idempotent; needs root).
+.PHONY: setup demo test unit clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	.venv/bin/python -m pytest -v -rfE tests
+
+# Pure-logic tests only: no QEMU, no bpftrace, no root.
+unit:
+	.venv/bin/python -m pytest -v -m "not e2e" tests
+
+clean:
+	rm -rf build .venv test-output

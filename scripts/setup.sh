@@ -1,0 +1,45 @@
+#!/bin/bash
+# Install everything qspan and its lab need on Debian 12, as root. Idempotent:
+# a second run installs nothing and rebuilds nothing that is up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n== setup: %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (it installs Debian packages; tracing needs root too)" >&2
+    exit 1
+fi
+
+# Debian packages: QEMU (stock 7.2), bpftrace, the guest's kernel and busybox,
+# a C toolchain for the static guest workload, Python's venv.
+packages=(qemu-system-x86 qemu-utils bpftrace busybox-static linux-image-cloud-amd64
+          cpio gzip kmod gcc libc6-dev make python3 python3-venv procps util-linux)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    step "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    step "Debian packages: all present"
+fi
+
+# Tracepoints need tracefs; minimal systems and containers may not mount it.
+if [ ! -d /sys/kernel/tracing/events ]; then
+    step "mounting tracefs"
+    mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+step "Python environment (.venv)"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+step "lab guest (kernel + initramfs + qspan-load)"
+bash lab/guest/build.sh build/guest
+
+step "done"

@@ -1,0 +1,61 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from qspan import catalogue
+from qspan.errors import CatalogueError
+
+
+def test_catalogue_loads_and_every_event_is_mapped():
+    cat = catalogue.load()
+    assert "co.switch" in cat.events and "req.submit" in cat.events
+    assert {p.event for p in cat.probes} == set(cat.events)
+
+
+def test_every_event_is_documented():
+    doc = (REPO / "docs" / "events.md").read_text()
+    documented = set(re.findall(r"^### `([a-z0-9_.]+)`", doc, re.M))
+    assert documented == set(catalogue.load().events), "docs/events.md and tracers/events.txt disagree"
+
+
+def test_no_uretprobes_anywhere_in_the_catalogue():
+    for p in catalogue.load().probes:
+        assert p.source in ("uprobe", "usdt", "tracepoint")
+    text = (REPO / "tracers" / "probes.txt").read_text()
+    assert not re.search(r"^\S+\s+(uretprobe|ur)\s", text, re.M)
+
+
+def test_version_selection_picks_the_right_signature():
+    cat = catalogue.load()
+    pool72 = [p for p in cat.select((7, 2), ("uprobe",)) if p.event == "pool.submit"]
+    pool10 = [p for p in cat.select((10, 0), ("uprobe",)) if p.event == "pool.submit"]
+    assert [p.args[0] for p in pool72] == ["arg1"]  # (pool, func, arg, cb, opaque)
+    assert [p.args[0] for p in pool10] == ["arg0"]  # (func, arg, cb, opaque)
+    # node names are read at a 7.2-specific offset: not applied to other versions
+    assert any(p.event == "node.name" for p in cat.select((7, 2), ("uprobe",)))
+    assert not any(p.event == "node.name" for p in cat.select((10, 0), ("uprobe",)))
+
+
+def _write(tmp: Path, events: str, probes: str) -> Path:
+    (tmp / "events.txt").write_text(events)
+    (tmp / "probes.txt").write_text(probes)
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "events,probes,message",
+    [
+        ("co.switch a,b,c desc\n", "", r"events.txt:1: event co.switch must list 4"),
+        ("co.switch a,b,c,d x\nco.switch a,b,c,d y\n", "", r"events.txt:2: event co.switch defined twice"),
+        ("co.switch a,b,c,d x\n", "# c\nco.swtch uprobe * f proc - - - -\n", r"probes.txt:2: unknown event 'co.swtch'"),
+        ("co.switch a,b,c,d x\n", "co.switch kprobe * f proc - - - -\n", r"probes.txt:1: unknown probe source"),
+        ("co.switch a,b,c,d x\n", "co.switch uprobe 7.x f proc - - - -\n", r"probes.txt:1: bad QEMU version"),
+        ("co.switch a,b,c,d x\n", "co.switch uprobe * f proc - -\n", r"probes.txt:1: expected EVENT"),
+        ("co.switch a,b,c,d x\nco.wake a,b,c,d y\n", "co.switch uprobe * f proc - - - -\n", r"events.txt:2: event co.wake has no probe"),
+    ],
+)
+def test_malformed_catalogue_names_file_and_line(tmp_path, events, probes, message):
+    with pytest.raises(CatalogueError, match=message):
+        catalogue.load(_write(tmp_path, events, probes))

@@ -1,0 +1,193 @@
+"""The correlator on a real recorded stream and on hand-built tricky cases."""
+
+import random
+from dataclasses import asdict
+
+import pytest
+
+from conftest import DATA, guest_requests
+from qspan import recording
+from qspan.correlate import correlate
+from qspan.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event, Lost
+
+IOT, MAIN, WORKER, REMOTE = 100, 99, 200, 300
+HEADER = {"target": {"threads": [{"tid": MAIN, "role": "main"}, {"tid": IOT, "role": "iothread"}]}}
+
+
+def E(kind, ts, tid, *args):
+    return Event(kind, ts, tid, tuple(args) + (0,) * (4 - len(args)))
+
+
+def enter(ts, tid, frm, to):
+    return E("co.switch", ts, tid, frm, to, CO_ENTER)
+
+
+def yield_(ts, tid, frm, to):
+    return E("co.switch", ts, tid, frm, to, CO_YIELD)
+
+
+def term(ts, tid, frm, to):
+    return E("co.switch", ts, tid, frm, to, CO_TERMINATE)
+
+
+LEADER = 1
+
+
+@pytest.fixture(scope="module")
+def real():
+    rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
+    guest = guest_requests((DATA / "stock-qd4-w100.guest.txt").read_text())
+    return rec, guest, correlate([*rec.events, *rec.lost], rec.header)
+
+
+def test_real_stream_one_span_per_guest_request(real):
+    rec, guest, res = real
+    writes = [s for s in res.spans if s.op == "write"]
+    reads = [s for s in res.spans if s.op == "read"]
+    assert len(guest) == 100
+    assert len(writes) == 100  # every guest write, not "most"
+    assert len(reads) == 100  # the guest's verify pass re-reads every block it wrote
+    assert {("write", s.offset) for s in writes} == set(guest)
+    assert res.stats["unfinished"] == 0 and res.stats["incomplete"] == 0
+
+
+def test_real_stream_phases_cover_each_span_exactly(real):
+    _, _, res = real
+    for s in res.spans:
+        names = [p.name for p in s.phases]
+        assert names == ["submit", "queue", "device", "handoff", "complete"], names
+        assert sum(p.dur_ns for p in s.phases) == s.dur_ns
+        assert s.phases[0].start_ns == s.start_ns
+        for a, b in zip(s.phases, s.phases[1:]):
+            assert a.start_ns + a.dur_ns == b.start_ns
+        assert [n.node for n in s.nodes] == ["disk0"] and s.nodes[0].driver == "file"
+        assert len(s.pool) == 1 and s.pool[0].worker_tid and s.pool[0].io_done_ns
+        (h,) = s.handoffs
+        assert h.signal == "sys.io_done" and h.cross_thread and h.to_tid == s.tid
+        assert sum(h.instead_ns.values()) == h.delay_ns
+        assert s.ack_ns and s.start_ns < s.ack_ns <= s.end_ns
+
+
+def test_real_stream_host_span_fits_inside_guest_latency(real):
+    _, guest, res = real
+    for s in res.spans:
+        if s.op == "write":
+            assert s.dur_ns <= guest[("write", s.offset)], f"host span longer than the guest saw at {s.offset}"
+
+
+def test_deterministic_under_shuffled_input(real):
+    rec, _, res = real
+    events = [*rec.events, *rec.lost]
+    random.Random(7).shuffle(events)
+    again = correlate(events, rec.header)
+    assert [asdict(s) for s in again.spans] == [asdict(s) for s in res.spans]
+
+
+def _request(ts, co, offset=4096):
+    return [E("req.submit", ts, IOT, 0xB1, offset, 4096, 2), enter(ts + 1, IOT, LEADER, co)]
+
+
+def test_nested_child_coroutine_and_other_request_during_handoff():
+    A, B, C = 0xA, 0xB, 0xC  # A: request 1, B: a child A spawns, C: request 2
+    ev = [
+        *_request(1000, A),
+        enter(1010, IOT, A, B),  # A spawns B (a backing write): B runs nested
+        yield_(1020, IOT, B, A),
+        yield_(1030, IOT, A, LEADER),  # A waits (remote replica)
+        E("co.schedule", 1100, REMOTE, 0, A),  # replica thread: A is ready
+        enter(1110, IOT, LEADER, B),  # but the iothread runs B first ...
+        yield_(1150, IOT, B, LEADER),
+        *_request(1160, C, offset=8192),  # ... and a whole other request
+        term(1190, IOT, C, LEADER),
+        enter(1200, IOT, LEADER, A),  # finally A
+        term(1210, IOT, A, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    first, second = res.spans
+    assert first.children == [B]
+    assert [p.name for p in first.phases] == ["submit", "remote", "handoff", "complete"]
+    (h,) = first.handoffs
+    assert (h.signal, h.from_tid, h.to_tid, h.cross_thread) == ("co.schedule", REMOTE, IOT, True)
+    assert h.delay_ns == 100
+    assert h.instead_ns["own_request"] == 40  # B: 1110-1150
+    assert h.instead_ns["other_requests"] == 29  # C: 1161-1190
+    assert h.instead_ns["event_loop"] == 100 - 40 - 29
+    assert h.instead_top[0].co == B and h.instead_top[0].request == first.id
+    assert second.dur_ns == 30 and second.handoffs == []
+
+
+def test_coroutine_resumed_on_another_thread():
+    A = 0xA
+    ev = [
+        *_request(1000, A),
+        yield_(1010, IOT, A, LEADER),
+        E("co.wake", 1050, REMOTE, A),
+        enter(1070, MAIN, LEADER, A),  # e.g. a drain in the main loop enters it
+        term(1080, MAIN, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    (h,) = s.handoffs
+    assert (h.from_tid, h.to_tid, h.ready_ns, h.delay_ns) == (REMOTE, MAIN, 1050, 20)
+    assert s.dur_ns == 80 and sum(p.dur_ns for p in s.phases) == 80
+
+
+def test_wakeup_before_yield_counts_from_the_yield():
+    A = 0xA
+    ev = [
+        *_request(1000, A),
+        E("co.schedule", 1005, REMOTE, 0, A),  # a very fast replica: ready before A yields
+        yield_(1010, IOT, A, LEADER),
+        enter(1030, IOT, LEADER, A),
+        term(1040, IOT, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    (h,) = s.handoffs
+    assert (h.ready_ns, h.delay_ns, h.signal) == (1010, 20, "co.schedule")
+
+
+def test_asleep_and_runnable_are_told_apart():
+    A = 0xA
+    ev = [
+        *_request(1000, A),
+        yield_(1010, IOT, A, LEADER),
+        E("sched.switch", 1020, IOT, IOT, 5, 1),  # iothread sleeps (S)
+        E("co.schedule", 1030, REMOTE, 0, A),
+        E("sched.wakeup", 1040, REMOTE, IOT),
+        E("sched.switch", 1070, 5, 5, IOT, 0),  # gets a CPU 30 ns later
+        enter(1080, IOT, LEADER, A),
+        term(1090, IOT, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    inst = s.handoffs[0].instead_ns
+    assert (inst["asleep"], inst["runnable"], inst["event_loop"]) == (10, 30, 10)
+
+
+def test_lost_events_mark_spans_in_flight_incomplete():
+    A, C = 0xA, 0xC
+    ev = [
+        *_request(1000, A),
+        yield_(1010, IOT, A, LEADER),
+        Lost(5, 1020),
+        enter(1030, IOT, LEADER, A),
+        term(1040, IOT, A, LEADER),
+        *_request(2000, C),
+        term(2010, IOT, C, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    assert [s.complete for s in res.spans] == [False, True]
+    assert res.stats["lost_events"] == 5 and res.stats["incomplete"] == 1
+
+
+def test_lost_yield_resynchronises_the_stack():
+    A, C = 0xA, 0xC
+    ev = [
+        *_request(1000, A),
+        enter(1005, IOT, A, 0xD),  # D's yield back is lost
+        yield_(1010, IOT, A, LEADER),  # A yields although D looks on top
+        enter(1030, IOT, LEADER, A),
+        term(1040, IOT, A, LEADER),
+        *_request(2000, C),
+        term(2010, IOT, C, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    assert [s.dur_ns for s in res.spans] == [40, 10]

@@ -1,0 +1,140 @@
+"""End to end on real parts: Debian's QEMU (TCG), a real guest writing with
+several requests in flight, real bpftrace attached by PID through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QSPAN, REPO, guest_requests, require_tracing, run_qspan
+from qspan import lab
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory):
+    require_tracing()
+    d = tmp_path_factory.mktemp("lab")
+    info = lab.up(d)
+    yield info
+    lab.down(d)
+
+
+def _attach(pid: int, out: Path, duration: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
+    proc = subprocess.Popen([*QSPAN, "attach", "--pid", str(pid), "--duration", str(duration), "--out", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Wait until the probes are attached, so the guest's requests all fall inside the trace.
+    deadline = time.monotonic() + 120
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if "attached;" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    pytest.fail(f"qspan attach did not attach: {seen}")
+
+
+def test_attach_spans_match_the_guest(vm, output_dir):
+    out = output_dir / "e2e-spans.json"
+    proc = _attach(vm.pid, out, duration=25)
+    res = lab.load(vm, "--op write --qd 4 --count 1000 --verify --log")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    s = res.summary
+    assert res.rc == 0 and s["verify"] == "ok" and s["errors"] == 0, res.output[-500:]
+    guest = guest_requests(res.output)
+    assert s["requests"] == 1000 and len(guest) == 1000
+
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "qspan.spans/1"
+    assert doc["trace"]["end"]["lost_events"] == 0
+    spans = doc["spans"]
+    writes = [x for x in spans if x["op"] == "write"]
+    reads = [x for x in spans if x["op"] == "read"]
+    assert len(writes) == s["requests"]  # all of them
+    assert len(reads) == s["verify_reads"]
+    assert {("write", x["offset"]) for x in writes} == set(guest)
+    node_names = {n["node_name"] for n in doc["target"]["nodes"]}
+    for x in spans:
+        names = [p["name"] for p in x["phases"]]
+        assert names == ["submit", "queue", "device", "handoff", "complete"], names
+        assert sum(p["dur_ns"] for p in x["phases"]) == x["dur_ns"]
+        assert x["complete"] and x["ack_ns"]
+        assert {n["node"] for n in x["nodes"]} <= node_names  # names read off QEMU's memory match QMP
+        (h,) = x["handoffs"]
+        assert sum(h["instead_ns"].values()) == h["delay_ns"]
+        if x["op"] == "write":
+            assert x["dur_ns"] <= guest[("write", x["offset"])]
+
+    # QEMU and its guest are unharmed once the tracer has detached.
+    assert lab.status(Path(vm.dir)) is not None
+    again = lab.load(vm, "--op write --qd 2 --count 50 --verify")
+    assert again.rc == 0 and again.summary["verify"] == "ok"
+
+
+def test_record_then_replay_gives_the_same_spans(vm, tmp_path):
+    rec = tmp_path / "t.qspan"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
+    proc = subprocess.Popen([*QSPAN, "record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec)],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    while "attached;" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None, "record never attached"
+    res = lab.load(vm, "--op read --qd 4 --count 200")
+    assert proc.wait(timeout=120) == 0
+    out = tmp_path / "s.json"
+    r = run_qspan("spans", str(rec), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    spans = json.loads(out.read_text())["spans"]
+    assert len([x for x in spans if x["op"] == "read"]) == res.summary["requests"] == 200
+
+
+def test_qemu_exiting_mid_trace_is_reported_and_keeps_the_events(tmp_path):
+    require_tracing()
+    d = tmp_path / "lab2"
+    info = lab.up(d)
+    try:
+        rec = tmp_path / "dying.qspan"
+        env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
+        proc = subprocess.Popen([*QSPAN, "record", "--pid", str(info.pid), "--duration", "60", "--out", str(rec)],
+                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        while "attached;" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, "record never attached"
+        lab.send_command(info, "load --op write --qd 2 --duration 30")
+        time.sleep(3)
+        os.kill(info.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        lab.down(d)
+    assert proc.returncode != 0
+    assert f"QEMU PID {info.pid} exited during the trace" in err and "Traceback" not in err
+    from qspan import recording
+    r = recording.read(rec)  # complete, with an #end line saying why
+    assert r.end["reason"] == "qemu-exited" and len(r.events) > 0
+
+
+def test_ps_lists_the_lab_qemu(vm):
+    r = run_qspan("ps")
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.split()[:1] == [str(vm.pid)])
+    assert "7.2" in line and "uprobe" in line and vm.qmp in line
+
+
+def test_tracer_print_shows_the_program_for_the_pid(vm):
+    r = run_qspan("tracer", "--pid", str(vm.pid), "--print")
+    assert r.returncode == 0
+    assert r.stdout.startswith("// generated by qspan")
+    assert f"/proc/{vm.pid}/root/usr/bin/qemu-system-x86_64:qemu_coroutine_switch" in r.stdout
+    iothreads = [t for t in json.loads(run_qspan("inspect", "--pid", str(vm.pid)).stdout)["threads"] if t["role"] == "iothread"]
+    assert iothreads and f"tid == {iothreads[0]['tid']}" in r.stdout
