@@ -42,4 +42,7 @@ fi
 step "lab guest (kernel + initramfs + qspan-load)"
 bash lab/guest/build.sh build/guest
 
+step "QEMU 10.0 from bookworm-backports, unpacked for the lab (not installed)"
+bash lab/qemu10/fetch.sh build/qemu-10.0
+
 step "done"

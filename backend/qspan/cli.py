@@ -169,7 +169,7 @@ def cmd_attach(args) -> int:
 def cmd_lab(args) -> int:
     d = Path(args.dir)
     if args.lab_cmd == "up":
-        info = lab.up(d, scenario=args.scenario, progress=_progress)
+        info = lab.up(d, scenario=args.scenario, qemu=args.qemu, progress=_progress)
         print(f"pid {info.pid}")
         print(f"qmp {info.qmp}")
         print(f"console {info.console}")
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = s.add_subparsers(dest="lab_cmd", required=True)
     u = lsub.add_parser("up", help="start a lab QEMU and boot its guest")
     u.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
+    u.add_argument("--qemu", default="7.2", choices=lab.QEMU_BUILDS,
+                   help="7.2: Debian's installed QEMU; 10.0: bookworm-backports, unpacked under build/ (default 7.2)")
     lsub.add_parser("down", help="stop the lab QEMU")
     lsub.add_parser("status", help="show the running lab")
     ld = lsub.add_parser("load", help="run qspan-load in the guest, e.g. --op write --qd 4 --count 2000 --verify")

@@ -24,6 +24,10 @@ from .qmp import QMPClient, QMPError
 
 DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
 SCENARIOS = ("stock",)
+# QEMU builds the lab can run: Debian's installed 7.2, or 10.0 from bookworm-backports
+# unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there).
+QEMU_BUILDS = ("7.2", "10.0")
+SYSTEM_MODULE_DIR = "/usr/lib/x86_64-linux-gnu/qemu"
 
 
 class LabError(QspanError):
@@ -58,11 +62,27 @@ def build_guest(out: Path = BUILD / "guest") -> Path:
     return out
 
 
-def _qemu_argv(qemu: str, d: Path, guest: Path, scenario: str) -> list[str]:
+def qemu_command(build: str) -> tuple[list[str], list[str]]:
+    """(wrapper, qemu argv prefix) for a lab QEMU build."""
+    if build == "7.2":
+        return [], ["qemu-system-x86_64"]
+    if build == "10.0":
+        out = BUILD / "qemu-10.0"
+        proc = subprocess.run(["bash", str(LAB / "qemu10" / "fetch.sh"), str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabError(f"preparing QEMU 10.0 failed: {proc.stderr.strip()[-500:]}")
+        root = out / "root"
+        wrapper = ["unshare", "-m", "sh", "-c",
+                   f'mount --bind "{out / "empty"}" {SYSTEM_MODULE_DIR} 2>/dev/null || true; exec "$@"', "qemu10"]
+        return wrapper, [str(root / "usr/bin/qemu-system-x86_64"), "-L", str(root / "usr/share/qemu")]
+    raise LabError(f"unknown QEMU build {build!r} (one of {', '.join(QEMU_BUILDS)})")
+
+
+def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str) -> list[str]:
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
     return [
-        qemu, "-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-nodefaults",
+        *qemu, "-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-nodefaults",
         "-name", "qspan-lab,debug-threads=on",
         "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initramfs.gz"),
         "-append", "console=ttyS0 quiet panic=-1",
@@ -99,9 +119,8 @@ def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
     return info if _alive(info.pid) else None
 
 
-def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "qemu-system-x86_64",
-       disk_mb: int = 64, boot_timeout_s: float = 180.0, wrapper: list[str] | None = None,
-       progress=lambda msg: None) -> LabInfo:
+def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
+       disk_mb: int = 64, boot_timeout_s: float = 180.0, progress=lambda msg: None) -> LabInfo:
     running = status(lab_dir)
     if running:
         raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan lab down' first")
@@ -112,9 +131,10 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "qemu-s
     disk = lab_dir / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(disk_mb << 20)
-    argv = _qemu_argv(qemu, lab_dir, guest, scenario)
-    progress(f"starting QEMU ({scenario} scenario) in {lab_dir}")
-    proc = subprocess.run((wrapper or []) + argv, capture_output=True, text=True)
+    wrapper, qemu_prefix = qemu_command(qemu)
+    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario)
+    progress(f"starting QEMU {qemu} ({scenario} scenario) in {lab_dir}")
+    proc = subprocess.run(wrapper + argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LabError(f"QEMU failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     pid = int((lab_dir / "qemu.pid").read_text().strip())

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Unpack QEMU 10.0 from bookworm-backports next to the installed 7.2, without
+# installing it: the lab runs it from OUTDIR/root in a private mount namespace
+# (its own data folder with -L, and 7.2's modules hidden: QEMU aborts when it
+# finds modules "from another build").
+# Usage: lab/qemu10/fetch.sh OUTDIR      (idempotent)
+set -euo pipefail
+out=${1:?usage: fetch.sh OUTDIR}
+bin="$out/root/usr/bin/qemu-system-x86_64"
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q 'version 10\.0\.'; then
+    echo "qemu 10.0: up to date ($out)"
+    exit 0
+fi
+src=/etc/apt/sources.list.d/qspan-bookworm-backports.sources
+if ! apt-cache policy 2>/dev/null | grep -q bookworm-backports; then
+    echo "qemu 10.0: enabling bookworm-backports in $src (download only; nothing is installed from it)"
+    cat >"$src" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -q
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+chmod 755 "$tmp"  # apt's download user must be able to write here
+(cd "$tmp" && apt-get download -q qemu-system-x86/bookworm-backports qemu-system-data/bookworm-backports)
+rm -rf "$out/root"
+mkdir -p "$out/root" "$out/empty"
+for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$out/root"; done
+"$bin" --version | head -n1
