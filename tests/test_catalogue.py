@@ -33,9 +33,11 @@ def test_version_selection_picks_the_right_signature():
     pool10 = [p for p in cat.select((10, 0), ("uprobe",)) if p.event == "pool.submit"]
     assert [p.args[0] for p in pool72] == ["arg1"]  # (pool, func, arg, cb, opaque)
     assert [p.args[0] for p in pool10] == ["arg0"]  # (func, arg, cb, opaque)
-    # node names are read at a 7.2-specific offset: not applied to other versions
-    assert any(p.event == "node.name" for p in cat.select((7, 2), ("uprobe",)))
-    assert not any(p.event == "node.name" for p in cat.select((10, 0), ("uprobe",)))
+    # node names are read at version-specific offsets: only where they were measured
+    names = {v: [p.args[1] for p in cat.select(v, ("uprobe",)) if p.event == "node.name"] for v in [(7, 2), (10, 0), (9, 1)]}
+    assert all("0x40b8" in a for a in names[(7, 2)]) and names[(7, 2)]
+    assert all("0x40d8" in a for a in names[(10, 0)]) and names[(10, 0)]
+    assert names[(9, 1)] == []
 
 
 def _write(tmp: Path, events: str, probes: str) -> Path:

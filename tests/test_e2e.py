@@ -139,3 +139,27 @@ def test_tracer_print_shows_the_program_for_the_pid(vm):
     assert f"/proc/{vm.pid}/root/" in r.stdout and "/usr/bin/qemu-system-x86_64:qemu_coroutine_switch" in r.stdout
     iothreads = [t for t in json.loads(run_qspan("inspect", "--pid", str(vm.pid)).stdout)["threads"] if t["role"] == "iothread"]
     assert iothreads and f"tid == {iothreads[0]['tid']}" in r.stdout
+
+
+def test_other_qemus_running_the_same_binary_are_not_traced(tmp_path, output_dir):
+    """Two lab QEMUs on one binary: tracing A sees A's requests only (uprobes attached with -p)."""
+    require_tracing()
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a = lab.up(a_dir)
+    try:
+        b = lab.up(b_dir)
+        try:
+            out = tmp_path / "a.json"
+            proc = _attach(a.pid, out, duration=15)
+            b_cmd = lab.send_command(b, "load --op write --qd 4 --count 300")
+            ra = lab.load(a, "--op write --qd 2 --count 40")
+            lab.wait_command(b, *b_cmd, timeout_s=120)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        finally:
+            lab.down(b_dir)
+    finally:
+        lab.down(a_dir)
+    spans = json.loads(out.read_text())["spans"]
+    assert ra.summary["requests"] == 40
+    assert len([x for x in spans if x["op"] == "write"]) == 40

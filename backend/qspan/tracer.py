@@ -105,8 +105,10 @@ class TraceSession:
         errf = open(Path(self._dir.name) / "stderr", "w+")
         env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES)
         t0 = time.monotonic()
+        # -p: uprobes are attached to this process only, so other QEMUs running the
+        # same binary never hit them (the /pid == N/ filters alone would still trap there).
         self._proc = subprocess.Popen(
-            [bpftrace_path(), str(prog)], stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
+            [bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True,
         )
         attached_at = None
