@@ -11,7 +11,10 @@ from qspan.errors import CatalogueError
 def test_catalogue_loads_and_every_event_is_mapped():
     cat = catalogue.load()
     assert "co.switch" in cat.events and "req.submit" in cat.events
-    assert {p.event for p in cat.probes} == set(cat.events)
+    mapped = {p.event for p in cat.probes} | {p.event for prof in cat.profiles.values() for p in prof.probes}
+    assert mapped == set(cat.events)
+    assert {"stock", "lab-o"} <= set(cat.profiles)
+    assert cat.profiles["lab-o"].roles == {"driver": "O", "hop": "replication", "spawn": "B"}
 
 
 def test_every_event_is_documented():
@@ -61,3 +64,18 @@ def _write(tmp: Path, events: str, probes: str) -> Path:
 def test_malformed_catalogue_names_file_and_line(tmp_path, events, probes, message):
     with pytest.raises(CatalogueError, match=message):
         catalogue.load(_write(tmp_path, events, probes))
+
+
+@pytest.mark.parametrize("profile,message", [
+    ("name p\nrole hopp x\n", r"p.txt:2: expected 'role ROLE NAME'"),
+    ("name p\nlibrary l.so\nprobe co.switch usdt noprovider proc - - - -\n", r"p.txt:3: a profile probe's target is provider:name"),
+    ("name q\n", r"p.txt:1: profile must be named after its file"),
+    ("name p\nprobe co.switch usdt o:x proc - - - -\n", r"p.txt: a profile with probes needs a 'library'"),
+    ("name p\nfrobnicate yes\n", r"p.txt:2: unknown profile line 'frobnicate'"),
+])
+def test_malformed_profile_names_file_and_line(tmp_path, profile, message):
+    d = _write(tmp_path, "co.switch a,b,c,d x\n", "co.switch uprobe * f proc - - - -\n")
+    (d / "profiles").mkdir()
+    (d / "profiles" / "p.txt").write_text(profile)
+    with pytest.raises(CatalogueError, match=message):
+        catalogue.load(d)

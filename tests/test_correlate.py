@@ -104,15 +104,15 @@ def test_nested_child_coroutine_and_other_request_during_handoff():
     ]
     res = correlate(ev, HEADER)
     first, second = res.spans
-    assert first.children == [B]
+    assert [(c.co, c.role) for c in first.children] == [(B, "nested")]
     assert [p.name for p in first.phases] == ["submit", "remote", "handoff", "complete"]
     (h,) = first.handoffs
     assert (h.signal, h.from_tid, h.to_tid, h.cross_thread) == ("co.schedule", REMOTE, IOT, True)
     assert h.delay_ns == 100
-    assert h.instead_ns["own_request"] == 40  # B: 1110-1150
+    assert h.instead_ns["spawned"] == 40  # B: 1110-1150
     assert h.instead_ns["other_requests"] == 29  # C: 1161-1190
     assert h.instead_ns["event_loop"] == 100 - 40 - 29
-    assert h.instead_top[0].co == B and h.instead_top[0].request == first.id
+    assert (h.instead_top[0].co, h.instead_top[0].request, h.instead_top[0].role) == (B, first.id, "nested")
     assert second.dur_ns == 30 and second.handoffs == []
 
 
@@ -191,3 +191,48 @@ def test_lost_yield_resynchronises_the_stack():
     ]
     res = correlate(ev, HEADER)
     assert [s.dur_ns for s in res.spans] == [40, 10]
+
+
+O_HEADER = dict(HEADER, profile={"name": "lab-o", "roles": {"driver": "O", "hop": "replication", "spawn": "B"}})
+
+
+def test_profile_driver_with_replica_hop_and_spawned_backing_writes():
+    """The seed's shape: O hops to a replica thread, spawns B; B of an earlier request delays the ack."""
+    A, BA, C, BC = 0xA, 0xBA, 0xC, 0xBC
+    ev = [
+        *_request(1000, A, offset=0),
+        E("drv.enter", 1005, IOT, 0, 4096),
+        E("drv.hop", 1010, IOT, 0, 4096, 0x77),
+        E("drv.spawn", 1012, IOT, 0, 4096, BA),
+        yield_(1015, IOT, A, LEADER),
+        enter(1016, IOT, LEADER, BA),  # B of A runs (queued by aio_co_enter) ...
+        yield_(1020, IOT, BA, LEADER),
+        *_request(1030, C, offset=8192),
+        E("drv.enter", 1032, IOT, 8192, 4096),
+        E("drv.hop", 1034, IOT, 8192, 4096, 0x78),
+        E("drv.spawn", 1036, IOT, 8192, 4096, BC),
+        yield_(1040, IOT, C, LEADER),
+        enter(1041, IOT, LEADER, BC),  # B of C burns CPU for 100 ns ...
+        E("drv.hop_done", 1050, REMOTE, 0, 4096, 0x77, A),  # ... while A's replica completes
+        E("co.schedule", 1052, REMOTE, 0, A),
+        yield_(1141, IOT, BC, LEADER),
+        enter(1150, IOT, LEADER, A),
+        E("drv.ack", 1155, IOT, 0, 4096),
+        E("req.ack", 1160, IOT, 1, 2, 3),
+        term(1170, IOT, A, LEADER),
+        enter(1200, IOT, LEADER, BA),
+        E("drv.spawn_done", 1210, IOT, 0, 4096),
+        term(1211, IOT, BA, LEADER),
+    ]
+    res = correlate(ev, O_HEADER)
+    a = res.spans[0]
+    assert [(p.name, p.dur_ns) for p in a.phases] == [
+        ("submit", 5), ("O", 5), ("replication", 40), ("callback", 2), ("handoff", 98), ("run", 5), ("ack", 5),
+    ]
+    assert a.dur_ns == 160 and a.hop_done_ns == 1050
+    (h,) = a.handoffs
+    assert (h.signal, h.from_tid, h.ready_ns, h.resumed_ns) == ("co.schedule", REMOTE, 1052, 1150)
+    assert h.instead_ns["spawned"] == 89  # B of C: 1052-1141
+    assert h.instead_top[0].co == BC and h.instead_top[0].role == "B" and h.instead_top[0].request == 2
+    (child,) = a.children
+    assert (child.co, child.role, child.offset, child.start_ns, child.end_ns) == (BA, "B", 0, 1012, 1210)

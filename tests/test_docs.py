@@ -17,6 +17,7 @@ def test_every_span_field_is_documented():
     want = {
         "Span": spans.Span, "Phase": spans.Phase, "Handoff": spans.Handoff,
         "instead_top item": spans.InsteadItem, "NodeVisit (`nodes[]`)": spans.NodeVisit, "PoolHop (`pool[]`)": spans.PoolHop,
+        "Child (`children[]`)": spans.Child,
     }
     for title, cls in want.items():
         fields = {f.name for f in dataclasses.fields(cls)}

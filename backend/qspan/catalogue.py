@@ -9,7 +9,7 @@ the file and line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CatalogueError
@@ -80,9 +80,33 @@ class ProbeSpec:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """Binds the correlator's roles (driver, hop, spawn) to a driver's own probes.
+
+    A profile whose `library` is mapped in the traced QEMU applies to it; its
+    probes target USDT sites in that shared object (TARGET is provider:name).
+    """
+
+    name: str
+    describe: str
+    library: str | None
+    roles: dict[str, str]
+    probes: tuple[ProbeSpec, ...]
+    where: str
+
+    def header(self) -> dict:
+        return {"name": self.name, "library": self.library, "roles": self.roles}
+
+
+ROLES = ("driver", "hop", "spawn")
+DEFAULT_ROLES = {"driver": "-", "hop": "thread-pool", "spawn": "-"}
+
+
+@dataclass(frozen=True)
 class Catalogue:
     events: dict[str, EventSpec]
     probes: tuple[ProbeSpec, ...]
+    profiles: dict[str, Profile] = field(default_factory=dict)
 
     def by_code(self) -> dict[int, EventSpec]:
         return {e.code: e for e in self.events.values()}
@@ -131,7 +155,56 @@ def parse_events(path: Path) -> dict[str, EventSpec]:
     return events
 
 
-def parse_probes(path: Path, events: dict[str, EventSpec]) -> tuple[ProbeSpec, ...]:
+def _probe(where: str, parts: list[str], events: dict[str, EventSpec], in_profile: bool = False) -> ProbeSpec:
+    if len(parts) != 5 + N_ARGS:
+        cols = "EVENT SOURCE TARGET FILTER" if in_profile else "EVENT SOURCE QEMU TARGET FILTER"
+        raise CatalogueError(f"{where}: expected {cols} and {N_ARGS} args, got {len(parts) - in_profile} columns")
+    event, source, qemu, target, filt, *args = parts
+    if event not in events:
+        raise CatalogueError(f"{where}: unknown event {event!r} (not in events.txt)")
+    if source not in SOURCES:
+        raise CatalogueError(f"{where}: unknown probe source {source!r} (one of {', '.join(SOURCES)})")
+    if filt not in FILTERS:
+        raise CatalogueError(f"{where}: unknown filter {filt!r} (one of {', '.join(FILTERS)})")
+    if in_profile and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*", target):
+        raise CatalogueError(f"{where}: a profile probe's target is provider:name, got {target!r}")
+    if source == "tracepoint" and not re.fullmatch(r"[a-z_0-9]+:[a-z_0-9]+", target):
+        raise CatalogueError(f"{where}: tracepoint target must be category:name, got {target!r}")
+    if source != "tracepoint" and not in_profile and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", target):
+        raise CatalogueError(f"{where}: bad symbol or probe name {target!r}")
+    exprs = tuple("0" if a == "-" else a for a in args)
+    if any(a.startswith("str:") for a in exprs) != events[event].has_strings:
+        raise CatalogueError(f"{where}: string arguments are only for node.name")
+    return ProbeSpec(event, source, VersionMatch.parse(qemu, where), target, filt, exprs, where)
+
+
+def parse_profile(path: Path, events: dict[str, EventSpec]) -> Profile:
+    fields: dict[str, str] = {}
+    roles = dict(DEFAULT_ROLES)
+    probes = []
+    for where, line in _lines(path):
+        key, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if key in ("name", "describe", "library"):
+            fields[key] = rest
+        elif key == "role":
+            role, _, value = rest.partition(" ")
+            if role not in ROLES or not value.strip():
+                raise CatalogueError(f"{where}: expected 'role ROLE NAME' with ROLE one of {', '.join(ROLES)}")
+            roles[role] = value.strip()
+        elif key == "probe":
+            parts = rest.split()
+            probes.append(_probe(where, parts[:2] + ["*"] + parts[2:], events, in_profile=True))
+        else:
+            raise CatalogueError(f"{where}: unknown profile line {key!r} (name, describe, library, role, probe)")
+    if fields.get("name") != path.stem:
+        raise CatalogueError(f"{path.name}:1: profile must be named after its file ('name {path.stem}')")
+    if probes and not fields.get("library"):
+        raise CatalogueError(f"{path.name}: a profile with probes needs a 'library' line")
+    return Profile(path.stem, fields.get("describe", ""), fields.get("library"), roles, tuple(probes), path.name)
+
+
+def parse_probes(path: Path, events: dict[str, EventSpec], also_mapped: set[str] = frozenset()) -> tuple[ProbeSpec, ...]:
     probes = []
     for where, line in _lines(path):
         parts = line.split()
@@ -139,28 +212,19 @@ def parse_probes(path: Path, events: dict[str, EventSpec]) -> tuple[ProbeSpec, .
             raise CatalogueError(
                 f"{where}: expected EVENT SOURCE QEMU TARGET FILTER and {N_ARGS} args, got {len(parts)} columns"
             )
-        event, source, qemu, target, filt, *args = parts
-        if event not in events:
-            raise CatalogueError(f"{where}: unknown event {event!r} (not in events.txt)")
-        if source not in SOURCES:
-            raise CatalogueError(f"{where}: unknown probe source {source!r} (one of {', '.join(SOURCES)})")
-        if filt not in FILTERS:
-            raise CatalogueError(f"{where}: unknown filter {filt!r} (one of {', '.join(FILTERS)})")
-        if source == "tracepoint" and not re.fullmatch(r"[a-z_0-9]+:[a-z_0-9]+", target):
-            raise CatalogueError(f"{where}: tracepoint target must be category:name, got {target!r}")
-        if source != "tracepoint" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", target):
-            raise CatalogueError(f"{where}: bad symbol or probe name {target!r}")
-        exprs = tuple("0" if a == "-" else a for a in args)
-        if any(a.startswith("str:") for a in exprs) != events[event].has_strings:
-            raise CatalogueError(f"{where}: string arguments are only for node.name")
-        probes.append(ProbeSpec(event, source, VersionMatch.parse(qemu, where), target, filt, exprs, where))
-    mapped = {p.event for p in probes}
+        probes.append(_probe(where, parts, events))
+    mapped = {p.event for p in probes} | set(also_mapped)
     for name, spec in events.items():
         if name not in mapped:
-            raise CatalogueError(f"{spec.where}: event {name} has no probe in {path.name}")
+            raise CatalogueError(f"{spec.where}: event {name} has no probe in {path.name} or a profile")
     return tuple(probes)
 
 
 def load(directory: Path = TRACERS) -> Catalogue:
     events = parse_events(directory / "events.txt")
-    return Catalogue(events, parse_probes(directory / "probes.txt", events))
+    profiles = {}
+    for path in sorted((directory / "profiles").glob("*.txt")):
+        prof = parse_profile(path, events)
+        profiles[prof.name] = prof
+    mapped = {p.event for prof in profiles.values() for p in prof.probes}
+    return Catalogue(events, parse_probes(directory / "probes.txt", events, mapped), profiles)

@@ -52,14 +52,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _program_for(pid: int) -> tuple[target.Target, catalogue.Catalogue, program.Program]:
+def _program_for(pid: int, profile: str | None = None):
     t = target.inspect(pid)
     cat = catalogue.load()
-    return t, cat, program.generate(cat, program.program_input(t))
+    prof = program.choose_profile(cat, t, profile)
+    return t, cat, prof, program.generate(cat, program.program_input(t, prof), prof)
 
 
 def cmd_tracer(args) -> int:
-    t, _cat, prog = _program_for(args.pid)
+    t, _cat, _prof, prog = _program_for(args.pid, args.profile)
     if args.print:
         sys.stdout.write(prog.text)
         for why in prog.skipped:
@@ -72,8 +73,9 @@ def cmd_tracer(args) -> int:
 # -- tracing ------------------------------------------------------------------
 
 
-def _header(t: target.Target, cat: catalogue.Catalogue, prog: program.Program) -> dict:
+def _header(t: target.Target, cat: catalogue.Catalogue, prof: catalogue.Profile, prog: program.Program) -> dict:
     return {
+        "profile": prof.header(),
         "tool": f"qspan {__version__}",
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": t.header(),
@@ -83,17 +85,17 @@ def _header(t: target.Target, cat: catalogue.Catalogue, prog: program.Program) -
     }
 
 
-def trace_to_file(pid: int, duration_s: float, out: Path) -> tuple[tracer.TraceResult, dict]:
+def trace_to_file(pid: int, duration_s: float, out: Path, profile: str | None = None) -> tuple[tracer.TraceResult, dict]:
     """Trace PID for duration_s seconds into recording `out`; Ctrl-C ends the trace early."""
     tracer.check_can_trace()
-    t, cat, prog = _program_for(pid)
-    header = _header(t, cat, prog)
+    t, cat, prof, prog = _program_for(pid, profile)
+    header = _header(t, cat, prof, prog)
     session = tracer.TraceSession(prog.text, pid)
     old = signal.signal(signal.SIGINT, lambda *_: session.stop())
     try:
         with open(out, "w") as f:
             writer = recording.RecordingWriter(f, header)
-            _progress(f"attaching {len(prog.probes)} probes to QEMU {t.version} (PID {pid}) ...")
+            _progress(f"attaching {len(prog.probes)} probes to QEMU {t.version} (PID {pid}, profile {prof.name}) ...")
             result = session.run(
                 writer.line, duration_s,
                 on_attached=lambda: _progress(f"attached; tracing for {duration_s:g} s (Ctrl-C stops)"),
@@ -117,7 +119,7 @@ def _check_ended(result: tracer.TraceResult, pid: int, out: Path) -> None:
 
 def cmd_record(args) -> int:
     out = Path(args.out)
-    result, _ = trace_to_file(args.pid, args.duration, out)
+    result, _ = trace_to_file(args.pid, args.duration, out, args.profile)
     _progress(f"recording written to {out}")
     _check_ended(result, args.pid, out)
     return 0
@@ -156,7 +158,7 @@ def cmd_spans(args) -> int:
 def cmd_attach(args) -> int:
     out = Path(args.out)
     rec_path = Path(args.record) if args.record else out.with_suffix(".qspan")
-    result, _ = trace_to_file(args.pid, args.duration, rec_path)
+    result, _ = trace_to_file(args.pid, args.duration, rec_path, args.profile)
     rec = recording.read(rec_path)
     _write_spans(rec, out)
     _check_ended(result, args.pid, rec_path)
@@ -169,7 +171,8 @@ def cmd_attach(args) -> int:
 def cmd_lab(args) -> int:
     d = Path(args.dir)
     if args.lab_cmd == "up":
-        info = lab.up(d, scenario=args.scenario, qemu=args.qemu, progress=_progress)
+        knobs = lab.SeedKnobs(args.replica_delay_us, args.b_cpu_us)
+        info = lab.up(d, scenario=args.scenario, qemu=args.qemu, knobs=knobs, progress=_progress)
         print(f"pid {info.pid}")
         print(f"qmp {info.qmp}")
         print(f"console {info.console}")
@@ -206,11 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tracer", help="show the generated bpftrace program")
     s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
     s.add_argument("--print", action="store_true", help="print the program (nothing is attached)")
     s.set_defaults(fn=cmd_tracer)
 
     s = sub.add_parser("record", help="trace a QEMU process into a replayable recording")
     s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
     s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default 10)")
     s.add_argument("--out", required=True, help="recording file to write")
     s.set_defaults(fn=cmd_record)
@@ -227,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("attach", help="trace a QEMU process and write spans JSON (keeps the recording)")
     s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
     s.add_argument("--duration", type=float, default=10.0)
     s.add_argument("--out", required=True, help="spans JSON file to write")
     s.add_argument("--record", help="where to keep the recording (default: OUT with .qspan suffix)")
@@ -239,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
     u.add_argument("--qemu", default="7.2", choices=lab.QEMU_BUILDS,
                    help="7.2: Debian's installed QEMU; 10.0: bookworm-backports, unpacked under build/ (default 7.2)")
+    u.add_argument("--replica-delay-us", type=int, default=lab.SeedKnobs.replica_delay_us,
+                   help="seed scenarios: driver O's replica latency (default %(default)s)")
+    u.add_argument("--b-cpu-us", type=int, default=lab.SeedKnobs.b_cpu_us,
+                   help="seed scenarios: B's CPU time per write on the iothread (default %(default)s)")
     lsub.add_parser("down", help="stop the lab QEMU")
     lsub.add_parser("status", help="show the running lab")
     ld = lsub.add_parser("load", help="run qspan-load in the guest, e.g. --op write --qd 4 --count 2000 --verify")

@@ -34,7 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .events import CO_ENTER, CO_TERMINATE, CO_YIELD, OP_NAMES, Event, Lost
-from .spans import Handoff, InsteadItem, NodeVisit, Phase, PoolHop, Result, Span
+from .catalogue import DEFAULT_ROLES
+from .spans import Child, Handoff, InsteadItem, NodeVisit, Phase, PoolHop, Result, Span
 
 # Timeline segments older than this are dropped; a handoff longer than this is
 # attributed only over its last TIMELINE_HORIZON_NS.
@@ -48,6 +49,7 @@ class _Segment:
     end_ns: int
     kind: str  # co, loop, asleep, runnable
     co: int
+    role: str  # request, spawned role, or "" (unbound)
     request: int | None
     node: int  # bs of the last node the coroutine entered, 0 if none
 
@@ -56,6 +58,8 @@ class _Segment:
 class _Wait:
     yield_ns: int
     pool: PoolHop | None = None
+    hop: bool = False  # a profile hop (drv.hop) preceded the yield
+    hop_done_ns: int | None = None
     ready_ns: int | None = None
     signal: str = "unknown"
     from_tid: int = 0
@@ -75,12 +79,15 @@ class _Req:
     run_name: str = "submit"
     wait: _Wait | None = None
     early: tuple[int, str, int] | None = None  # a wake-up signal seen before the coroutine yielded
+    hop_pending: bool = False  # drv.hop seen, the coroutine has not yielded yet
+    hop_done_ns: int | None = None  # drv.hop_done seen before the coroutine yielded
+    last_hop_done_ns: int | None = None
     ack_ns: int | None = None
     phases: list[Phase] = field(default_factory=list)
     handoffs: list[Handoff] = field(default_factory=list)
     nodes: list[NodeVisit] = field(default_factory=list)
     pool: list[PoolHop] = field(default_factory=list)
-    children: list[int] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
     complete: bool = True
 
     def phase(self, name: str, end_ns: int) -> None:
@@ -123,6 +130,14 @@ class Correlator:
     def __init__(self, header: dict):
         threads = header.get("target", {}).get("threads", [])
         self.watched = {t["tid"] for t in threads if t.get("role") in ("main", "iothread")}
+        # Named threads that are not pool workers (a driver's own threads, e.g. O's replica
+        # thread) may do pread/pwrite too: their syscalls are not thread-pool work.
+        self.not_workers = {
+            t["tid"] for t in threads
+            if t.get("role") != "worker" and t["tid"] not in self.watched and not t.get("comm", "").startswith("qemu-system")
+        }
+        self.roles = dict(DEFAULT_ROLES, **header.get("profile", {}).get("roles", {}))
+        self.children: dict[int, Child] = {}  # live child coroutine -> its record
         self.threads: dict[int, _Thread] = {}
         self.alive: set[int] = set()  # coroutines entered and not yet terminated
         self.co_req: dict[int, _Req] = {}
@@ -146,6 +161,12 @@ class Correlator:
             "sys.io_done": self._sys_io_done,
             "sched.switch": self._sched_switch,
             "sched.wakeup": self._sched_wakeup,
+            "drv.enter": self._drv_enter,
+            "drv.hop": self._drv_hop,
+            "drv.hop_done": self._drv_hop_done,
+            "drv.ack": self._drv_ack,
+            "drv.spawn": self._drv_spawn,
+            "drv.spawn_done": self._drv_spawn_done,
         }
 
     # -- plumbing -------------------------------------------------------------
@@ -183,7 +204,8 @@ class Correlator:
             else:
                 co, kind = 0, t.cpu
             req = self.co_req.get(co) if co else None
-            t.segments.append(_Segment(t.seg_start, ts, kind, co, req.id if req else None, self.co_node.get(co, 0)))
+            role = "" if req is None else "request" if req.co == co else self.children[co].role if co in self.children else "nested"
+            t.segments.append(_Segment(t.seg_start, ts, kind, co, role, req.id if req else None, self.co_node.get(co, 0)))
             while t.segments and t.segments[0].end_ns < ts - TIMELINE_HORIZON_NS:
                 t.segments.popleft()
         t.seg_start = ts
@@ -201,7 +223,8 @@ class Correlator:
             parent = t.current
             if to_co not in self.alive:
                 self.alive.add(to_co)
-                self._bind_new(t, to_co, parent, ev.ts_ns)
+                if to_co not in self.co_req:  # not already linked by drv.spawn
+                    self._bind_new(t, to_co, parent, ev.ts_ns)
             t.stack.append(to_co)
             req = self.co_req.get(to_co)
             if req is not None and req.co == to_co and req.wait is not None:
@@ -214,9 +237,12 @@ class Correlator:
             req = self.co_req.get(from_co)
             if req is not None and req.co == from_co:
                 if action == CO_YIELD:
-                    req.phase(req.run_name, ev.ts_ns)
+                    if not req.hop_pending:  # after drv.hop the hop's phase is already open
+                        req.phase(req.run_name, ev.ts_ns)
                     req.run_name = "run"
-                    w = req.wait = _Wait(ev.ts_ns, pool=req.pool[-1] if req.pool and req.pool[-1].resumed_ns is None else None)
+                    hop = req.pool[-1] if req.pool and req.pool[-1].resumed_ns is None and req.pool[-1].co == from_co else None
+                    w = req.wait = _Wait(ev.ts_ns, pool=hop, hop=req.hop_pending, hop_done_ns=req.hop_done_ns)
+                    req.hop_pending, req.hop_done_ns = False, None
                     if req.early is not None:
                         # Woken before it yielded (a fast completion): ready as soon as it yields.
                         _ts, w.signal, w.from_tid = req.early
@@ -225,6 +251,9 @@ class Correlator:
                 else:
                     self._finish(req, ev.ts_ns)
             if action == CO_TERMINATE:
+                child = self.children.pop(from_co, None)
+                if child is not None and child.end_ns is None:
+                    child.end_ns = ev.ts_ns
                 self.alive.discard(from_co)
                 self.co_req.pop(from_co, None)
                 self.co_node.pop(from_co, None)
@@ -238,8 +267,13 @@ class Correlator:
             return
         parent_req = self.co_req.get(parent) if parent else None
         if parent_req is not None:
-            self.co_req[co] = parent_req
-            parent_req.children.append(co)
+            self._link_child(parent_req, co, "nested", None, None, ts)
+
+    def _link_child(self, req: _Req, co: int, role: str, offset: int | None, nbytes: int | None, ts: int) -> None:
+        child = Child(co, role, offset, nbytes, ts, None)
+        self.co_req[co] = req
+        self.children[co] = child
+        req.children.append(child)
 
     def _co_signal(self, ev: Event) -> None:
         co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
@@ -262,7 +296,14 @@ class Correlator:
         assert w is not None
         req.wait = None
         hop = w.pool
-        if hop is not None:
+        if w.hop:
+            # A profile's hop (e.g. the replica): its own phase until its thread is done,
+            # then the callback until it signals the coroutine, then the handoff.
+            hop_end = w.hop_done_ns if w.hop_done_ns is not None else (w.ready_ns if w.ready_ns is not None else ts)
+            req.phase(self.roles["hop"], hop_end)
+            if w.hop_done_ns is not None:
+                req.phase("callback", w.ready_ns if w.ready_ns is not None else ts)
+        elif hop is not None:
             hop.resumed_ns = ts
             if hop.io_start_ns is not None and hop.io_done_ns is not None:
                 # The worker may finish before the coroutine even yields: clamp to the yield.
@@ -286,7 +327,7 @@ class Correlator:
 
     def _instead(self, t: _Thread, req: _Req, a: int, b: int) -> tuple[dict[str, int], list[InsteadItem]]:
         """What thread t did between a and b, while req waited for it."""
-        cats = {"other_requests": 0, "own_request": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0}
+        cats = {"other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0}
         by_co: dict[int, InsteadItem] = {}
         if not t.watched:
             return {}, []
@@ -297,10 +338,11 @@ class Correlator:
             if dur <= 0:
                 continue
             if seg.kind == "co":
-                cat = "background" if seg.request is None else "own_request" if seg.request == req.id else "other_requests"
+                cat = "background" if seg.request is None else "other_requests" if seg.role == "request" else "spawned"
                 item = by_co.get(seg.co)
                 if item is None:
-                    item = by_co[seg.co] = InsteadItem(seg.co, seg.request, self._name(seg.node)[0] if seg.node else None, 0)
+                    node = self._name(seg.node)[0] if seg.node else None
+                    item = by_co[seg.co] = InsteadItem(seg.co, seg.request, seg.role, node, 0)
                 item.dur_ns += dur
             else:
                 cat = {"loop": "event_loop"}.get(seg.kind, seg.kind)
@@ -330,7 +372,7 @@ class Correlator:
             Span(
                 id=req.id, op=OP_NAMES.get(req.op, str(req.op)), offset=req.offset, bytes=req.bytes, tid=req.tid,
                 co=req.co, start_ns=req.submit_ns, end_ns=end, dur_ns=end - req.submit_ns, ack_ns=req.ack_ns,
-                co_end_ns=ts, phases=req.phases, handoffs=req.handoffs, nodes=req.nodes, pool=req.pool,
+                co_end_ns=ts, phases=req.phases, hop_done_ns=req.last_hop_done_ns, handoffs=req.handoffs, nodes=req.nodes, pool=req.pool,
                 children=req.children, complete=req.complete,
             )
         )
@@ -359,13 +401,15 @@ class Correlator:
         req = self.co_req.get(t.current)
         if req is None:
             return
-        hop = PoolHop(ev.ts_ns, None, None, None, None)
+        hop = PoolHop(t.current, ev.ts_ns, None, None, None, None)
         req.pool.append(hop)
         visits = [n for n in req.nodes if n.co == t.current]
         offset = visits[-1].offset if visits else None
         self.pending_pool.append(_PendingPool(req, hop, offset, req.op))
 
     def _sys_io(self, ev: Event) -> None:
+        if ev.tid in self.not_workers:
+            return
         _fd, pos, _nbytes, op = ev.args
         match = None
         for i, p in enumerate(self.pending_pool):
@@ -388,6 +432,54 @@ class Correlator:
             return
         t.io = t.io_req = None
         hop.io_done_ns = ev.ts_ns
+
+    # -- driver events (profiles) ----------------------------------------------
+
+    def _root_req(self, ev: Event) -> _Req | None:
+        co = self.thread(ev.tid).current
+        req = self.co_req.get(co)
+        return req if req is not None and req.co == co else None
+
+    def _drv_enter(self, ev: Event) -> None:
+        req = self._root_req(ev)
+        if req is not None and req.wait is None:
+            req.phase(req.run_name, ev.ts_ns)
+            req.run_name = self.roles["driver"]
+
+    def _drv_ack(self, ev: Event) -> None:
+        req = self._root_req(ev)
+        if req is not None and req.wait is None:
+            req.phase(req.run_name, ev.ts_ns)
+            req.run_name = "ack"
+
+    def _drv_hop(self, ev: Event) -> None:
+        # The hop's phase starts when the work is handed over, not at the yield: the
+        # driver's remaining work until it yields runs in parallel with the hop.
+        req = self._root_req(ev)
+        if req is not None and req.wait is None:
+            req.phase(req.run_name, ev.ts_ns)
+            req.hop_pending = True
+            req.hop_done_ns = None
+
+    def _drv_hop_done(self, ev: Event) -> None:
+        req = self.co_req.get(ev.args[3])
+        if req is None or req.co != ev.args[3]:
+            return
+        req.last_hop_done_ns = ev.ts_ns
+        if req.wait is not None and req.wait.hop:
+            req.wait.hop_done_ns = ev.ts_ns
+        elif req.hop_pending:
+            req.hop_done_ns = ev.ts_ns  # done before the coroutine even yielded
+
+    def _drv_spawn(self, ev: Event) -> None:
+        req = self.co_req.get(self.thread(ev.tid).current)
+        if req is not None:
+            self._link_child(req, ev.args[2], self.roles["spawn"], ev.args[0], ev.args[1], ev.ts_ns)
+
+    def _drv_spawn_done(self, ev: Event) -> None:
+        child = self.children.get(self.thread(ev.tid).current)
+        if child is not None:
+            child.end_ns = ev.ts_ns
 
     # -- scheduler ------------------------------------------------------------
 

@@ -23,7 +23,9 @@ from .paths import BUILD, LAB
 from .qmp import QMPClient, QMPError
 
 DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
-SCENARIOS = ("stock",)
+# stock: virtio-blk -> file node (aio=threads) on iothread0.
+# seed, seed-mitigated: virtio-blk -> driver O (lab/driver-o) -> file node B, O's replica on tmpfs.
+SCENARIOS = ("stock", "seed", "seed-mitigated")
 # QEMU builds the lab can run: Debian's installed 7.2, or 10.0 from bookworm-backports
 # unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there).
 QEMU_BUILDS = ("7.2", "10.0")
@@ -44,6 +46,7 @@ class LabInfo:
     scenario: str
     qemu: str
     argv: list[str] = field(default_factory=list)
+    replica: str | None = None
 
 
 @dataclass
@@ -78,7 +81,42 @@ def qemu_command(build: str) -> tuple[list[str], list[str]]:
     raise LabError(f"unknown QEMU build {build!r} (one of {', '.join(QEMU_BUILDS)})")
 
 
-def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str) -> list[str]:
+@dataclass
+class SeedKnobs:
+    """Driver O's knobs for the seed scenarios (see lab/driver-o/block-o.c)."""
+
+    replica_delay_us: int = 100
+    b_cpu_us: int = 200
+
+
+def build_driver_o() -> Path:
+    out = BUILD / "driver-o"
+    proc = subprocess.run(["bash", str(LAB / "driver-o" / "build.sh"), str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"building driver O failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return out / "libqspan-o.so"
+
+
+def replica_path(d: Path) -> Path:
+    # The "fast device": tmpfs when there is one.
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else d
+    return base / f"qspan-replica-{abs(hash(str(d.resolve()))) % 10**8}.img"
+
+
+def _disk_args(d: Path, scenario: str, knobs: SeedKnobs) -> list[str]:
+    if scenario == "stock":
+        return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
+                "-device", "virtio-blk-pci,drive=disk0,iothread=iothread0,request-merging=off"]
+    # -blockdev driver=o is refused (QEMU's QAPI driver list is fixed): -drive takes any registered driver.
+    mitigation = "on" if scenario == "seed-mitigated" else "off"
+    return ["-drive", f"if=none,id=drive-o,driver=o,node-name=o,replica={replica_path(d)},"
+                      f"replica-delay-us={knobs.replica_delay_us},b-cpu-us={knobs.b_cpu_us},mitigation={mitigation},"
+                      f"file.driver=file,file.filename={d / 'disk.img'},file.node-name=b,file.aio=threads",
+            "-device", "virtio-blk-pci,drive=drive-o,iothread=iothread0,request-merging=off"]
+
+
+def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: SeedKnobs = SeedKnobs()) -> list[str]:
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
     return [
@@ -87,8 +125,7 @@ def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str) -> list[str
         "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initramfs.gz"),
         "-append", "console=ttyS0 quiet panic=-1",
         "-object", "iothread,id=iothread0",
-        "-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
-        "-device", "virtio-blk-pci,drive=disk0,iothread=iothread0,request-merging=off",
+        *_disk_args(d, scenario, knobs),
         "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
         "-pidfile", str(d / "qemu.pid"),
         "-serial", f"file:{d / 'console.log'}",
@@ -120,7 +157,8 @@ def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
 
 
 def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
-       disk_mb: int = 64, boot_timeout_s: float = 180.0, progress=lambda msg: None) -> LabInfo:
+       disk_mb: int = 64, boot_timeout_s: float = 180.0, knobs: SeedKnobs = SeedKnobs(),
+       progress=lambda msg: None) -> LabInfo:
     running = status(lab_dir)
     if running:
         raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan lab down' first")
@@ -131,15 +169,26 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
     disk = lab_dir / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(disk_mb << 20)
+    if scenario not in SCENARIOS:
+        raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    env = dict(os.environ)
+    if scenario.startswith("seed"):
+        if qemu != "7.2":
+            raise LabError("the seed scenarios run driver O, which is built for Debian's installed QEMU 7.2 only")
+        progress("building driver O (first time: fetches the QEMU source package, ~1 min)")
+        # LD_PRELOAD reaches QEMU alone: this environment is only for its process.
+        env["LD_PRELOAD"] = str(build_driver_o())
+        replica_path(lab_dir).unlink(missing_ok=True)
     wrapper, qemu_prefix = qemu_command(qemu)
-    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario)
+    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs)
     progress(f"starting QEMU {qemu} ({scenario} scenario) in {lab_dir}")
-    proc = subprocess.run(wrapper + argv, capture_output=True, text=True)
+    proc = subprocess.run(wrapper + argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise LabError(f"QEMU failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     pid = int((lab_dir / "qemu.pid").read_text().strip())
     info = LabInfo(pid, str(lab_dir / "qmp.sock"), str(lab_dir / "console.log"), str(lab_dir / "cmd.sock"),
-                   str(lab_dir), scenario, qemu, argv)
+                   str(lab_dir), scenario, qemu, argv,
+                   str(replica_path(lab_dir)) if scenario.startswith("seed") else None)
     (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
     progress("booting the guest")
     deadline = time.monotonic() + boot_timeout_s
@@ -174,6 +223,8 @@ def down(lab_dir: Path = DEFAULT_DIR, timeout_s: float = 15.0) -> bool:
         if _alive(info.pid):
             os.kill(info.pid, signal.SIGKILL)
     state.unlink(missing_ok=True)
+    if info.replica:
+        Path(info.replica).unlink(missing_ok=True)
     return True
 
 

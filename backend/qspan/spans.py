@@ -13,8 +13,8 @@ SCHEMA = "qspan.spans/1"
 
 # Where the waiting thread's time went during a handoff (Handoff.instead keys).
 INSTEAD_CATEGORIES = (
-    "other_requests",  # coroutines of other guest requests ran on the thread
-    "own_request",  # coroutines of this request (children it spawned) ran
+    "other_requests",  # the coroutines of other guest requests ran on the thread
+    "spawned",  # background coroutines spawned by requests (this one or others: e.g. B's writes) ran
     "background",  # coroutines not tied to any traced request ran
     "event_loop",  # the thread ran its event loop / bottom halves, outside coroutines
     "asleep",  # the thread was off-CPU, sleeping (in poll or blocked)
@@ -35,6 +35,7 @@ class InsteadItem:
 
     co: int
     request: int | None  # request id, None for background coroutines
+    role: str  # "request" (a request's own coroutine), the spawn role (e.g. "B"), or "" when unbound
     node: str | None
     dur_ns: int
 
@@ -67,7 +68,20 @@ class NodeVisit:
 
 
 @dataclass
+class Child:
+    """A coroutine a request started and did not await: off its critical path."""
+
+    co: int
+    role: str  # the profile's spawn role (e.g. "B"), or "nested" when linked by being entered from the request
+    offset: int | None
+    bytes: int | None
+    start_ns: int
+    end_ns: int | None  # spawn_done or termination; null when not seen
+
+
+@dataclass
 class PoolHop:
+    co: int  # the coroutine that submitted it
     submit_ns: int
     worker_tid: int | None
     io_start_ns: int | None
@@ -89,10 +103,11 @@ class Span:
     ack_ns: int | None
     co_end_ns: int  # the request's coroutine terminated (after the ack: cleanup off the guest's path)
     phases: list[Phase]
+    hop_done_ns: int | None  # a profile's hop (e.g. the replica) finished on its own thread; null if none
     handoffs: list[Handoff]
     nodes: list[NodeVisit]
     pool: list[PoolHop]
-    children: list[int]  # coroutines spawned by this request (not awaited: off the critical path)
+    children: list[Child]
     complete: bool  # False when events were lost inside the span
 
 

@@ -49,6 +49,14 @@ class Target:
     nodes: list[BlockNode] = field(default_factory=list)
     symbols: frozenset[str] = field(default_factory=frozenset, repr=False)
     notes: list[str] = field(default_factory=list)
+    libraries: list[str] = field(default_factory=list)  # shared objects mapped in the process (paths in its namespace)
+
+    def library(self, name: str) -> str | None:
+        """Path (through /proc/PID/root) of a mapped shared object whose file name is `name`."""
+        for lib in self.libraries:
+            if os.path.basename(lib) == name:
+                return f"/proc/{self.pid}/root{lib}"
+        return None
 
     @property
     def version_tuple(self) -> tuple[int, int]:
@@ -189,6 +197,19 @@ def _threads_from_proc(pid: int) -> list[ThreadInfo]:
     return threads
 
 
+def _mapped_libraries(pid: int) -> list[str]:
+    libs: list[str] = []
+    try:
+        with open(PROC / str(pid) / "maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and ".so" in parts[5] and parts[5].strip() not in libs:
+                    libs.append(parts[5].strip())
+    except OSError:
+        pass
+    return libs
+
+
 def _version_from_binary(probe_path: str) -> str:
     try:
         out = subprocess.run([probe_path, "--version"], capture_output=True, text=True, timeout=10).stdout
@@ -240,4 +261,5 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
             notes.append(f"QMP unavailable ({err}); thread roles from thread names")
     if not version:
         version = _version_from_binary(probe_path)
-    return Target(pid, exe, probe_path, version, build_id, usdt, qmp_path, threads, nodes, symbols, notes)
+    return Target(pid, exe, probe_path, version, build_id, usdt, qmp_path, threads, nodes, symbols, notes,
+                  _mapped_libraries(pid))
