@@ -13,7 +13,9 @@ fi
 # Debian packages: QEMU (stock 7.2), bpftrace, the guest's kernel and busybox,
 # a C toolchain for the static guest workload, Python's venv.
 packages=(qemu-system-x86 qemu-utils bpftrace busybox-static linux-image-cloud-amd64
-          cpio gzip kmod gcc libc6-dev make python3 python3-venv procps util-linux)
+          cpio gzip kmod gcc libc6-dev make python3 python3-venv procps util-linux binutils
+          dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev)
+# (the second line: driver O for the seed lab, built against QEMU's source package headers)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -41,6 +43,9 @@ fi
 
 step "lab guest (kernel + initramfs + qspan-load)"
 bash lab/guest/build.sh build/guest
+
+step "driver O for the seed lab (the QEMU source package's headers; ~1 min the first time)"
+bash lab/driver-o/build.sh build/driver-o
 
 step "QEMU 10.0 from bookworm-backports, unpacked for the lab (not installed)"
 bash lab/qemu10/fetch.sh build/qemu-10.0

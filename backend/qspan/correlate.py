@@ -74,6 +74,7 @@ class _Req:
     bytes: int
     tid: int
     submit_ns: int
+    start_ns: int = 0  # the guest's kick when seen, else submit_ns
     co: int = 0
     cursor_ns: int = 0  # end of the last closed phase
     run_name: str = "submit"
@@ -116,6 +117,8 @@ class _Thread:
         self.seg_start: int | None = None
         self.segments: deque[_Segment] = deque()
         self.pending_submit: _Req | None = None
+        self.kick: int | None = None  # a guest kick this thread read and no request has taken yet
+        self.last_submit_ns = 0
         self.io: PoolHop | None = None  # worker: the hop whose syscall is in progress
         self.io_req: _Req | None = None
 
@@ -136,6 +139,8 @@ class Correlator:
             t["tid"] for t in threads
             if t.get("role") != "worker" and t["tid"] not in self.watched and not t.get("comm", "").startswith("qemu-system")
         }
+        self.vcpus = {t["tid"] for t in threads if t.get("role") == "vcpu"}
+        self.kicks: dict[int, int] = {}  # notifier -> earliest vCPU kick not yet read
         self.roles = dict(DEFAULT_ROLES, **header.get("profile", {}).get("roles", {}))
         self.children: dict[int, Child] = {}  # live child coroutine -> its record
         self.threads: dict[int, _Thread] = {}
@@ -157,6 +162,8 @@ class Correlator:
             "node.name": self._node_name,
             "pool.submit": self._pool_submit,
             "req.ack": self._req_ack,
+            "notify": self._notify,
+            "kick.read": self._kick_read,
             "sys.io": self._sys_io,
             "sys.io_done": self._sys_io_done,
             "sched.switch": self._sched_switch,
@@ -358,8 +365,30 @@ class Correlator:
         if t.pending_submit is not None:
             self.stats["unbound_submits"] += 1
         req = _Req(self.next_id, op, blk, offset, nbytes, ev.tid, ev.ts_ns, cursor_ns=ev.ts_ns)
+        if t.kick is not None:
+            # The guest's kick waited for this thread to pick the request up: on the critical path.
+            req.start_ns = req.cursor_ns = t.kick
+            req.phase("kick", ev.ts_ns)
+            t.kick = None
         self.next_id += 1
         t.pending_submit = req
+        t.last_submit_ns = ev.ts_ns
+
+    def _notify(self, ev: Event) -> None:
+        # A vCPU setting an EventNotifier may be a guest kick (TCG's ioeventfd path); it is one
+        # when an event loop then reads that notifier as a virtqueue's host notifier.
+        if ev.tid in self.vcpus:
+            self.kicks.setdefault(ev.args[0], ev.ts_ns)
+
+    def _kick_read(self, ev: Event) -> None:
+        # Only the first request submitted after the read gets the kick phase: requests that came
+        # without a kick of their own (batched, or picked up by polling) are under- rather than
+        # over-reported.
+        kick = self.kicks.pop(ev.args[0], None)
+        t = self.thread(ev.tid)
+        # A kick older than the thread's last submission was already served (by polling).
+        if kick is not None and kick >= t.last_submit_ns:
+            t.kick = kick
 
     def _finish(self, req: _Req, ts: int) -> None:
         # The guest sees completion at the ack (virtqueue_push, then its interrupt), which comes
@@ -371,7 +400,8 @@ class Correlator:
         self.spans.append(
             Span(
                 id=req.id, op=OP_NAMES.get(req.op, str(req.op)), offset=req.offset, bytes=req.bytes, tid=req.tid,
-                co=req.co, start_ns=req.submit_ns, end_ns=end, dur_ns=end - req.submit_ns, ack_ns=req.ack_ns,
+                co=req.co, start_ns=req.start_ns or req.submit_ns, submit_ns=req.submit_ns, end_ns=end,
+                dur_ns=end - (req.start_ns or req.submit_ns), ack_ns=req.ack_ns,
                 co_end_ns=ts, phases=req.phases, hop_done_ns=req.last_hop_done_ns, handoffs=req.handoffs, nodes=req.nodes, pool=req.pool,
                 children=req.children, complete=req.complete,
             )

@@ -97,7 +97,8 @@ class Span:
     bytes: int
     tid: int  # thread that submitted and completed it (the iothread)
     co: int  # the request's coroutine
-    start_ns: int
+    start_ns: int  # the guest's kick when seen, else submit_ns
+    submit_ns: int  # req.submit
     end_ns: int
     dur_ns: int
     ack_ns: int | None

@@ -55,7 +55,7 @@
 #define NT_GNU_BUILD_ID 3 /* QEMU's own elf.h shadows the system's and lacks it */
 #endif
 
-#define MITIGATION_SLICE_US 10
+#define MITIGATION_SLICE_US 25
 
 typedef struct OReq OReq;
 
