@@ -69,3 +69,16 @@ def test_bpftrace_compiles_the_generated_program(tmp_path):
     proc = subprocess.run(["bpftrace", "--emit-elf", str(tmp_path / "p.o"), str(src)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.o").stat().st_size > 0
+
+
+def test_profile_probes_target_the_drivers_library():
+    cat = catalogue.load()
+    inp = program.ProgramInput(**{**_input((7, 2), "7.2.22").__dict__, "library_path": "/proc/4242/root/opt/libqspan-o.so"})
+    prog = program.generate(cat, inp, cat.profiles["lab-o"])
+    golden = GOLDEN / "program-7.2-lab-o.bt"
+    if REGEN:
+        golden.write_text(prog.text)
+    assert prog.text == golden.read_text()
+    assert "usdt:/proc/4242/root/opt/libqspan-o.so:o:replica_cb" in prog.text
+    with pytest.raises(Exception, match="needs libqspan-o.so mapped"):
+        program.generate(cat, _input((7, 2), "7.2.22"), cat.profiles["lab-o"])

@@ -86,7 +86,7 @@ struct OReq {
     Coroutine *co; /* the guest write's coroutine, re-entered by the replica callback */
     AioContext *ctx;
     int replica_ret;
-    int refs; /* the replica thread's and B's; atomic */
+    int refs; /* the write coroutine's, the replica thread's and B's; atomic */
     bool in_b; /* on b_inflight */
     QSIMPLEQ_ENTRY(OReq) next_replica;
     QTAILQ_ENTRY(OReq) next_b;
@@ -238,7 +238,7 @@ static int coroutine_fn o_co_pwritev(BlockDriverState *bs, int64_t offset, int64
     qemu_iovec_to_buf(qiov, 0, r->buf, bytes);
     r->co = qemu_coroutine_self();
     r->ctx = bdrv_get_aio_context(bs);
-    r->refs = 2;
+    r->refs = 3;
 
     pthread_mutex_lock(&s->lock);
     QSIMPLEQ_INSERT_TAIL(&s->replica_queue, r, next_replica);
@@ -256,6 +256,7 @@ static int coroutine_fn o_co_pwritev(BlockDriverState *bs, int64_t offset, int64
     if (s->mitigation) {
         start_backing_write(r); /* ack first: B starts once this write is acknowledged */
     }
+    oreq_unref(r); /* the replica thread and B may both be done with it already */
     DTRACE_PROBE2(o, ack, ack_offset, ack_bytes);
     return ret;
 }
