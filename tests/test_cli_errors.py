@@ -1,11 +1,9 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, no hang."""
 
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 
 from conftest import DATA, REPO, require_tracing, run_qspan
 

@@ -7,14 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import QSPAN, REPO, guest_requests, require_tracing, run_qspan
+from conftest import guest_requests, require_tracing, run_qspan
 from qspan import lab
+from qspan.clirun import start_traced
 
 pytestmark = pytest.mark.e2e
 
@@ -30,21 +30,8 @@ def vm(request, tmp_path_factory):
 
 
 def _attach(pid: int, out: Path, duration: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
-    proc = subprocess.Popen([*QSPAN, "attach", "--pid", str(pid), "--duration", str(duration), "--out", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Wait until the probes are attached, so the guest's requests all fall inside the trace.
-    deadline = time.monotonic() + 120
-    seen = ""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen += line
-        if "attached;" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    pytest.fail(f"qspan attach did not attach: {seen}")
+    # Returns once the probes are attached, so the guest's requests all fall inside the trace.
+    return start_traced("attach", "--pid", str(pid), "--duration", str(duration), "--out", str(out))
 
 
 def test_attach_spans_match_the_guest(vm, output_dir):
@@ -88,13 +75,10 @@ def test_attach_spans_match_the_guest(vm, output_dir):
 
 def test_record_then_replay_gives_the_same_spans(vm, tmp_path):
     rec = tmp_path / "t.qspan"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
-    proc = subprocess.Popen([*QSPAN, "record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec)],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    while "attached;" not in (line := proc.stderr.readline()):
-        assert line or proc.poll() is None, "record never attached"
+    proc = start_traced("record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec))
     res = lab.load(vm, "--op read --qd 4 --count 200")
-    assert proc.wait(timeout=120) == 0
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
     out = tmp_path / "s.json"
     r = run_qspan("spans", str(rec), "--out", str(out))
     assert r.returncode == 0, r.stderr
@@ -108,11 +92,7 @@ def test_qemu_exiting_mid_trace_is_reported_and_keeps_the_events(tmp_path):
     info = lab.up(d)
     try:
         rec = tmp_path / "dying.qspan"
-        env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
-        proc = subprocess.Popen([*QSPAN, "record", "--pid", str(info.pid), "--duration", "60", "--out", str(rec)],
-                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-        while "attached;" not in (line := proc.stderr.readline()):
-            assert line or proc.poll() is None, "record never attached"
+        proc = start_traced("record", "--pid", str(info.pid), "--duration", "60", "--out", str(rec))
         lab.send_command(info, "load --op write --qd 2 --duration 30")
         time.sleep(3)
         os.kill(info.pid, signal.SIGKILL)

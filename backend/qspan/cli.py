@@ -6,12 +6,11 @@ import argparse
 import json
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, catalogue, correlate, lab, program, recording, report, target, tracer
-from .errors import QspanError, RecordingError, TracerError
+from .errors import QspanError, TracerError
 
 EXAMPLES = """\
 examples:

@@ -7,14 +7,12 @@ and tests/test_seed.py (checks the attribution against the known knobs).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import lab
-from .paths import REPO
+from .clirun import start_traced
+from .errors import QspanError
 from .report import percentile
 
 
@@ -32,17 +30,11 @@ def run_case(scenario: str, replica_us: int, b_cpu_us: int, count: int, rate: in
     info = lab.up(d, scenario=scenario, knobs=lab.SeedKnobs(replica_us, b_cpu_us))
     try:
         out = d / "spans.json"
-        env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
-        proc = subprocess.Popen([sys.executable, "-m", "qspan.cli", "attach", "--pid", str(info.pid),
-                                 "--duration", str(count / rate + 8), "--out", str(out)],
-                                env=env, stderr=subprocess.PIPE, text=True)
-        while "attached;" not in (line := proc.stderr.readline()):
-            if not line and proc.poll() is not None:
-                raise SystemExit(f"attach failed: {proc.stderr.read()}")
+        proc = start_traced("attach", "--pid", str(info.pid), "--duration", str(count / rate + 8), "--out", str(out))
         guest = lab.load(info, f"--op write --qd {qd} --count {count} --rate {rate} --verify --log")
-        proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         if proc.returncode != 0:
-            raise SystemExit(f"attach failed with {proc.returncode}")
+            raise QspanError(f"qspan attach failed: {err.strip()[-500:]}")
         doc = json.loads(out.read_text())
         disk = (d / "disk.img").read_bytes()
         replica = Path(info.replica).read_bytes() if info.replica else b""
