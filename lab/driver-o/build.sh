@@ -25,7 +25,8 @@ src="$out/src"
 tree="$src/qemu-${srcver#*:}"
 tree=${tree%-*}   # qemu-7.2+dfsg
 if [ ! -f "$tree/configure" ]; then
-    if ! apt-cache showsrc qemu 2>/dev/null | grep -q "^Version: $srcver\$"; then
+    # grep -c reads all its input: with pipefail, grep -q would fail the pipeline by SIGPIPE.
+    if ! apt-cache showsrc qemu 2>/dev/null | grep -c "^Version: $srcver\$" >/dev/null; then
         echo "driver o: enabling deb-src for bookworm (sources of the installed QEMU)"
         cat >/etc/apt/sources.list.d/qspan-deb-src.sources <<SRC
 Types: deb-src

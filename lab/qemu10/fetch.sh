@@ -12,7 +12,8 @@ if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q 'version 10\.0\.'; th
     exit 0
 fi
 src=/etc/apt/sources.list.d/qspan-bookworm-backports.sources
-if ! apt-cache policy 2>/dev/null | grep -q bookworm-backports; then
+# grep -c reads all its input: with pipefail, grep -q would fail the pipeline by SIGPIPE.
+if ! apt-cache policy 2>/dev/null | grep -c bookworm-backports >/dev/null; then
     echo "qemu 10.0: enabling bookworm-backports in $src (download only; nothing is installed from it)"
     cat >"$src" <<SRC
 Types: deb
