@@ -14,8 +14,10 @@ fi
 # a C toolchain for the static guest workload, Python's venv.
 packages=(qemu-system-x86 qemu-utils bpftrace busybox-static linux-image-cloud-amd64
           cpio gzip kmod gcc libc6-dev make python3 python3-venv procps util-linux binutils
-          dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev)
-# (the second line: driver O for the seed lab, built against QEMU's source package headers)
+          dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev
+          chromium fonts-dejavu-core)
+# (line 3: driver O for the seed lab, built against the QEMU source package headers;
+#  line 4: the browser the dashboard tests drive headless)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -6,7 +6,6 @@ import argparse
 import json
 import signal
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, catalogue, correlate, lab, program, recording, report, target, tracer
@@ -72,23 +71,11 @@ def cmd_tracer(args) -> int:
 # -- tracing ------------------------------------------------------------------
 
 
-def _header(t: target.Target, cat: catalogue.Catalogue, prof: catalogue.Profile, prog: program.Program) -> dict:
-    return {
-        "profile": prof.header(),
-        "tool": f"qspan {__version__}",
-        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "target": t.header(),
-        "codes": {str(e.code): e.name for e in cat.events.values()},
-        "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
-        "skipped_probes": list(prog.skipped),
-    }
-
-
 def trace_to_file(pid: int, duration_s: float, out: Path, profile: str | None = None) -> tuple[tracer.TraceResult, dict]:
     """Trace PID for duration_s seconds into recording `out`; Ctrl-C ends the trace early."""
     tracer.check_can_trace()
     t, cat, prof, prog = _program_for(pid, profile)
-    header = _header(t, cat, prof, prog)
+    header = recording.make_header(t, cat, prof, prog)
     session = tracer.TraceSession(prog.text, pid)
     old = signal.signal(signal.SIGINT, lambda *_: session.stop())
     try:
@@ -164,6 +151,52 @@ def cmd_attach(args) -> int:
     return 0
 
 
+# -- server -------------------------------------------------------------------
+
+
+def _serve(settings, attach_pid: int | None = None) -> None:
+    import uvicorn
+
+    from .server.app import create_app
+
+    app = create_app(settings)
+    if attach_pid is not None:
+        @app.on_event("startup")
+        def _attach() -> None:
+            app.state.manager.attach(attach_pid, None)
+    where = f"http://{settings.host}:{settings.port}/"
+    _progress(f"serving the dashboard on {where}" + (" (token required)" if settings.token else ""))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def _settings(args):
+    from .server.settings import Settings
+
+    s = Settings(host=args.host, port=args.port, token=args.token or None)
+    s.check()
+    return s
+
+
+def cmd_serve(args) -> int:
+    _serve(_settings(args))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Lab up, a steady guest workload, the server attached to it: the README's first command."""
+    settings = _settings(args)
+    d = Path(args.dir)
+    info = lab.status(d) or lab.up(d, scenario=args.scenario, progress=_progress)
+    lab.send_command(info, f"loop --op write --qd 4 --duration 5 --rate {args.rate} --verify")
+    _progress(f"lab QEMU PID {info.pid} ({args.scenario}); guest writing 4 KiB, 4 in flight, {args.rate}/s")
+    print(f"open http://{settings.host}:{settings.port}/  (Ctrl-C stops the demo and the lab)", flush=True)
+    try:
+        _serve(settings, attach_pid=info.pid)
+    finally:
+        lab.down(d)
+    return 0
+
+
 # -- lab ----------------------------------------------------------------------
 
 
@@ -236,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="spans JSON file to write")
     s.add_argument("--record", help="where to keep the recording (default: OUT with .qspan suffix)")
     s.set_defaults(fn=cmd_attach)
+
+    for name, fn, hlp in (("serve", cmd_serve, "serve the live dashboard (FastAPI) on 127.0.0.1"),
+                          ("demo", cmd_demo, "boot the lab, drive guest writes, serve the dashboard attached to it")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s; others need --token)")
+        s.add_argument("--port", type=int, default=8321)
+        s.add_argument("--token", default="", help="bearer token required by the API (and ?token= for the WebSocket)")
+        if name == "demo":
+            s.add_argument("--dir", default=str(lab.DEFAULT_DIR))
+            s.add_argument("--scenario", default="seed", choices=lab.SCENARIOS)
+            s.add_argument("--rate", type=int, default=300, help="guest writes per second (default %(default)s)")
+        s.set_defaults(fn=fn)
 
     s = sub.add_parser("lab", help="the reproducible QEMU lab")
     s.add_argument("--dir", default=str(lab.DEFAULT_DIR), help="lab state directory (default %(default)s)")

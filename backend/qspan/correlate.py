@@ -130,7 +130,11 @@ class _Thread:
 class Correlator:
     """Feed events in timestamp order with add(); take spans with finish()."""
 
-    def __init__(self, header: dict):
+    def __init__(self, header: dict, capture_timeline: bool = False):
+        # capture_timeline: keep, per finished span, the segments of its thread's timeline
+        # that overlap it (the dashboard's per-thread view around a request).
+        self.capture_timeline = capture_timeline
+        self.timelines: dict[int, list[dict]] = {}
         threads = header.get("target", {}).get("threads", [])
         self.watched = {t["tid"] for t in threads if t.get("role") in ("main", "iothread")}
         # Named threads that are not pool workers (a driver's own threads, e.g. O's replica
@@ -397,6 +401,8 @@ class Correlator:
         req.phase(req.run_name if req.run_name != "run" else "complete", end)
         if not req.complete:
             self.stats["incomplete"] += 1
+        if self.capture_timeline:
+            self.timelines[req.id] = self._timeline(req.tid, req.start_ns or req.submit_ns, ts)
         self.spans.append(
             Span(
                 id=req.id, op=OP_NAMES.get(req.op, str(req.op)), offset=req.offset, bytes=req.bytes, tid=req.tid,
@@ -406,6 +412,32 @@ class Correlator:
                 children=req.children, complete=req.complete,
             )
         )
+
+    def _timeline(self, tid: int, a: int, b: int) -> list[dict]:
+        t = self.threads.get(tid)
+        out: list[dict] = []
+        if t is None:
+            return out
+        for seg in reversed(t.segments):
+            if seg.end_ns <= a:
+                break
+            if seg.start_ns < b:
+                out.append({"tid": tid, "start_ns": seg.start_ns, "dur_ns": seg.end_ns - seg.start_ns, "kind": seg.kind,
+                            "co": seg.co, "request": seg.request, "role": seg.role})
+        out.reverse()
+        return out
+
+    def take_spans(self) -> tuple[list[Span], dict[int, list[dict]]]:
+        """Spans finished since the last call (live use: the correlator keeps none)."""
+        spans, self.spans = self.spans, []
+        timelines, self.timelines = self.timelines, {}
+        for s in spans:
+            for n in s.nodes:
+                n.node, n.driver = self._name(n.bs)
+        if self.pending_pool and self.last_ts - self.pending_pool[0].hop.submit_ns > TIMELINE_HORIZON_NS:
+            # pool work whose syscall was never seen (e.g. linux-aio): stop looking for it
+            self.pending_pool = [p for p in self.pending_pool if self.last_ts - p.hop.submit_ns <= TIMELINE_HORIZON_NS]
+        return spans, timelines
 
     def _node_io(self, ev: Event) -> None:
         bs, offset, nbytes, _op = ev.args

@@ -16,6 +16,34 @@ class MalformedLine(ValueError):
         self.lineno = lineno
 
 
+def parse_line(line: str, codes: dict[int, str], string_kinds: frozenset[str] = frozenset({"node.name"}),
+               lineno: int = 0, last_ts: int = 0) -> Event | Lost | None:
+    """One tracer line: an Event, a Lost, None for a blank line; MalformedLine otherwise."""
+    parts = line.split()
+    if not parts:
+        return None
+    head = parts[0]
+    if head.isdigit():
+        kind = codes.get(int(head))
+        if kind is None:
+            raise MalformedLine(lineno, line, f"unknown event code {head}")
+        if len(parts) != 7:
+            raise MalformedLine(lineno, line, f"expected 7 fields, got {len(parts)}")
+        try:
+            ts, tid = int(parts[1]), int(parts[2])
+            if kind in string_kinds:
+                args: tuple = (int(parts[3]), parts[4], parts[5], int(parts[6]))
+            else:
+                args = (int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6]))
+        except ValueError:
+            raise MalformedLine(lineno, line, "non-numeric field") from None
+        return Event(kind, ts, tid, args)
+    m = LOST_RE.search(line)
+    if m:
+        return Lost(int(m.group(1)), last_ts)
+    raise MalformedLine(lineno, line, "not an event line")
+
+
 def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: frozenset[str] = frozenset({"node.name"}),
                 first_lineno: int = 1) -> Iterator[Event | Lost]:
     """Yield an Event per event line and a Lost per "Lost N events" line.
@@ -26,29 +54,9 @@ def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: froze
     """
     last_ts = 0
     for lineno, line in enumerate(lines, first_lineno):
-        parts = line.split()
-        if not parts:
+        rec = parse_line(line, codes, string_kinds, lineno, last_ts)
+        if rec is None:
             continue
-        head = parts[0]
-        if head.isdigit():
-            kind = codes.get(int(head))
-            if kind is None:
-                raise MalformedLine(lineno, line, f"unknown event code {head}")
-            if len(parts) != 7:
-                raise MalformedLine(lineno, line, f"expected 7 fields, got {len(parts)}")
-            try:
-                ts, tid = int(parts[1]), int(parts[2])
-                if kind in string_kinds:
-                    args: tuple = (int(parts[3]), parts[4], parts[5], int(parts[6]))
-                else:
-                    args = (int(parts[3]), int(parts[4]), int(parts[5]), int(parts[6]))
-            except ValueError:
-                raise MalformedLine(lineno, line, "non-numeric field") from None
-            last_ts = ts
-            yield Event(kind, ts, tid, args)
-            continue
-        m = LOST_RE.search(line)
-        if m:
-            yield Lost(int(m.group(1)), last_ts)
-            continue
-        raise MalformedLine(lineno, line, "not an event line")
+        if isinstance(rec, Event):
+            last_ts = rec.ts_ns
+        yield rec

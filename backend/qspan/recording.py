@@ -56,6 +56,23 @@ class RecordingWriter:
         self.f.flush()
 
 
+def make_header(t, cat, prof, prog) -> dict:
+    """The header of a recording of target `t` traced with program `prog` (profile `prof`)."""
+    from datetime import datetime, timezone
+
+    from . import __version__
+
+    return {
+        "profile": prof.header(),
+        "tool": f"qspan {__version__}",
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": t.header(),
+        "codes": {str(e.code): e.name for e in cat.events.values()},
+        "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
+        "skipped_probes": list(prog.skipped),
+    }
+
+
 def _body(f: IO[str], start_lineno: int, state: dict) -> Iterator[str]:
     for lineno, line in enumerate(f, start_lineno):
         if line.startswith("#end "):

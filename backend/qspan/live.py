@@ -1,0 +1,293 @@
+"""Live correlation: tracer lines in, a bounded store of spans and aggregates out.
+
+`ReorderBuffer` and `SpanStore` are pure (no clock, no threads): the tracer's
+lines carry their own timestamps. `LiveSession` (the I/O edge) runs bpftrace
+in a thread, records the raw stream, and feeds both.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+from . import catalogue, program, recording, target, tracer
+from .correlate import Correlator
+from .errors import QspanError
+from .events import Event, Lost
+from .parse import MalformedLine, parse_line
+from .report import percentile
+from .spans import INSTEAD_CATEGORIES, Span
+
+# bpftrace prints per-CPU buffers: lines from different CPUs arrive out of
+# timestamp order by up to a buffer's worth. Hold events this long (in trace
+# time) before correlating them.
+REORDER_LAG_NS = 50_000_000
+HIST_EDGES_US = [2 ** i for i in range(0, 18)]  # 1 us .. 131 ms, log2 buckets
+
+
+class ReorderBuffer:
+    def __init__(self, lag_ns: int = REORDER_LAG_NS):
+        self.lag_ns = lag_ns
+        self._heap: list[tuple[int, int, Event | Lost]] = []
+        self._seq = itertools.count()
+        self.max_ts = 0
+
+    def push(self, rec: Event | Lost) -> None:
+        ts = rec.ts_ns if isinstance(rec, Event) else rec.after_ts_ns
+        self.max_ts = max(self.max_ts, ts)
+        heapq.heappush(self._heap, (ts, next(self._seq), rec))
+
+    def ready(self) -> list[Event | Lost]:
+        """Events old enough that no earlier one can still arrive, in timestamp order."""
+        out = []
+        limit = self.max_ts - self.lag_ns
+        while self._heap and self._heap[0][0] <= limit:
+            out.append(heapq.heappop(self._heap)[2])
+        return out
+
+    def drain(self) -> list[Event | Lost]:
+        out = [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
+        return out
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class SpanStore:
+    """The most recent spans, per-second latency percentiles, and running breakdowns. Bounded."""
+
+    def __init__(self, max_spans: int = 5_000, max_seconds: int = 600, max_timelines: int = 300):
+        # Memory is bounded by these: the full stream is in the session's recording.
+        self.spans: deque[dict] = deque(maxlen=max_spans)
+        self.max_timelines = max_timelines
+        self.timelines: dict[int, list[dict]] = {}  # span id -> its thread timeline, most recent only
+        self.seconds: deque[dict] = deque(maxlen=max_seconds * 3)  # one row per op per second
+        self._open: dict[tuple[int, str], list[int]] = {}  # (second, op) -> durations in ns
+        self.totals: dict[str, dict] = {}
+        self.first_ns: int | None = None
+        self.version = 0  # bumps on every change, for cheap "anything new?" checks
+
+    def add(self, spans: list[Span], timelines: dict[int, list[dict]]) -> None:
+        for s in spans:
+            d = asdict(s)
+            if self.first_ns is None:
+                self.first_ns = s.start_ns
+            if len(self.spans) == self.spans.maxlen:
+                self.timelines.pop(self.spans[0]["id"], None)
+            self.spans.append(d)
+            if s.id in timelines:
+                self.timelines[s.id] = timelines[s.id]
+                self._trim_timelines()
+            sec = s.end_ns // 1_000_000_000
+            self._open.setdefault((sec, s.op), []).append(s.dur_ns)
+            self._account(d)
+        if spans:
+            self._close_seconds(spans[-1].end_ns // 1_000_000_000 - 1)
+            self.version += 1
+
+    def _trim_timelines(self) -> None:
+        if len(self.timelines) <= self.max_timelines + 100:  # trim in batches: slowest() sorts the ring
+            return
+        # keep the slowest requests' timelines (what the dashboard drills into) and the newest
+        keep = {s["id"] for s in self.slowest(20)}
+        for sid in list(self.timelines):
+            if len(self.timelines) <= self.max_timelines:
+                break
+            if sid not in keep:
+                del self.timelines[sid]
+
+    def _account(self, d: dict) -> None:
+        t = self.totals.setdefault(d["op"], {"requests": 0, "dur_ns": 0, "phases_ns": {}, "instead_ns": dict.fromkeys(INSTEAD_CATEGORIES, 0),
+                                             "histogram": [0] * (len(HIST_EDGES_US) + 1)})
+        t["requests"] += 1
+        t["dur_ns"] += d["dur_ns"]
+        for p in d["phases"]:
+            t["phases_ns"][p["name"]] = t["phases_ns"].get(p["name"], 0) + p["dur_ns"]
+        for h in d["handoffs"]:
+            for k, v in h["instead_ns"].items():
+                t["instead_ns"][k] = t["instead_ns"].get(k, 0) + v
+        us = d["dur_ns"] / 1000
+        t["histogram"][next((i for i, e in enumerate(HIST_EDGES_US) if us < e), len(HIST_EDGES_US))] += 1
+
+    def _close_seconds(self, upto_sec: int) -> None:
+        for key in sorted(k for k in self._open if k[0] <= upto_sec):
+            durs = sorted(self._open.pop(key))
+            self.seconds.append({
+                "t_s": key[0], "op": key[1], "requests": len(durs),
+                "p50_us": percentile(durs, 50) / 1000, "p90_us": percentile(durs, 90) / 1000,
+                "p99_us": percentile(durs, 99) / 1000, "max_us": durs[-1] / 1000,
+            })
+
+    def flush(self) -> None:
+        self._close_seconds(1 << 62)
+        self.version += 1
+
+    def slowest(self, n: int = 10, since_ns: int = 0) -> list[dict]:
+        cands = [s for s in self.spans if s["end_ns"] >= since_ns]
+        return sorted(cands, key=lambda s: -s["dur_ns"])[:n]
+
+    def query(self, since_ns: int = 0, until_ns: int | None = None, op: str | None = None,
+              min_dur_us: float = 0, limit: int = 1000) -> list[dict]:
+        out = []
+        for s in self.spans:
+            if s["end_ns"] < since_ns or (until_ns is not None and s["start_ns"] > until_ns):
+                continue
+            if (op and s["op"] != op) or s["dur_ns"] < min_dur_us * 1000:
+                continue
+            out.append(s)
+        return out[-limit:]
+
+    def get(self, span_id: int) -> dict | None:
+        return next((s for s in self.spans if s["id"] == span_id), None)
+
+    def breakdown(self) -> dict:
+        out = {}
+        for op, t in self.totals.items():
+            n = t["requests"] or 1
+            out[op] = {
+                "requests": t["requests"],
+                "mean_us": t["dur_ns"] / n / 1000,
+                "phase_mean_us": {k: v / n / 1000 for k, v in t["phases_ns"].items()},
+                "instead_mean_us": {k: v / n / 1000 for k, v in t["instead_ns"].items()},
+                "histogram": {"edges_us": HIST_EDGES_US, "counts": t["histogram"]},
+            }
+        return out
+
+
+class LiveSession:
+    """One attached tracer: bpftrace in a thread, its stream recorded and correlated live."""
+
+    def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path):
+        self.id = session_id
+        self.pid = pid
+        self.profile_name = profile
+        self.record_path = record_dir / f"{session_id}.qspan"
+        self.state = "attaching"  # attaching, attached, detached, failed
+        self.error: str | None = None
+        self.reason: str | None = None
+        self.store = SpanStore()
+        self.lines = 0
+        self.lost = 0
+        self.malformed = 0
+        self.started_at = time.time()
+        self.attached_at: float | None = None
+        self.ended_at: float | None = None
+        self._lock = threading.Lock()
+        self._rate: deque[tuple[float, int]] = deque(maxlen=20)
+        self._buf = ReorderBuffer()
+        self._thread: threading.Thread | None = None
+        self._session: tracer.TraceSession | None = None
+        self.target: target.Target | None = None
+        self.header: dict = {}
+
+    def start(self) -> None:
+        """Inspect and generate synchronously (errors reach the caller), trace in a thread."""
+        tracer.check_can_trace()
+        t = target.inspect(self.pid)
+        cat = catalogue.load()
+        prof = program.choose_profile(cat, t, self.profile_name)
+        prog = program.generate(cat, program.program_input(t, prof), prof)
+        self.target, self.profile_name = t, prof.name
+        self.header = recording.make_header(t, cat, prof, prog)
+        self._codes = {e.code: e.name for e in cat.events.values()}
+        self._correlator = Correlator(self.header, capture_timeline=True)
+        self._session = tracer.TraceSession(prog.text, self.pid)
+        self._thread = threading.Thread(target=self._run, name=f"qspan-{self.id}", daemon=True)
+        self._thread.start()
+
+    def _attached(self) -> None:
+        self.state = "attached"
+        self.attached_at = time.time()
+
+    def _run(self) -> None:
+        assert self._session is not None
+        try:
+            with open(self.record_path, "w") as f:
+                writer = recording.RecordingWriter(f, self.header)
+
+                def on_line(line: str) -> None:
+                    writer.line(line)
+                    self._feed(line)
+
+                result = self._session.run(on_line, None, on_attached=self._attached)
+                writer.end(result.summary())
+            self.reason = result.reason
+            with self._lock:
+                self._process(self._buf.drain())
+                self.store.flush()
+            if result.reason == "qemu-exited":
+                self.error = f"QEMU PID {self.pid} exited; {result.event_lines} events kept in {self.record_path.name}"
+            self.state = "detached"
+        except QspanError as err:
+            self.error = str(err)
+            self.state = "failed"
+        except Exception as err:  # never let a tracer thread die silently
+            self.error = f"internal error: {err!r}"
+            self.state = "failed"
+        finally:
+            self.ended_at = time.time()
+
+    def _feed(self, line: str) -> None:
+        self.lines += 1
+        try:
+            rec = parse_line(line, self._codes)
+        except MalformedLine:
+            self.malformed += 1
+            return
+        if rec is None:
+            return
+        if isinstance(rec, Lost):
+            self.lost += rec.count
+        with self._lock:
+            self._buf.push(rec)
+            if self.lines % 64 == 0:
+                self._process(self._buf.ready())
+
+    def _process(self, recs: list) -> None:
+        for rec in recs:
+            self._correlator.add(rec)
+        spans, timelines = self._correlator.take_spans()
+        if spans:
+            self.store.add(spans, timelines)
+
+    def tick(self) -> None:
+        """Correlate what is old enough even when few lines arrive (called by the server)."""
+        with self._lock:
+            # The tracer's clock is CLOCK_MONOTONIC, like ours: when the guest is idle, time
+            # still passes and what is in the buffer becomes safe to correlate.
+            self._buf.max_ts = max(self._buf.max_ts, time.monotonic_ns())
+            self._process(self._buf.ready())
+        self._rate.append((time.monotonic(), self.lines))
+
+    def locked(self):
+        """Hold this while reading the store: the tracer thread writes it."""
+        return self._lock
+
+    def stop(self) -> None:
+        if self._session:
+            self._session.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def status(self) -> dict:
+        rate = 0.0
+        if len(self._rate) >= 2:
+            (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+            rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        with self._lock:
+            spans = sum(t["requests"] for t in self.store.totals.values())
+        return {
+            "id": self.id, "pid": self.pid, "profile": self.profile_name, "state": self.state,
+            "error": self.error, "reason": self.reason, "events": self.lines, "events_per_s": round(rate, 1),
+            "lost_events": self.lost, "malformed_lines": self.malformed, "spans": spans,
+            "started_at": self.started_at, "attached_at": self.attached_at, "ended_at": self.ended_at,
+            "recording": str(self.record_path),
+            "qemu_version": self.target.version if self.target else None,
+        }

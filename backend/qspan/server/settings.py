@@ -1,0 +1,41 @@
+"""The server's one settings object."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import QspanError
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8321
+    token: str | None = None  # required whenever host is not loopback
+    record_dir: Path = Path("/tmp/qspan-sessions")
+    frame_interval_s: float = 0.25  # WebSocket push rate: 4 frames/s
+    send_timeout_s: float = 10.0  # a client that cannot take one frame in this long is dropped
+    extra_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    def check(self) -> None:
+        if not is_loopback(self.host) and not self.token:
+            raise QspanError(
+                f"refusing to serve on {self.host}: a non-loopback address needs --token "
+                "(anyone who can reach it could trace this host's QEMUs)"
+            )
+
+    @property
+    def allowed_origins(self) -> set[str]:
+        hosts = {self.host, "127.0.0.1", "localhost"} if is_loopback(self.host) else {self.host}
+        return {f"http://{h}:{self.port}" for h in hosts} | set(self.extra_origins)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,264 @@
+// qspan dashboard: plain JS, no build step. Talks to the REST API and one WebSocket.
+"use strict";
+
+const state = { session: null, ws: null, selected: null, reconnect: null };
+const $ = (id) => document.getElementById(id);
+const PLOT = { displaylogo: false, responsive: true };
+const LAYOUT = { margin: { l: 60, r: 10, t: 10, b: 40 }, legend: { orientation: "h" } };
+const CATEGORY_COLORS = {
+  other_requests: "#d62728", spawned: "#ff7f0e", background: "#9467bd",
+  event_loop: "#7f7f7f", asleep: "#1f77b4", runnable: "#bcbd22",
+};
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, options);
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)) : res.statusText);
+  return body;
+}
+
+async function loadProcesses() {
+  try {
+    const procs = await api("/api/processes");
+    const tbody = $("processes").querySelector("tbody");
+    tbody.replaceChildren();
+    $("no-processes").hidden = procs.length > 0;
+    for (const p of procs) {
+      const tr = document.createElement("tr");
+      tr.dataset.pid = p.pid;
+      const cells = p.error ? [p.pid, "?", "-", "-", p.error] : [p.pid, p.version, p.probe_source, p.profile, p.exe];
+      for (const c of cells) {
+        const td = document.createElement("td");
+        td.textContent = c;
+        tr.appendChild(td);
+      }
+      const td = document.createElement("td");
+      if (!p.error) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "attach";
+        b.textContent = p.session ? "watch" : "attach";
+        b.onclick = () => (p.session ? watch(p.session) : attach(p.pid));
+        td.appendChild(b);
+      }
+      tr.appendChild(td);
+      tbody.appendChild(tr);
+    }
+  } catch (e) {
+    showError(`cannot list QEMU processes: ${e.message}`);
+  }
+}
+
+async function attach(pid) {
+  showError("");
+  setHealth({ state: "attaching", pid });
+  try {
+    const s = await api("/api/sessions", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pid }),
+    });
+    watch(s.id);
+  } catch (e) {
+    setHealth(null);
+    showError(`attach to PID ${pid} failed: ${e.message}`);
+  }
+}
+
+function watch(sid) {
+  state.session = sid;
+  $("session-id").textContent = sid;
+  $("session-bar").hidden = false;
+  $("export-spans").href = `/api/sessions/${sid}/export/spans.json`;
+  $("export-perfetto").href = `/api/sessions/${sid}/export/perfetto.json`;
+  $("waiting").hidden = true;
+  $("charts").hidden = false;
+  $("slowest-panel").hidden = false;
+  connect();
+  loadProcesses();
+}
+
+function connect() {
+  if (state.ws) state.ws.close();
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/api/sessions/${state.session}/live`);
+  state.ws = ws;
+  ws.onmessage = (msg) => {
+    const data = JSON.parse(msg.data);
+    if (data.type === "frame") render(data);
+    if (data.type === "end") setHealth(data.status);
+  };
+  ws.onclose = () => {
+    if (state.ws === ws && state.session) {
+      // the session may still be running: try again shortly
+      clearTimeout(state.reconnect);
+      state.reconnect = setTimeout(() => state.session && refreshStatus(), 1000);
+    }
+  };
+}
+
+async function refreshStatus() {
+  try {
+    const s = await api(`/api/sessions/${state.session}`);
+    setHealth(s.status);
+    if (s.status.state === "attached" || s.status.state === "attaching") connect();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function detach() {
+  if (!state.session) return;
+  try {
+    const s = await api(`/api/sessions/${state.session}`, { method: "DELETE" });
+    setHealth(s);
+  } catch (e) {
+    showError(`detach failed: ${e.message}`);
+  }
+  loadProcesses();
+}
+
+function setHealth(s) {
+  const h = $("health");
+  if (!s) {
+    h.className = "health detached";
+    h.dataset.state = "none";
+    h.textContent = "not attached";
+    return;
+  }
+  const lost = s.lost_events || 0;
+  h.className = `health ${lost ? "lost" : s.state}`;
+  h.dataset.state = s.state;
+  const parts = [`PID ${s.pid}`, s.state];
+  if (s.qemu_version) parts.push(`QEMU ${s.qemu_version}`);
+  if (s.events_per_s !== undefined) parts.push(`${Math.round(s.events_per_s)} events/s`);
+  parts.push(`${lost} lost events`);
+  if (s.spans !== undefined) parts.push(`${s.spans} spans`);
+  if (s.error) parts.push(s.error);
+  h.textContent = parts.join(" · ");
+  if (s.error && s.state === "failed") showError(s.error);
+}
+
+function render(frame) {
+  setHealth(frame.status);
+  renderLatency(frame.latency);
+  renderBreakdown(frame.breakdown);
+  renderSlowest(frame.slowest);
+}
+
+function renderLatency(rows) {
+  const traces = [];
+  const ops = [...new Set(rows.map((r) => r.op))];
+  for (const op of ops) {
+    const mine = rows.filter((r) => r.op === op);
+    const x = mine.map((r) => new Date(r.t_s * 1000).toISOString().slice(11, 19));
+    for (const p of ["p50_us", "p90_us", "p99_us", "max_us"]) {
+      traces.push({ x, y: mine.map((r) => r[p]), name: `${op} ${p.replace("_us", "")}`, mode: "lines", type: "scatter" });
+    }
+  }
+  Plotly.react("latency", traces, { ...LAYOUT, yaxis: { title: "us", type: "log" }, xaxis: { title: "time (monotonic)" } }, PLOT);
+}
+
+function renderBreakdown(bd) {
+  const ops = Object.keys(bd);
+  const phaseNames = [...new Set(ops.flatMap((op) => Object.keys(bd[op].phase_mean_us)))];
+  const phaseTraces = phaseNames.map((ph) => ({
+    type: "bar", orientation: "h", name: ph, y: ops, x: ops.map((op) => bd[op].phase_mean_us[ph] || 0),
+  }));
+  Plotly.react("phases", phaseTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: "us" } }, PLOT);
+  const cats = Object.keys(CATEGORY_COLORS);
+  const insteadTraces = cats.map((c) => ({
+    type: "bar", orientation: "h", name: c, y: ops, marker: { color: CATEGORY_COLORS[c] },
+    x: ops.map((op) => (bd[op].instead_mean_us || {})[c] || 0),
+  }));
+  Plotly.react("instead", insteadTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: "us" } }, PLOT);
+  const histTraces = ops.map((op) => ({
+    type: "bar", name: op, x: bd[op].histogram.edges_us.map((e) => `<${e}`).concat([`>=${bd[op].histogram.edges_us.slice(-1)[0]}`]),
+    y: bd[op].histogram.counts,
+  }));
+  Plotly.react("histogram", histTraces, { ...LAYOUT, xaxis: { title: "latency (us)" }, yaxis: { title: "requests" } }, PLOT);
+}
+
+function renderSlowest(rows) {
+  const tbody = $("slowest").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.span = r.id;
+    const phases = Object.entries(r.phases).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
+    for (const c of [r.id, r.op, r.offset, r.dur_us.toFixed(1), phases]) {
+      const td = document.createElement("td");
+      td.textContent = c;
+      tr.appendChild(td);
+    }
+    tr.onclick = () => openSpan(r.id);
+    tbody.appendChild(tr);
+  }
+}
+
+async function openSpan(id) {
+  try {
+    const { span, timeline } = await api(`/api/sessions/${state.session}/spans/${id}`);
+    state.selected = id;
+    $("detail").hidden = false;
+    $("detail-title").textContent = `Request #${span.id}: ${span.op} ${span.bytes} B at ${span.offset}, ${(span.dur_ns / 1000).toFixed(1)} us`;
+    drawWaterfall(span);
+    drawTimeline(span, timeline);
+    $("detail").scrollIntoView({ behavior: "smooth" });
+  } catch (e) {
+    showError(`request ${id}: ${e.message}`);
+  }
+}
+
+function drawWaterfall(span) {
+  const t0 = span.start_ns;
+  const rows = [];
+  rows.push({ name: `${span.op} #${span.id}`, start: 0, dur: span.dur_ns, color: "#1d232a" });
+  for (const p of span.phases) rows.push({ name: `phase: ${p.name}`, start: p.start_ns - t0, dur: p.dur_ns, color: "#4c78a8" });
+  for (const n of span.nodes) rows.push({ name: `node ${n.node} (${n.driver})`, start: n.ts_ns - t0, dur: Math.max(1000, span.end_ns - n.ts_ns), color: "#72b7b2" });
+  for (const p of span.pool) if (p.io_start_ns) rows.push({ name: `worker ${p.worker_tid} syscall`, start: p.io_start_ns - t0, dur: p.io_done_ns - p.io_start_ns, color: "#54a24b" });
+  for (const c of span.children) rows.push({ name: `child ${c.role} 0x${c.co.toString(16)}`, start: c.start_ns - t0, dur: (c.end_ns || span.end_ns) - c.start_ns, color: "#ff7f0e" });
+  for (const h of span.handoffs) rows.push({ name: `handoff ${h.from_tid}→${h.to_tid} (${h.signal})`, start: h.ready_ns - t0, dur: h.delay_ns, color: "#d62728" });
+  const y = rows.map((r, i) => `${i}. ${r.name}`);
+  const traces = [{
+    type: "bar", orientation: "h", y, x: rows.map((r) => r.dur / 1000), base: rows.map((r) => r.start / 1000),
+    marker: { color: rows.map((r) => r.color) }, hovertemplate: "%{y}: %{x:.1f} us<extra></extra>",
+  }];
+  const shapes = span.handoffs.map((h) => ({
+    type: "line", xref: "x", yref: "paper", x0: (h.ready_ns - t0) / 1000, x1: (h.resumed_ns - t0) / 1000, y0: 0.02, y1: 0.02,
+    line: { color: "#d62728", width: 3 },
+  }));
+  const annotations = span.handoffs.map((h) => ({
+    x: (h.resumed_ns - t0) / 1000, y: 0.02, yref: "paper", ax: -40, ay: 0, xref: "x", axref: "pixel",
+    text: "handoff", showarrow: true, arrowcolor: "#d62728", font: { color: "#d62728" },
+  }));
+  Plotly.react("waterfall", traces, {
+    ...LAYOUT, margin: { l: 260, r: 10, t: 10, b: 40 }, showlegend: false, shapes, annotations,
+    yaxis: { autorange: "reversed" }, xaxis: { title: "us since the request started" },
+  }, PLOT);
+}
+
+function drawTimeline(span, timeline) {
+  const t0 = span.start_ns;
+  const colors = { co: "#4c78a8", asleep: "#1f77b4", runnable: "#bcbd22", loop: "#c7c7c7" };
+  const label = (s) => (s.kind === "co" ? (s.request === span.id ? `this request (${s.role})` : s.role === "request" ? `request #${s.request}` : `${s.role || "unbound"} coroutine`) : s.kind);
+  const traces = [{
+    type: "bar", orientation: "h", y: timeline.map((s) => `thread ${s.tid}`), base: timeline.map((s) => (s.start_ns - t0) / 1000),
+    x: timeline.map((s) => s.dur_ns / 1000), text: timeline.map(label), hovertemplate: "%{text}: %{x:.1f} us<extra></extra>",
+    marker: { color: timeline.map((s) => (s.kind === "co" && s.request === span.id ? "#2ca02c" : s.kind === "co" && s.role !== "request" && s.role ? "#ff7f0e" : colors[s.kind] || "#999")) },
+  }];
+  const wakeups = span.handoffs.map((h) => ({ type: "line", x0: (h.ready_ns - t0) / 1000, x1: (h.ready_ns - t0) / 1000, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#d62728" } }));
+  Plotly.react("timeline", traces, { ...LAYOUT, barmode: "overlay", showlegend: false, shapes: wakeups, xaxis: { title: "us since the request started" } }, PLOT);
+}
+
+$("refresh").onclick = loadProcesses;
+$("detach").onclick = detach;
+loadProcesses();
+api("/api/sessions").then((list) => {
+  const live = list.find((s) => s.state === "attached" || s.state === "attaching");
+  if (live) watch(live.id);
+}).catch(() => {});
