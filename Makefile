@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	bash scripts/demo.sh
+	.venv/bin/qspan demo
 
 test: setup
 	.venv/bin/python -m pytest -v -rfE tests

@@ -15,9 +15,10 @@ fi
 packages=(qemu-system-x86 qemu-utils bpftrace busybox-static linux-image-cloud-amd64
           cpio gzip kmod gcc libc6-dev make python3 python3-venv procps util-linux binutils
           dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev
-          chromium fonts-dejavu-core)
+          chromium fonts-dejavu-core docker-compose)
 # (line 3: driver O for the seed lab, built against the QEMU source package headers;
-#  line 4: the browser the dashboard tests drive headless)
+#  line 4: the browser the dashboard tests drive headless, and docker-compose to validate
+#  docker-compose.yml: there is no container engine here)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

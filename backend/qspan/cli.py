@@ -161,9 +161,8 @@ def _serve(settings, attach_pid: int | None = None) -> None:
 
     app = create_app(settings)
     if attach_pid is not None:
-        @app.on_event("startup")
-        def _attach() -> None:
-            app.state.manager.attach(attach_pid, None)
+        session = app.state.manager.attach(attach_pid, None)
+        _progress(f"attaching to PID {attach_pid} (session {session.id}, profile {session.profile_name})")
     where = f"http://{settings.host}:{settings.port}/"
     _progress(f"serving the dashboard on {where}" + (" (token required)" if settings.token else ""))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
@@ -190,9 +189,16 @@ def cmd_demo(args) -> int:
     lab.send_command(info, f"loop --op write --qd 4 --duration 5 --rate {args.rate} --verify")
     _progress(f"lab QEMU PID {info.pid} ({args.scenario}); guest writing 4 KiB, 4 in flight, {args.rate}/s")
     print(f"open http://{settings.host}:{settings.port}/  (Ctrl-C stops the demo and the lab)", flush=True)
+
+    def _terminate(*_):
+        raise KeyboardInterrupt  # uvicorn re-raises SIGTERM after its shutdown: stop the lab too
+
+    old = signal.signal(signal.SIGTERM, _terminate)
     try:
         _serve(settings, attach_pid=info.pid)
     finally:
+        signal.signal(signal.SIGTERM, old)
+        _progress("stopping the lab")
         lab.down(d)
     return 0
 
