@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,23 @@ def guest_requests(text: str) -> dict[tuple[str, int], int]:
     return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
 
 
+# Every process this test run starts inherits this marker, bpftrace included: the leak check
+# must never mistake (or kill) another run's tracer on the same machine.
+RUN_MARKER = f"QSPAN_TEST_RUN={os.getpid()}-{time.time_ns()}"
+os.environ["QSPAN_TEST_RUN"] = RUN_MARKER.split("=", 1)[1]
+
+
 def _tracer_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "bpftrace .*qspan"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    out = subprocess.run(["pgrep", "-x", "bpftrace"], capture_output=True, text=True).stdout
+    mine = set()
+    for pid in map(int, out.split()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if RUN_MARKER.encode() in f.read().split(b"\0"):
+                    mine.add(pid)
+        except OSError:
+            pass
+    return mine
 
 
 @pytest.fixture(autouse=True)

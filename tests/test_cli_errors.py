@@ -68,3 +68,12 @@ def test_summary_of_a_non_spans_file(tmp_path):
     f = tmp_path / "x.json"
     f.write_text("[1, 2]")
     _one_clear_error(run_qspan("summary", str(f)), "not a qspan spans JSON")
+
+
+def test_perfetto_export_from_the_cli(tmp_path):
+    out = tmp_path / "trace.json"
+    r = run_qspan("perfetto", str(DATA / "stock-qd4-w100.qspan.gz"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    import json
+    evs = json.loads(out.read_text())["traceEvents"]
+    assert sum(1 for e in evs if e["ph"] == "b" and e["name"].startswith(("write #", "read #"))) == 200

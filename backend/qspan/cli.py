@@ -17,6 +17,8 @@ examples:
   qspan tracer --pid 1234 --print              show the bpftrace program for PID 1234
   qspan record --pid 1234 --duration 10 --out trace.qspan
   qspan spans trace.qspan --out spans.json     correlate a recording into spans
+  qspan perfetto trace.qspan --out trace.json  the same as a Perfetto / chrome://tracing file
+  qspan serve                                  the live dashboard on http://127.0.0.1:8321/
   qspan attach --pid 1234 --duration 10 --out spans.json
   qspan lab up && qspan lab load --qd 4 --count 2000 --verify && qspan lab down
 """
@@ -100,7 +102,7 @@ def _check_ended(result: tracer.TraceResult, pid: int, out: Path) -> None:
     if result.reason == "qemu-exited":
         raise TracerError(f"QEMU PID {pid} exited during the trace; the {result.event_lines} events seen are saved in {out}")
     if result.reason == "tracer-died":
-        raise TracerError(f"bpftrace stopped unexpectedly: {tracer._errors(result.stderr)}; events so far are in {out}")
+        raise TracerError(f"bpftrace stopped unexpectedly: {tracer.stderr_errors(result.stderr)}; events so far are in {out}")
 
 
 def cmd_record(args) -> int:
@@ -138,6 +140,23 @@ def cmd_summary(args) -> int:
 def cmd_spans(args) -> int:
     rec = recording.read(args.recording, allow_truncated=args.allow_truncated)
     _write_spans(rec, Path(args.out))
+    return 0
+
+
+def cmd_perfetto(args) -> int:
+    """A recording as Chrome trace-event JSON (threads, requests, coroutine runs, handoff flows)."""
+    from dataclasses import asdict
+
+    from . import exporters
+
+    rec = recording.read(args.recording, allow_truncated=args.allow_truncated)
+    c = correlate.Correlator(rec.header, capture_timeline=True)
+    for ev in correlate.in_time_order([*rec.events, *rec.lost]):
+        c.add(ev)
+    spans, timelines = c.take_spans()
+    doc = exporters.chrome_trace([asdict(x) for x in spans], timelines, rec.header)
+    Path(args.out).write_text(json.dumps(doc) + "\n")
+    _progress(f"{len(spans)} requests, {len(doc['traceEvents'])} trace events -> {args.out} (open it in Perfetto)")
     return 0
 
 
@@ -263,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="spans JSON file to write")
     s.add_argument("--allow-truncated", action="store_true", help="analyse a recording that has no end marker")
     s.set_defaults(fn=cmd_spans)
+
+    s = sub.add_parser("perfetto", help="convert a recording to Chrome trace-event JSON for Perfetto")
+    s.add_argument("recording")
+    s.add_argument("--out", required=True)
+    s.add_argument("--allow-truncated", action="store_true")
+    s.set_defaults(fn=cmd_perfetto)
 
     s = sub.add_parser("summary", help="print the latency breakdown of a spans JSON file")
     s.add_argument("spans")

@@ -575,11 +575,14 @@ class Correlator:
         return Result(spans, stats)
 
 
+def in_time_order(events: Iterable[Event | Lost]) -> list[Event | Lost]:
+    """bpftrace reads per-CPU buffers, so lines from different CPUs interleave: sort by timestamp."""
+    return sorted(events, key=lambda e: e.ts_ns if isinstance(e, Event) else e.after_ts_ns)
+
+
 def correlate(events: Iterable[Event | Lost], header: dict) -> Result:
-    """All spans of a finished event stream. Events are ordered by timestamp first
-    (bpftrace reads per-CPU buffers, so lines from different CPUs interleave)."""
-    ordered = sorted(events, key=lambda e: e.ts_ns if isinstance(e, Event) else e.after_ts_ns)
+    """All spans of a finished event stream."""
     c = Correlator(header)
-    for ev in ordered:
+    for ev in in_time_order(events):
         c.add(ev)
     return c.finish()

@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import QspanError
 from .paths import BUILD, LAB
 from .qmp import QMPClient, QMPError
+from .target import process_alive
 
 DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
 # stock: virtio-blk -> file node (aio=threads) on iothread0.
@@ -134,26 +135,12 @@ def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: Seed
     ]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
     state = lab_dir / "lab.json"
     if not state.exists():
         return None
     info = LabInfo(**json.loads(state.read_text()))
-    return info if _alive(info.pid) else None
+    return info if process_alive(info.pid) else None
 
 
 def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
@@ -197,7 +184,7 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
         text = console.read_text(errors="replace") if console.exists() else ""
         if "QSPAN-GUEST ready" in text:
             return info
-        if "QSPAN-GUEST error" in text or not _alive(pid):
+        if "QSPAN-GUEST error" in text or not process_alive(pid):
             down(lab_dir)
             raise LabError(f"lab guest failed to boot; console: {text.strip().splitlines()[-3:]}")
         time.sleep(0.2)
@@ -211,16 +198,16 @@ def down(lab_dir: Path = DEFAULT_DIR, timeout_s: float = 15.0) -> bool:
     if not state.exists():
         return False
     info = LabInfo(**json.loads(state.read_text()))
-    if _alive(info.pid):
+    if process_alive(info.pid):
         try:
             with QMPClient(info.qmp) as qmp:
                 qmp.execute("quit")
         except QMPError:
             os.kill(info.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(info.pid) and time.monotonic() < deadline:
+        while process_alive(info.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(info.pid):
+        if process_alive(info.pid):
             os.kill(info.pid, signal.SIGKILL)
     state.unlink(missing_ok=True)
     if info.replica:
@@ -273,7 +260,7 @@ def wait_command(info: LabInfo, cmd_id: str, start: int, timeout_s: float) -> tu
         m = marker.search(text)
         if m:
             return int(m.group(1)), text[: m.start()]
-        if not _alive(info.pid):
+        if not process_alive(info.pid):
             raise LabError("the lab QEMU exited while the guest was running a command")
         time.sleep(0.1)
     raise LabError(f"the guest did not finish the command within {timeout_s:.0f} s")

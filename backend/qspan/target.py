@@ -80,6 +80,15 @@ class Target:
         return d
 
 
+def process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an exited QEMU its parent has not reaped)."""
+    try:
+        with open(PROC / str(pid) / "stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _read(path: Path) -> str:
     return path.read_text(errors="replace")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from .errors import TracerError
 from .parse import LOST_RE
 from .program import BEGIN_MARK
+from .target import process_alive
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
 PERF_RB_PAGES = "1024"
@@ -69,17 +70,10 @@ def check_can_trace() -> None:
             raise TracerError(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {err}") from err
 
 
-def _errors(stderr: str) -> str:
+def stderr_errors(stderr: str) -> str:
+    """bpftrace's last error lines, without the noise it prints on every run here."""
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not any(n in ln for n in NOISE)]
     return "; ".join(lines[-5:]) or "no message"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class TraceSession:
@@ -98,7 +92,7 @@ class TraceSession:
     def run(self, on_line: Callable[[str], None], duration_s: float | None = None,
             on_attached: Callable[[], None] | None = None) -> TraceResult:
         check_can_trace()
-        if not _alive(self.pid):
+        if not process_alive(self.pid):
             raise TracerError(f"QEMU PID {self.pid} is not running")
         prog = Path(self._dir.name) / "qspan.bt"
         prog.write_text(self.program_text)
@@ -134,7 +128,7 @@ class TraceSession:
                     elif attached_at is not None and duration_s is not None and now - attached_at >= duration_s:
                         reason = "duration"
                         stopping_since = self._interrupt(now)
-                    elif not _alive(self.pid):
+                    elif not process_alive(self.pid):
                         reason = "qemu-exited"
                         stopping_since = self._interrupt(now)
                 elif now - stopping_since > 10:
@@ -185,12 +179,14 @@ class TraceSession:
         end = time.monotonic()
         if attached_at is None:
             if reason == "attach-timeout":
-                raise TracerError(f"bpftrace did not attach within {self.attach_timeout_s:.0f} s: {_errors(stderr)}")
-            if not _alive(self.pid):
+                raise TracerError(f"bpftrace did not attach within {self.attach_timeout_s:.0f} s: {stderr_errors(stderr)}")
+            if not process_alive(self.pid):
                 raise TracerError(f"QEMU PID {self.pid} exited before the probes were attached")
-            raise TracerError(f"bpftrace failed: {_errors(stderr)}")
+            rc = self._proc.returncode
+            how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
+            raise TracerError(f"bpftrace failed ({how}): {stderr_errors(stderr)}")
         if reason == "tracer-died":
-            reason = "qemu-exited" if not _alive(self.pid) else "tracer-died"
+            reason = "qemu-exited" if not process_alive(self.pid) else "tracer-died"
         return TraceResult(reason, lines, lost, attached_at - t0, end - attached_at, stderr)
 
     def _interrupt(self, now: float) -> float:
