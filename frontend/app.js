@@ -143,11 +143,27 @@ function setHealth(s) {
   if (s.error && s.state === "failed") showError(s.error);
 }
 
+// Frames arrive four times a second; a slow browser must not fall behind. Health and the
+// table follow every frame; charts are redrawn at most once a second, from the newest frame.
+const CHART_INTERVAL_MS = 1000;
+let lastCharts = 0;
+let pendingCharts = null;
+
 function render(frame) {
   setHealth(frame.status);
-  renderLatency(frame.latency);
-  renderBreakdown(frame.breakdown);
   renderSlowest(frame.slowest);
+  pendingCharts = frame;
+  const now = performance.now();
+  if (now - lastCharts >= CHART_INTERVAL_MS) {
+    lastCharts = now;
+    requestAnimationFrame(() => {
+      const f = pendingCharts;
+      pendingCharts = null;
+      if (!f) return;
+      renderLatency(f.latency);
+      renderBreakdown(f.breakdown);
+    });
+  }
 }
 
 function renderLatency(rows) {
@@ -185,6 +201,9 @@ function renderBreakdown(bd) {
 
 function renderSlowest(rows) {
   const tbody = $("slowest").querySelector("tbody");
+  const ids = rows.map((r) => r.id).join(",");
+  if (tbody.dataset.ids === ids) return; // unchanged: keep the rows (and any click in progress)
+  tbody.dataset.ids = ids;
   tbody.replaceChildren();
   for (const r of rows) {
     const tr = document.createElement("tr");

@@ -57,7 +57,9 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
 
             # the slowest request opens its waterfall, with handoffs drawn
             page.click("#slowest tbody tr:first-child")
-            page.wait_for_function("document.getElementById('waterfall').data && document.getElementById('waterfall').data[0].y.length > 3")
+            page.wait_for_function("!document.getElementById('error').hidden || (document.getElementById('waterfall').data"
+                                   " && document.getElementById('waterfall').data[0].y.length > 3)", timeout=60_000)
+            assert page.locator("#error").is_hidden(), page.inner_text("#error")
             labels = page.evaluate("document.getElementById('waterfall').data[0].y")
             assert any("handoff" in y for y in labels) and any("phase: replication" in y for y in labels)
             assert any("child B" in y for y in labels)
@@ -72,12 +74,17 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
             doc = json.loads(path.read_text())
             assert doc["schema"] == "qspan.spans/1" and len(doc["spans"]) > 0
             assert all(sum(p["dur_ns"] for p in s["phases"]) == s["dur_ns"] for s in doc["spans"])
+        except BaseException:
+            for sess in server.get("/api/sessions")[1]:  # never leave a tracer attached
+                server.request("DELETE", f"/api/sessions/{sess['id']}")
+            raise
         finally:
             lab.send_command(vm, "stop")
 
-        # detached looks deliberate too
+        # detached looks deliberate too (and the tracer is gone before the leak check)
         page.click("#detach")
         page.wait_for_function("document.getElementById('health').dataset.state === 'detached'", timeout=60_000)
         page.screenshot(path=str(output_dir / "browser-3-detached.png"), full_page=True)
         assert errors == [], errors
         browser.close()
+    # (pageerror messages are part of the failure text above when a step times out)

@@ -237,3 +237,23 @@ def test_profile_driver_with_replica_hop_and_spawned_backing_writes():
     assert h.instead_top[0].co == BC and h.instead_top[0].role == "B" and h.instead_top[0].request == 2
     (child,) = a.children
     assert (child.co, child.role, child.offset, child.start_ns, child.end_ns) == (BA, "B", 0, 1012, 1210)
+
+
+def test_a_kick_no_request_took_is_not_charged_to_a_later_one():
+    VCPU = 400
+    header = {"target": {"threads": [*HEADER["target"]["threads"], {"tid": VCPU, "role": "vcpu"}]}}
+    A, C = 0xA, 0xC
+    ev = [
+        E("notify", 1000, VCPU, 0x5E),  # the guest kicks ...
+        E("kick.read", 1010, IOT, 0x5E),  # ... the iothread reads it, submits A
+        *_request(1020, A),
+        term(1030, IOT, A, LEADER),
+        E("notify", 2000, VCPU, 0x5E),  # a kick that brings nothing new
+        E("kick.read", 2010, IOT, 0x5E),
+        E("loop.poll", 2020, IOT),  # back to the event loop
+        *_request(9000, C),  # much later, C arrives by polling
+        term(9010, IOT, C, LEADER),
+    ]
+    a, c = correlate(ev, header).spans
+    assert [p.name for p in a.phases][0] == "kick" and a.start_ns == 1000
+    assert c.start_ns == 9000 and c.phases[0].name == "submit"

@@ -168,6 +168,7 @@ class Correlator:
             "req.ack": self._req_ack,
             "notify": self._notify,
             "kick.read": self._kick_read,
+            "loop.poll": self._loop_poll,
             "sys.io": self._sys_io,
             "sys.io_done": self._sys_io_done,
             "sched.switch": self._sched_switch,
@@ -383,6 +384,11 @@ class Correlator:
         # when an event loop then reads that notifier as a virtqueue's host notifier.
         if ev.tid in self.vcpus:
             self.kicks.setdefault(ev.args[0], ev.ts_ns)
+
+    def _loop_poll(self, ev: Event) -> None:
+        # Back to polling: the handler run that read a kick is over. A kick no request took
+        # (a spurious one) must not be charged to whatever request comes next, maybe much later.
+        self.thread(ev.tid).kick = None
 
     def _kick_read(self, ev: Event) -> None:
         # Only the first request submitted after the read gets the kick phase: requests that came
