@@ -136,12 +136,15 @@ class Correlator:
         self.capture_timeline = capture_timeline
         self.timelines: dict[int, list[dict]] = {}
         threads = header.get("target", {}).get("threads", [])
-        self.watched = {t["tid"] for t in threads if t.get("role") in ("main", "iothread")}
+        # The threads whose scheduler events were traced (older recordings: every event loop).
+        watched = header.get("target", {}).get("watched_tids")
+        self.watched = set(watched) if watched else {t["tid"] for t in threads if t.get("role") in ("main", "iothread")}
         # Named threads that are not pool workers (a driver's own threads, e.g. O's replica
         # thread) may do pread/pwrite too: their syscalls are not thread-pool work.
         self.not_workers = {
             t["tid"] for t in threads
-            if t.get("role") != "worker" and t["tid"] not in self.watched and not t.get("comm", "").startswith("qemu-system")
+            if t.get("role") == "main"
+            or (t.get("role") != "worker" and t["tid"] not in self.watched and not t.get("comm", "").startswith("qemu-system"))
         }
         self.vcpus = {t["tid"] for t in threads if t.get("role") == "vcpu"}
         self.kicks: dict[int, int] = {}  # notifier -> earliest vCPU kick not yet read
