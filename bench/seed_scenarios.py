@@ -11,6 +11,7 @@ handoff wait went to B's coroutines, against C.
 from __future__ import annotations
 
 import argparse
+import signal
 import json
 import sys
 import tempfile
@@ -29,7 +30,16 @@ CASES = [
 ]
 
 
+def _stop_on_sigterm() -> None:
+    # `timeout` and CI send SIGTERM: run the finally blocks that take the lab down
+    def handler(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--rate", type=int, default=300)
