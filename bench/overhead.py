@@ -13,7 +13,6 @@ request. One run, one machine: compare the ratios, not the absolute numbers
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import sys
 import tempfile
@@ -26,16 +25,8 @@ from qspan import lab, recording  # noqa: E402
 from qspan.clirun import start_traced  # noqa: E402
 
 
-def _stop_on_sigterm() -> None:
-    # `timeout` and CI send SIGTERM: run the finally blocks that take the lab down
-    def handler(*_):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main() -> None:
-    _stop_on_sigterm()
+    lab.sigterm_takes_lab_down()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
     ap.add_argument("--rounds", type=int, default=3)

@@ -11,7 +11,6 @@ handoff wait went to B's coroutines, against C.
 from __future__ import annotations
 
 import argparse
-import signal
 import json
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
+from qspan import lab  # noqa: E402
 from qspan.seedlab import run_case  # noqa: E402
 
 CASES = [
@@ -30,16 +30,8 @@ CASES = [
 ]
 
 
-def _stop_on_sigterm() -> None:
-    # `timeout` and CI send SIGTERM: run the finally blocks that take the lab down
-    def handler(*_):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main() -> None:
-    _stop_on_sigterm()
+    lab.sigterm_takes_lab_down()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--rate", type=int, default=300)

@@ -209,10 +209,7 @@ def cmd_demo(args) -> int:
     _progress(f"lab QEMU PID {info.pid} ({args.scenario}); guest writing 4 KiB, 4 in flight, {args.rate}/s")
     print(f"open http://{settings.host}:{settings.port}/  (Ctrl-C stops the demo and the lab)", flush=True)
 
-    def _terminate(*_):
-        raise KeyboardInterrupt  # uvicorn re-raises SIGTERM after its shutdown: stop the lab too
-
-    old = signal.signal(signal.SIGTERM, _terminate)
+    old = lab.sigterm_takes_lab_down()
     try:
         _serve(settings, attach_pid=info.pid)
     finally:

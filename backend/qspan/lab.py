@@ -58,6 +58,16 @@ class LoadResult:
     output: str
 
 
+def _raise_interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def sigterm_takes_lab_down():
+    """Make SIGTERM raise KeyboardInterrupt, so `finally: lab.down(...)` runs (timeout, CI, and
+    uvicorn, which re-raises SIGTERM after its shutdown, all send it). Returns the old handler."""
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def build_guest(out: Path = BUILD / "guest") -> Path:
     script = LAB / "guest" / "build.sh"
     proc = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True)
