@@ -54,9 +54,6 @@ class ReorderBuffer:
         out = [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
         return out
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
 
 class SpanStore:
     """The most recent spans, per-second latency percentiles, and running breakdowns. Bounded."""
@@ -69,14 +66,10 @@ class SpanStore:
         self.seconds: deque[dict] = deque(maxlen=max_seconds * 3)  # one row per op per second
         self._open: dict[tuple[int, str], list[int]] = {}  # (second, op) -> durations in ns
         self.totals: dict[str, dict] = {}
-        self.first_ns: int | None = None
-        self.version = 0  # bumps on every change, for cheap "anything new?" checks
 
     def add(self, spans: list[Span], timelines: dict[int, list[dict]]) -> None:
         for s in spans:
             d = asdict(s)
-            if self.first_ns is None:
-                self.first_ns = s.start_ns
             if len(self.spans) == self.spans.maxlen:
                 self.timelines.pop(self.spans[0]["id"], None)
             self.spans.append(d)
@@ -88,7 +81,6 @@ class SpanStore:
             self._account(d)
         if spans:
             self._close_seconds(spans[-1].end_ns // 1_000_000_000 - 1)
-            self.version += 1
 
     def _trim_timelines(self) -> None:
         if len(self.timelines) <= self.max_timelines + 100:  # trim in batches: slowest() sorts the ring
@@ -125,7 +117,6 @@ class SpanStore:
 
     def flush(self) -> None:
         self._close_seconds(1 << 62)
-        self.version += 1
 
     def slowest(self, n: int = 10, since_ns: int = 0) -> list[dict]:
         cands = [s for s in self.spans if s["end_ns"] >= since_ns]
