@@ -52,3 +52,15 @@ def test_store_is_bounded():
     assert len(store.timelines) <= 10 + 100
     assert store.slowest(5)[0]["dur_ns"] == max(s["dur_ns"] for s in store.spans)
     assert store.query(op="read", min_dur_us=0, limit=1000) == [s for s in store.spans if s["op"] == "read"]
+
+
+def test_a_dump_watermark_releases_events_before_the_lag_would():
+    rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
+    evs = rec.events[:50]
+    buf = ReorderBuffer(lag_ns=10**12)  # the lag alone would hold everything
+    for ev in evs:
+        buf.push(ev)
+    assert buf.ready() == []
+    buf.watermark_ns = evs[30].ts_ns + 2_000_000  # "complete up to here", less the margin
+    out = buf.ready()
+    assert out and [e.ts_ns for e in out] == sorted(e.ts_ns for e in evs if e.ts_ns <= evs[30].ts_ns)

@@ -27,6 +27,10 @@ from .spans import INSTEAD_CATEGORIES, Span
 # timestamp order by up to a buffer's worth. Hold events this long (in trace
 # time) before correlating them.
 REORDER_LAG_NS = 50_000_000
+# With the maps transport every dump says up to when it is complete; an event
+# stamped just before a dump's flip can still land in the next one (it read the
+# clock before the flip and the side after it), so hold this much back.
+WATERMARK_MARGIN_NS = 2_000_000
 HIST_EDGES_US = [2 ** i for i in range(0, 18)]  # 1 us .. 131 ms, log2 buckets
 
 
@@ -36,6 +40,7 @@ class ReorderBuffer:
         self._heap: list[tuple[int, int, Event | Lost]] = []
         self._seq = itertools.count()
         self.max_ts = 0
+        self.watermark_ns = 0  # the tracer says: nothing stamped before this is still to come
 
     def push(self, rec: Event | Lost) -> None:
         ts = rec.ts_ns if isinstance(rec, Event) else rec.after_ts_ns
@@ -45,7 +50,7 @@ class ReorderBuffer:
     def ready(self) -> list[Event | Lost]:
         """Events old enough that no earlier one can still arrive, in timestamp order."""
         out = []
-        limit = self.max_ts - self.lag_ns
+        limit = max(self.max_ts - self.lag_ns, self.watermark_ns - WATERMARK_MARGIN_NS)
         while self._heap and self._heap[0][0] <= limit:
             out.append(heapq.heappop(self._heap)[2])
         return out
@@ -171,6 +176,7 @@ class LiveSession:
         self._lock = threading.Lock()
         self._rate: deque[tuple[float, int]] = deque(maxlen=20)
         self._buf = ReorderBuffer()
+        self._watermarks = False
         self._thread: threading.Thread | None = None
         self._session: tracer.TraceSession | None = None
         self.target: target.Target | None = None
@@ -205,7 +211,7 @@ class LiveSession:
                     writer.line(line)
                     self._feed(line)
 
-                result = self._session.run(on_line, None, on_attached=self._attached)
+                result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark)
                 writer.end(result.summary())
             self.reason = result.reason
             with self._lock:
@@ -239,6 +245,12 @@ class LiveSession:
             if self.lines % 64 == 0:
                 self._process(self._buf.ready())
 
+    def _watermark(self, ts_ns: int) -> None:
+        with self._lock:
+            self._watermarks = True
+            self._buf.watermark_ns = ts_ns
+            self._process(self._buf.ready())
+
     def _process(self, recs: list) -> None:
         for rec in recs:
             self._correlator.add(rec)
@@ -249,9 +261,11 @@ class LiveSession:
     def tick(self) -> None:
         """Correlate what is old enough even when few lines arrive (called by the server)."""
         with self._lock:
-            # The tracer's clock is CLOCK_MONOTONIC, like ours: when the guest is idle, time
-            # still passes and what is in the buffer becomes safe to correlate.
-            self._buf.max_ts = max(self._buf.max_ts, time.monotonic_ns())
+            if not self._watermarks:
+                # printf transport: no dumps say what is complete. The tracer's clock is
+                # CLOCK_MONOTONIC, like ours: when the guest is idle, time still passes
+                # and what is in the buffer becomes safe to correlate.
+                self._buf.max_ts = max(self._buf.max_ts, time.monotonic_ns())
             self._process(self._buf.ready())
         self._rate.append((time.monotonic(), self.lines))
 

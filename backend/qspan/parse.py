@@ -60,3 +60,61 @@ def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: froze
         if isinstance(rec, Event):
             last_ts = rec.ts_ns
         yield rec
+
+
+class MapDumpDecoder:
+    """Turn the "maps" transport's dumps back into event lines (pure; see program.py).
+
+    Between two "QSPAN-FLUSH TS" marks bpftrace prints one map side, one entry
+    per event:  @qspan_ev0[TS_NS, CPU]: (SEQ, TID, CODE, ARG0, ARG1, ARG2, ARG3)
+    At the mark, the dump's events come out as CODE TS_NS TID ARG0..ARG3 lines in
+    time order, preceded by "Lost N events" when a CPU's sequence numbers skipped
+    (a full map, or an event stored while its side was being cleared).
+    `watermark_ns` is the flip time of the last dump: every event stamped more than
+    a moment before it has been handed out.
+    """
+
+    def __init__(self):
+        self._pending: list[tuple[int, str]] = []
+        self._received: dict[str, int] = {}  # cpu -> events seen
+        self._max_seq: dict[str, int] = {}  # cpu -> highest sequence number seen
+        self.lost = 0
+        self.watermark_ns = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def is_entry(self, line: str) -> bool:
+        return line.startswith("@qspan_ev")
+
+    def entry(self, line: str) -> None:
+        try:
+            key, val = line[line.index("[") + 1:].split("]: (", 1)
+            ts, cpu = key.split(", ")
+            seq, tid, code, a0, a1, a2, a3 = val.rstrip(")").split(", ")
+            ts_ns, seq_n = int(ts), int(seq)
+        except ValueError:
+            raise MalformedLine(0, line, "not a map dump entry") from None
+        if ts_ns == 0:
+            return  # the flush's sentinel (see program.py), not an event
+        self._pending.append((ts_ns, f"{code} {ts} {tid} {a0} {a1} {a2} {a3}"))
+        self._received[cpu] = self._received.get(cpu, 0) + 1
+        if seq_n > self._max_seq.get(cpu, 0):
+            self._max_seq[cpu] = seq_n
+
+    def flush(self, mark_line: str) -> list[str]:
+        """At a flush mark: the dump's lines in time order (a Lost line first if any were lost)."""
+        try:
+            self.watermark_ns = max(self.watermark_ns, int(mark_line.split()[1]))
+        except (IndexError, ValueError):
+            raise MalformedLine(0, mark_line, "bad flush mark") from None
+        missing = sum(max(0, self._max_seq[c] - self._received[c]) for c in self._max_seq)
+        out = []
+        if missing > self.lost:
+            out.append(f"Lost {missing - self.lost} events")
+            self.lost = missing
+        self._pending.sort()
+        out += [line for _, line in self._pending]
+        self._pending = []
+        return out

@@ -1,14 +1,29 @@
 """Generate the bpftrace program for one target from the probe catalogue.
 
 The program is plain text that `qspan tracer --pid N --print` shows without
-running anything. Every probe prints one line:
+running anything. Only entry probes are used: never uretprobes, since QEMU
+coroutines switch stacks.
+
+Transport "maps" (the default): a probe does not print. It stores its event
+in one of MAP_SIDES BPF hash maps, keyed by (TS_NS, CPU), with a per-CPU
+sequence number; every FLUSH_MS an interval probe moves probes on to the next
+map, asks bpftrace to print and clear the one they left, then prints
+"QSPAN-FLUSH TS_NS". bpftrace prints and clears asynchronously, when its reader
+gets to it; probes move on to a map only once the reader has cleared it (a
+sentinel entry printed and cleared with each dump says so), so a slow reader
+makes the dumps bigger, not lossy. A full map loses events, and they are
+counted: a gap in a CPU's sequence numbers. A printf per
+event costs the traced thread a perf-buffer write and a wake-up of bpftrace's
+reader (measured by bench/probe_cost.py); the map store costs neither.
+tracer.py turns each dump back into lines sorted by time and counts sequence
+gaps as lost events. Transport "printf" prints each event as it happens.
+Either way, what the rest of qspan sees (and records) is one line per event:
 
     CODE TS_NS TID ARG0 ARG1 ARG2 ARG3
 
 all decimal (cheaper to format and to parse than hex), CODE being the event's
 code from events.txt. node.name lines carry two strings and are printed once
-per block node. Only entry probes are used: never uretprobes, since QEMU
-coroutines switch stacks.
+per block node.
 """
 
 from __future__ import annotations
@@ -19,6 +34,13 @@ from .catalogue import Catalogue, EventSpec, ProbeSpec, Profile
 from .errors import TracerError
 
 BEGIN_MARK = "QSPAN-ATTACHED"
+FLUSH_MARK = "QSPAN-FLUSH"
+TRANSPORTS = ("maps", "printf")
+# How often the maps are dumped: bounds the added delay (freshness) and, with
+# MAP_CAPACITY, the event rate a dump can hold (131072 per 50 ms = 2.6 M/s).
+FLUSH_MS = 50
+MAP_CAPACITY = 65536
+MAP_SIDES = ("@qspan_ev0", "@qspan_ev1", "@qspan_ev2", "@qspan_ev3")
 # Events without which there are no request spans.
 REQUIRED_EVENTS = ("co.switch", "req.submit")
 
@@ -42,6 +64,7 @@ class Program:
     text: str
     probes: tuple[ProbeSpec, ...]
     skipped: tuple[str, ...]  # why catalogue lines were left out (symbol not exported, ...)
+    transport: str = "maps"
 
 
 def _filter(kind: str, inp: ProgramInput) -> str:
@@ -69,7 +92,12 @@ def _attach_point(p: ProbeSpec, inp: ProgramInput, in_library: bool = False) -> 
     return f"tracepoint:{p.target}"
 
 
-def _action(p: ProbeSpec, spec: EventSpec) -> str:
+def _store(side: str, code: int, args: tuple[str, ...]) -> str:
+    vals = ", ".join(["$s", "(int64)tid", str(code)] + [f"(int64)({a})" for a in args])
+    return f"{side}[nsecs, cpu] = ({vals});"
+
+
+def _action(p: ProbeSpec, spec: EventSpec, transport: str = "maps") -> str:
     if spec.has_strings:
         key = p.args[0]
         fmt = ["%d", "%llu", "%d", "%lld"] + ["%s" if a.startswith("str:") else "%lld" for a in p.args[1:]]
@@ -78,7 +106,40 @@ def _action(p: ProbeSpec, spec: EventSpec) -> str:
             f"$k = {key}; if (@qspan_named[$k] == 0) {{ @qspan_named[$k] = 1; "
             f'printf("{" ".join(fmt)}\\n", {spec.code}, {", ".join(vals)}); }}'
         )
-    return f'printf("{spec.code} %llu %d %lld %lld %lld %lld\\n", nsecs, tid, {", ".join(p.args)});'
+    if transport == "printf":
+        return f'printf("{spec.code} %llu %d %lld %lld %lld %lld\\n", nsecs, tid, {", ".join(p.args)});'
+    # (nsecs, cpu) is unique per event, so two probes racing on one CPU's
+    # sequence number (an interrupt-time tracepoint) still store both events.
+    return "$s = @qspan_seq[cpu] + 1; @qspan_seq[cpu] = $s; $side = @qspan_side; " + _by_side(
+        [_store(m, spec.code, p.args) for m in MAP_SIDES])
+
+
+def _by_side(actions: list[str], var: str = "$side") -> str:
+    """if (var == 0) { a0 } else { if (var == 1) { a1 } else { ... } }"""
+    if len(actions) == 1:
+        return actions[0]
+    return f"if ({var} == {len(MAP_SIDES) - len(actions)}) {{ {actions[0]} }} else {{ {_by_side(actions[1:], var)} }}"
+
+
+def _flush_probes() -> list[str]:
+    n = len(MAP_SIDES)
+    mark = f'printf("{FLUSH_MARK} %llu\\n", nsecs);'
+    sentinel = "((uint64)1, (int64)0, 0, (int64)0, (int64)0, (int64)0, (int64)0)"
+    # The sentinel entry (key 0, 0) is printed and cleared with the map: while it is
+    # there, bpftrace's reader has not cleared that map yet, and probes must not
+    # move on to it (what they stored between its print and its clear would be lost).
+    # The current map then simply holds on for another interval.
+    dump = [f"{m}[0, 0] = {sentinel}; print({m}); clear({m});" for m in MAP_SIDES]
+    pending = [f"$busy = {m}[0, 0].0;" for m in MAP_SIDES]
+    return [
+        f"// every {FLUSH_MS} ms: move probes on to the next map if its last dump was cleared,",
+        "// then dump and clear the map they left",
+        f"interval:ms:{FLUSH_MS} {{ $left = @qspan_side; $next = ($left + 1) % {n}; "
+        f"{_by_side(pending, '$next')} if ($busy == 0) {{ @qspan_side = $next; "
+        f"{_by_side(dump, '$left')} {mark} }} }}",
+        "",
+        f"END {{ {' '.join(d for d in dump)} {mark} clear(@qspan_named); clear(@qspan_seq); clear(@qspan_side); }}",
+    ]
 
 
 def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], list[str]]:
@@ -104,7 +165,9 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
     return chosen, skipped
 
 
-def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None) -> Program:
+def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None, transport: str = "maps") -> Program:
+    if transport not in TRANSPORTS:
+        raise TracerError(f"unknown transport {transport!r} (one of {', '.join(TRANSPORTS)})")
     probes, skipped = select_probes(cat, inp)
     if profile and profile.probes and not inp.library_path:
         raise TracerError(f"profile {profile.name} needs {profile.library} mapped in QEMU PID {inp.pid}; it is not")
@@ -114,7 +177,8 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None) 
         f"// profile: {profile.name if profile else 'stock'}"
         + (f" ({profile.library} at {inp.library_path})" if profile and profile.library else ""),
         f"// watched threads: {', '.join(map(str, inp.watched_tids)) or 'none'}",
-        "// output: CODE TS_NS TID ARG0 ARG1 ARG2 ARG3 (decimal), one line per event",
+        (f"// transport maps: events kept in BPF maps, dumped every {FLUSH_MS} ms (see program.py)"
+         if transport == "maps" else "// transport printf: CODE TS_NS TID ARG0 ARG1 ARG2 ARG3 (decimal), one line per event"),
         "",
         f'BEGIN {{ printf("{BEGIN_MARK}\\n"); }}',
         "",
@@ -122,13 +186,15 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None) 
     for p in probes:
         spec = cat.events[p.event]
         out.append(f"// {p.event} <- {p.where}")
-        out.append(f"{_attach_point(p, inp)} /{_filter(p.filter, inp)}/ {{ {_action(p, spec)} }}")
+        out.append(f"{_attach_point(p, inp)} /{_filter(p.filter, inp)}/ {{ {_action(p, spec, transport)} }}")
     for p in profile.probes if profile else ():
         spec = cat.events[p.event]
         out.append(f"// {p.event} <- profiles/{p.where}")
-        out.append(f"{_attach_point(p, inp, in_library=True)} /{_filter(p.filter, inp)}/ {{ {_action(p, spec)} }}")
-    out += ["", "END { clear(@qspan_named); }", ""]
-    return Program("\n".join(out), tuple(probes) + (profile.probes if profile else ()), tuple(skipped))
+        out.append(f"{_attach_point(p, inp, in_library=True)} /{_filter(p.filter, inp)}/ {{ {_action(p, spec, transport)} }}")
+    out.append("")
+    out += _flush_probes() if transport == "maps" else ["END { clear(@qspan_named); }"]
+    out.append("")
+    return Program("\n".join(out), tuple(probes) + (profile.probes if profile else ()), tuple(skipped), transport)
 
 
 def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:

@@ -10,19 +10,20 @@ become one TracerError message. "Lost N events" lines are counted, never hidden.
 from __future__ import annotations
 
 import os
-import selectors
+import queue
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TracerError
-from .parse import LOST_RE
-from .program import BEGIN_MARK
+from .parse import LOST_RE, MalformedLine, MapDumpDecoder
+from .program import BEGIN_MARK, FLUSH_MARK, MAP_CAPACITY
 from .target import process_alive
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
@@ -70,6 +71,21 @@ def check_can_trace() -> None:
             raise TracerError(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {err}") from err
 
 
+def _pump(stream, chunks: "queue.SimpleQueue[bytes]") -> None:
+    """Read a pipe until EOF into `chunks`; an empty chunk marks the end."""
+    fd = stream.fileno()
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.put(chunk)
+    except OSError:
+        pass
+    finally:
+        chunks.put(b"")
+
+
 def stderr_errors(stderr: str) -> str:
     """bpftrace's last error lines, without the noise it prints on every run here."""
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not any(n in ln for n in NOISE)]
@@ -90,14 +106,20 @@ class TraceSession:
         self._stop_requested = True
 
     def run(self, on_line: Callable[[str], None], duration_s: float | None = None,
-            on_attached: Callable[[], None] | None = None) -> TraceResult:
+            on_attached: Callable[[], None] | None = None,
+            on_watermark: Callable[[int], None] | None = None) -> TraceResult:
+        """Trace until done; `on_line` gets every event line (and "Lost N events" lines).
+
+        With the maps transport, `on_watermark(ts_ns)` is called after each dump:
+        all events stamped before ts_ns (less a moment) have then been handed out.
+        """
         check_can_trace()
         if not process_alive(self.pid):
             raise TracerError(f"QEMU PID {self.pid} is not running")
         prog = Path(self._dir.name) / "qspan.bt"
         prog.write_text(self.program_text)
         errf = open(Path(self._dir.name) / "stderr", "w+")
-        env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES)
+        env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES, BPFTRACE_MAP_KEYS_MAX=str(MAP_CAPACITY))
         t0 = time.monotonic()
         # -p: uprobes are attached to this process only, so other QEMUs running the
         # same binary never hit them (the /pid == N/ filters alone would still trap there).
@@ -107,13 +129,42 @@ class TraceSession:
         )
         attached_at = None
         lines = lost = 0
+        decoder = MapDumpDecoder()
+
+        def emit(line: str) -> None:
+            nonlocal lines, lost
+            if line[:1].isdigit():
+                lines += 1
+                on_line(line)
+            else:
+                m = LOST_RE.search(line)
+                if m:
+                    lost += int(m.group(1))
+                    on_line(line)
+
+        def handle(line: str) -> None:
+            if decoder.is_entry(line):
+                try:
+                    decoder.entry(line)
+                except MalformedLine:
+                    on_line(line)  # not ours to drop: the consumer counts it as malformed
+            elif line.startswith(FLUSH_MARK):
+                for out in decoder.flush(line):
+                    emit(out)
+                if on_watermark:
+                    on_watermark(decoder.watermark_ns)
+            else:
+                emit(line)
         reason = "tracer-died"
         buf = b""
-        sel = selectors.DefaultSelector()
         assert self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
+        # A thread only moves bpftrace's output into memory, so bpftrace never waits
+        # on a full pipe while we correlate: it would stop draining its perf buffers
+        # and the maps it prints and clears, and events would be lost.
+        chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        pump = threading.Thread(target=_pump, args=(self._proc.stdout, chunks), name="qspan-bpftrace-out", daemon=True)
+        pump.start()
+        eof = False
         stopping_since = None
         try:
             while True:
@@ -133,45 +184,36 @@ class TraceSession:
                         stopping_since = self._interrupt(now)
                 elif now - stopping_since > 10:
                     self._proc.kill()
-                for _key, _ in sel.select(timeout=0.1):
-                    try:
-                        chunk = os.read(fd, 1 << 20)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        break
+                parts: list[bytes] = []
+                try:
+                    parts.append(chunks.get(timeout=0.1))
+                    while parts[-1]:  # take everything already read, then split once
+                        parts.append(chunks.get_nowait())
+                except queue.Empty:
+                    pass
+                eof = eof or (bool(parts) and not parts[-1])
+                chunk = b"".join(parts)
+                if chunk:
                     buf += chunk
                     *complete, buf = buf.split(b"\n")
                     for raw in complete:
                         line = raw.decode("utf-8", "replace")
-                        if line[:1].isdigit():
-                            lines += 1
-                            on_line(line)
-                        elif line == BEGIN_MARK:
+                        if line == BEGIN_MARK:
                             attached_at = time.monotonic()
                             if on_attached:
                                 on_attached()
                         else:
-                            m = LOST_RE.search(line)
-                            if m:
-                                lost += int(m.group(1))
-                                on_line(line)
-                if self._proc.poll() is not None:
-                    rest = self._proc.stdout.read() or b""
-                    for raw in (buf + rest).split(b"\n"):
-                        line = raw.decode("utf-8", "replace")
-                        if line[:1].isdigit():
-                            lines += 1
-                            on_line(line)
-                        elif LOST_RE.search(line):
-                            lost += int(LOST_RE.search(line).group(1))
-                            on_line(line)
+                            handle(line)
+                if eof:
+                    for raw in buf.split(b"\n"):
+                        handle(raw.decode("utf-8", "replace"))
+                    if decoder.pending:  # bpftrace died before its last mark: keep what it dumped
+                        handle(f"{FLUSH_MARK} {decoder.watermark_ns}")
                     break
         finally:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
-            sel.close()
             errf.seek(0)
             stderr = errf.read()
             errf.close()
