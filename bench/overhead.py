@@ -1,13 +1,25 @@
-"""Overhead benchmark: guest-visible write latency with qspan attached vs not, alternating.
+"""Overhead benchmark: what attaching qspan costs the traced QEMU and its guest.
 
 Boots the lab (stock or seed scenario), then for --rounds rounds runs the same
-guest workload twice — once with nothing attached, once with `qspan record`
-attached — and prints the guest's own p50/p99 latency and IOPS for each, the
-added latency per request, and how many probe events the tracer saw per
-request. One run, one machine: compare the ratios, not the absolute numbers
-(TCG and a shared 2-core VM).
+guest workload once with nothing attached and once per transport with
+`qspan record` attached (alternating, so drift hits every mode alike), and
+prints for each mode:
+
+- the guest's own p50/p99 write latency and IOPS (what the guest sees);
+- on-CPU time per request of QEMU's threads, by thread kind (iothread, vCPU,
+  thread-pool workers, other), from /proc/PID/task/*/schedstat: probe traps and
+  BPF programs run on the thread that hits the probe, so the difference to
+  "off" is the tracer's cost on QEMU itself, and far less noisy than latency;
+- on-CPU time per request of the tracer (bpftrace + qspan), which runs on the
+  same two cores;
+- events per request and lost events.
+
+One run, one machine: compare the ratios, not the absolute numbers (TCG and a
+shared 2-core VM). Under TCG the guest's latency also moves with whatever
+competes with the vCPU thread for a core, the tracer included.
 
     .venv/bin/python bench/overhead.py [--scenario stock] [--rounds 3] [--count 2000] [--qd 4] [--rate 0]
+                                       [--transports maps,printf]
 """
 
 from __future__ import annotations
@@ -21,8 +33,53 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
-from qspan import lab, recording  # noqa: E402
+from qspan import lab, program, recording  # noqa: E402
 from qspan.clirun import start_traced  # noqa: E402
+
+
+def thread_kind(comm: str) -> str:
+    if comm.startswith("IO iothread") or comm.startswith("IO "):
+        return "iothread" if "iothread" in comm and "mon" not in comm else "other"
+    if comm.startswith("CPU "):
+        return "vcpu"
+    if comm == "worker":
+        return "workers"
+    return "other"
+
+
+def cpu_ns(pid: int, by_kind: bool = False) -> dict[str, int]:
+    """On-CPU nanoseconds of every thread of `pid` (threads that exited are not counted)."""
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+            comm = (task / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        key = thread_kind(comm) if by_kind else "all"
+        out[key] = out.get(key, 0) + ns
+    return out
+
+
+def tracer_pids(pid: int) -> list[int]:
+    """The qspan process and its children (bpftrace)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [pid, *map(int, kids)]
+
+
+def measure(info, load: str, tracer_pid: int | None) -> dict:
+    q0 = cpu_ns(info.pid, by_kind=True)
+    pids = tracer_pids(tracer_pid) if tracer_pid else []
+    t0 = sum(cpu_ns(p)["all"] for p in pids)
+    summary = lab.load(info, load).summary
+    q1 = cpu_ns(info.pid, by_kind=True)
+    t1 = sum(cpu_ns(p)["all"] for p in pids)
+    n = max(1, summary["requests"])
+    qemu = {k: (q1.get(k, 0) - q0.get(k, 0)) / n / 1000 for k in ("iothread", "vcpu", "workers", "other")}
+    return {**summary, "qemu_us": qemu, "qemu_total_us": sum(qemu.values()), "tracer_us": (t1 - t0) / n / 1000}
 
 
 def main() -> None:
@@ -33,36 +90,66 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--qd", type=int, default=4)
     ap.add_argument("--rate", type=int, default=0, help="guest requests/s (0: as fast as it can)")
+    ap.add_argument("--transports", default="maps,printf", help="comma-separated, from: " + ", ".join(program.TRANSPORTS))
     args = ap.parse_args()
+    transports = [t for t in args.transports.split(",") if t]
+    for t in transports:
+        if t not in program.TRANSPORTS:
+            ap.error(f"unknown transport {t!r}")
+    modes = ["off", *transports]
     load = f"--op write --qd {args.qd} --count {args.count}" + (f" --rate {args.rate}" if args.rate else "")
-    rows = []
+    rows: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="qspan-bench-") as tmp:
         d = Path(tmp) / "lab"
         info = lab.up(d, scenario=args.scenario)
         try:
             lab.load(info, load)  # warm-up: page cache, thread pool workers
             for r in range(args.rounds):
-                base = lab.load(info, load).summary
-                rec = Path(tmp) / f"r{r}.qspan"
-                proc = start_traced("record", "--pid", str(info.pid), "--duration", "600", "--out", str(rec))
-                traced = lab.load(info, load).summary
-                proc.send_signal(2)
-                proc.communicate(timeout=120)
-                events = recording.read(rec)
-                per_req = len(events.events) / max(1, traced["requests"])
-                rows.append((base, traced, per_req, sum(x.count for x in events.lost)))
-                print(f"round {r + 1}: off p50 {base['p50_us']:.0f} us, on p50 {traced['p50_us']:.0f} us", file=sys.stderr)
+                for mode in modes:
+                    if mode == "off":
+                        row = measure(info, load, None)
+                        row.update(events_per_req=0.0, lost=0)
+                    else:
+                        rec = Path(tmp) / f"r{r}-{mode}.qspan"
+                        proc = start_traced("record", "--pid", str(info.pid), "--duration", "600", "--out", str(rec),
+                                            "--transport", mode)
+                        row = measure(info, load, proc.pid)
+                        proc.send_signal(2)
+                        proc.communicate(timeout=120)
+                        events = recording.read(rec)
+                        row.update(events_per_req=len(events.events) / max(1, row["requests"]),
+                                   lost=sum(x.count for x in events.lost))
+                    rows[mode].append(row)
+                    print(f"round {r + 1} {mode}: p50 {row['p50_us']:.0f} us, QEMU CPU {row['qemu_total_us']:.0f} us/req",
+                          file=sys.stderr)
         finally:
             lab.down(d)
-    print(f"scenario {args.scenario}, guest: {load}")
-    print(f"{'round':<6}{'off p50':>9}{'on p50':>9}{'off p99':>9}{'on p99':>9}{'off IOPS':>10}{'on IOPS':>9}{'events/req':>12}{'lost':>6}")
-    for i, (b, t, e, lost) in enumerate(rows, 1):
-        print(f"{i:<6}{b['p50_us']:>9.0f}{t['p50_us']:>9.0f}{b['p99_us']:>9.0f}{t['p99_us']:>9.0f}"
-              f"{b['iops']:>10.0f}{t['iops']:>9.0f}{e:>12.1f}{lost:>6}")
-    added = statistics.median(t["p50_us"] - b["p50_us"] for b, t, _, _ in rows)
-    ratio = statistics.median(t["p50_us"] / b["p50_us"] for b, t, _, _ in rows)
-    iops = statistics.median(t["iops"] / b["iops"] for b, t, _, _ in rows)
-    print(f"median added guest p50: {added:.0f} us per request ({ratio:.2f}x); IOPS on/off: {iops:.2f}")
+
+    print(f"scenario {args.scenario}, guest: {load}, {args.rounds} rounds, modes alternating: {', '.join(modes)}")
+    print("per request: guest latency (us), QEMU on-CPU time by thread (us), tracer on-CPU time (us)")
+    head = f"{'mode':<7}{'round':>6}{'p50':>7}{'p99':>8}{'IOPS':>7}{'iothr':>7}{'vcpu':>7}{'workr':>7}{'other':>7}{'QEMU':>7}{'tracer':>8}{'ev/req':>8}{'lost':>6}"
+    print(head)
+    for mode in modes:
+        for i, x in enumerate(rows[mode], 1):
+            q = x["qemu_us"]
+            print(f"{mode:<7}{i:>6}{x['p50_us']:>7.0f}{x['p99_us']:>8.0f}{x['iops']:>7.0f}{q['iothread']:>7.1f}{q['vcpu']:>7.1f}"
+                  f"{q['workers']:>7.1f}{q['other']:>7.1f}{x['qemu_total_us']:>7.1f}{x['tracer_us']:>8.1f}"
+                  f"{x['events_per_req']:>8.1f}{x['lost']:>6}")
+    print()
+    off = rows["off"]
+    med = statistics.median
+    for mode in transports:
+        on = rows[mode]
+        pairs = list(zip(off, on))
+        added = med(t["p50_us"] - b["p50_us"] for b, t in pairs)
+        ratio = med(t["p50_us"] / b["p50_us"] for b, t in pairs)
+        iops = med(t["iops"] / b["iops"] for b, t in pairs)
+        io_added = med(t["qemu_us"]["iothread"] - b["qemu_us"]["iothread"] for b, t in pairs)
+        qemu_added = med(t["qemu_total_us"] - b["qemu_total_us"] for b, t in pairs)
+        tracer = med(t["tracer_us"] for t in on)
+        print(f"{mode}: guest p50 +{added:.0f} us/request ({ratio:.2f}x), IOPS on/off {iops:.2f}; "
+              f"QEMU CPU +{qemu_added:.1f} us/request (iothread +{io_added:.1f}); tracer {tracer:.1f} us CPU/request; "
+              f"{med(t['events_per_req'] for t in on):.1f} events/request, {sum(t['lost'] for t in on)} lost")
 
 
 if __name__ == "__main__":

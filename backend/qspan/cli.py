@@ -52,15 +52,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _program_for(pid: int, profile: str | None = None):
+def _program_for(pid: int, profile: str | None = None, transport: str = "maps"):
     t = target.inspect(pid)
     cat = catalogue.load()
     prof = program.choose_profile(cat, t, profile)
-    return t, cat, prof, program.generate(cat, program.program_input(t, prof), prof)
+    return t, cat, prof, program.generate(cat, program.program_input(t, prof), prof, transport)
 
 
 def cmd_tracer(args) -> int:
-    t, _cat, _prof, prog = _program_for(args.pid, args.profile)
+    t, _cat, _prof, prog = _program_for(args.pid, args.profile, args.transport)
     if args.print:
         sys.stdout.write(prog.text)
         for why in prog.skipped:
@@ -73,10 +73,11 @@ def cmd_tracer(args) -> int:
 # -- tracing ------------------------------------------------------------------
 
 
-def trace_to_file(pid: int, duration_s: float, out: Path, profile: str | None = None) -> tuple[tracer.TraceResult, dict]:
+def trace_to_file(pid: int, duration_s: float, out: Path, profile: str | None = None,
+                  transport: str = "maps") -> tuple[tracer.TraceResult, dict]:
     """Trace PID for duration_s seconds into recording `out`; Ctrl-C ends the trace early."""
     tracer.check_can_trace()
-    t, cat, prof, prog = _program_for(pid, profile)
+    t, cat, prof, prog = _program_for(pid, profile, transport)
     header = recording.make_header(t, cat, prof, prog)
     session = tracer.TraceSession(prog.text, pid)
     old = signal.signal(signal.SIGINT, lambda *_: session.stop())
@@ -107,7 +108,7 @@ def _check_ended(result: tracer.TraceResult, pid: int, out: Path) -> None:
 
 def cmd_record(args) -> int:
     out = Path(args.out)
-    result, _ = trace_to_file(args.pid, args.duration, out, args.profile)
+    result, _ = trace_to_file(args.pid, args.duration, out, args.profile, args.transport)
     _progress(f"recording written to {out}")
     _check_ended(result, args.pid, out)
     return 0
@@ -163,7 +164,7 @@ def cmd_perfetto(args) -> int:
 def cmd_attach(args) -> int:
     out = Path(args.out)
     rec_path = Path(args.record) if args.record else out.with_suffix(".qspan")
-    result, _ = trace_to_file(args.pid, args.duration, rec_path, args.profile)
+    result, _ = trace_to_file(args.pid, args.duration, rec_path, args.profile, args.transport)
     rec = recording.read(rec_path)
     _write_spans(rec, out)
     _check_ended(result, args.pid, rec_path)
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
     s.add_argument("--print", action="store_true", help="print the program (nothing is attached)")
+    s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
+                   help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
     s.set_defaults(fn=cmd_tracer)
 
     s = sub.add_parser("record", help="trace a QEMU process into a replayable recording")
@@ -272,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
     s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default 10)")
     s.add_argument("--out", required=True, help="recording file to write")
+    s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
+                   help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
     s.set_defaults(fn=cmd_record)
 
     s = sub.add_parser("spans", help="correlate a recording into spans JSON")
@@ -296,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=10.0)
     s.add_argument("--out", required=True, help="spans JSON file to write")
     s.add_argument("--record", help="where to keep the recording (default: OUT with .qspan suffix)")
+    s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
+                   help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
     s.set_defaults(fn=cmd_attach)
 
     for name, fn, hlp in (("serve", cmd_serve, "serve the live dashboard (FastAPI) on 127.0.0.1"),

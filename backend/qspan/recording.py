@@ -70,6 +70,7 @@ def make_header(t, cat, prof, prog) -> dict:
         "codes": {str(e.code): e.name for e in cat.events.values()},
         "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
         "skipped_probes": list(prog.skipped),
+        "transport": prog.transport,
     }
 
 
