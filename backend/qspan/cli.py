@@ -79,7 +79,7 @@ def trace_to_file(pid: int, duration_s: float, out: Path, profile: str | None = 
     tracer.check_can_trace()
     t, cat, prof, prog = _program_for(pid, profile, transport)
     header = recording.make_header(t, cat, prof, prog)
-    session = tracer.TraceSession(prog.text, pid)
+    session = tracer.TraceSession(prog.text, pid, transport=prog.transport)
     old = signal.signal(signal.SIGINT, lambda *_: session.stop())
     try:
         with open(out, "w") as f:

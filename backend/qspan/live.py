@@ -193,7 +193,7 @@ class LiveSession:
         self.header = recording.make_header(t, cat, prof, prog)
         self._codes = {e.code: e.name for e in cat.events.values()}
         self._correlator = Correlator(self.header, capture_timeline=True)
-        self._session = tracer.TraceSession(prog.text, self.pid)
+        self._session = tracer.TraceSession(prog.text, self.pid, transport=prog.transport)
         self._thread = threading.Thread(target=self._run, name=f"qspan-{self.id}", daemon=True)
         self._thread.start()
 

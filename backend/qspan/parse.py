@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from collections.abc import Iterable, Iterator
 
 from .events import Event, Lost
@@ -62,22 +63,24 @@ def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: froze
         yield rec
 
 
+_by_ts = itemgetter(0)
+
+
 class MapDumpDecoder:
     """Turn the "maps" transport's dumps back into event lines (pure; see program.py).
 
-    Between two "QSPAN-FLUSH TS" marks bpftrace prints one map side, one entry
-    per event:  @qspan_ev0[TS_NS, CPU]: (SEQ, TID, CODE, ARG0, ARG1, ARG2, ARG3)
-    At the mark, the dump's events come out as CODE TS_NS TID ARG0..ARG3 lines in
-    time order, preceded by "Lost N events" when a CPU's sequence numbers skipped
-    (a full map, or an event stored while its side was being cleared).
-    `watermark_ns` is the flip time of the last dump: every event stamped more than
-    a moment before it has been handed out.
+    A dump is a list of map entries, (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3)
+    tuples in no particular order (bpfmaps.EventMaps.drain). At each flush the
+    collected events come out as CODE TS_NS TID ARG0..ARG3 lines in time order,
+    preceded by "Lost N events" when a CPU's sequence numbers skipped (a full
+    map). `watermark_ns` is the flip time of the last flush: every event
+    stamped more than a moment before it has been handed out.
     """
 
     def __init__(self):
-        self._pending: list[tuple[int, str]] = []
-        self._received: dict[str, int] = {}  # cpu -> events seen
-        self._max_seq: dict[str, int] = {}  # cpu -> highest sequence number seen
+        self._pending: list[tuple] = []
+        self._received: dict[int, int] = {}  # cpu -> events seen
+        self._max_seq: dict[int, int] = {}  # cpu -> highest sequence number seen
         self.lost = 0
         self.watermark_ns = 0
 
@@ -85,36 +88,35 @@ class MapDumpDecoder:
     def pending(self) -> int:
         return len(self._pending)
 
-    def is_entry(self, line: str) -> bool:
-        return line.startswith("@qspan_ev")
+    def add(self, entries: list[tuple]) -> None:
+        received, max_seq = self._received, self._max_seq
+        for e in entries:
+            if e[0] == 0:
+                continue  # the flush's sentinel (see program.py), not an event
+            cpu, seq = e[1], e[2]
+            received[cpu] = received.get(cpu, 0) + 1
+            if seq > max_seq.get(cpu, 0):
+                max_seq[cpu] = seq
+            self._pending.append(e)
 
-    def entry(self, line: str) -> None:
-        try:
-            key, val = line[line.index("[") + 1:].split("]: (", 1)
-            ts, cpu = key.split(", ")
-            seq, tid, code, a0, a1, a2, a3 = val.rstrip(")").split(", ")
-            ts_ns, seq_n = int(ts), int(seq)
-        except ValueError:
-            raise MalformedLine(0, line, "not a map dump entry") from None
-        if ts_ns == 0:
-            return  # the flush's sentinel (see program.py), not an event
-        self._pending.append((ts_ns, f"{code} {ts} {tid} {a0} {a1} {a2} {a3}"))
-        self._received[cpu] = self._received.get(cpu, 0) + 1
-        if seq_n > self._max_seq.get(cpu, 0):
-            self._max_seq[cpu] = seq_n
-
-    def flush(self, mark_line: str) -> list[str]:
-        """At a flush mark: the dump's lines in time order (a Lost line first if any were lost)."""
-        try:
-            self.watermark_ns = max(self.watermark_ns, int(mark_line.split()[1]))
-        except (IndexError, ValueError):
-            raise MalformedLine(0, mark_line, "bad flush mark") from None
+    def flush(self, watermark_ns: int) -> list[str]:
+        """The collected events as lines in time order (a Lost line first if any were lost)."""
+        self.watermark_ns = max(self.watermark_ns, watermark_ns)
         missing = sum(max(0, self._max_seq[c] - self._received[c]) for c in self._max_seq)
         out = []
         if missing > self.lost:
             out.append(f"Lost {missing - self.lost} events")
             self.lost = missing
-        self._pending.sort()
-        out += [line for _, line in self._pending]
+        self._pending.sort(key=_by_ts)  # (ts, cpu) is unique: no ties to break
+        out += ["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in self._pending]
         self._pending = []
         return out
+
+
+def parse_flush_mark(line: str) -> tuple[int, int]:
+    """ "QSPAN-FLUSH TS_NS SIDE" -> (TS_NS, SIDE)."""
+    try:
+        _, ts, side = line.split()
+        return int(ts), int(side)
+    except ValueError:
+        raise MalformedLine(0, line, "bad flush mark") from None

@@ -6,17 +6,16 @@ coroutines switch stacks.
 
 Transport "maps" (the default): a probe does not print. It stores its event
 in one of MAP_SIDES BPF hash maps, keyed by (TS_NS, CPU), with a per-CPU
-sequence number; every FLUSH_MS an interval probe moves probes on to the next
-map, asks bpftrace to print and clear the one they left, then prints
-"QSPAN-FLUSH TS_NS". bpftrace prints and clears asynchronously, when its reader
-gets to it; probes move on to a map only once the reader has cleared it (a
-sentinel entry printed and cleared with each dump says so), so a slow reader
-makes the dumps bigger, not lossy. A full map loses events, and they are
-counted: a gap in a CPU's sequence numbers. A printf per
-event costs the traced thread a perf-buffer write and a wake-up of bpftrace's
-reader (measured by bench/probe_cost.py); the map store costs neither.
-tracer.py turns each dump back into lines sorted by time and counts sequence
-gaps as lost events. Transport "printf" prints each event as it happens.
+sequence number. Every FLUSH_MS an interval probe moves probes on to the next
+map and prints "QSPAN-FLUSH TS_NS SIDE"; qspan then empties map SIDE itself
+with one batch syscall (bpfmaps.py). Probes move on to a map only once qspan
+has emptied it (a sentinel entry, taken out with the events, says so), so a
+slow reader makes the dumps bigger, not lossy; a full map loses events, and
+they are counted: a gap in a CPU's sequence numbers. A printf per event costs
+the traced thread a perf-buffer write and a wake-up of bpftrace's reader, and
+bpftrace's own map printing costs four syscalls per entry (both measured by
+bench/probe_cost.py and bench/overhead.py); the map store costs neither.
+Transport "printf" prints each event as it happens.
 Either way, what the rest of qspan sees (and records) is one line per event:
 
     CODE TS_NS TID ARG0 ARG1 ARG2 ARG3
@@ -123,22 +122,21 @@ def _by_side(actions: list[str], var: str = "$side") -> str:
 
 def _flush_probes() -> list[str]:
     n = len(MAP_SIDES)
-    mark = f'printf("{FLUSH_MARK} %llu\\n", nsecs);'
+    mark = f'printf("{FLUSH_MARK} %llu %d\\n", nsecs, $left);'
     sentinel = "((uint64)1, (int64)0, 0, (int64)0, (int64)0, (int64)0, (int64)0)"
-    # The sentinel entry (key 0, 0) is printed and cleared with the map: while it is
-    # there, bpftrace's reader has not cleared that map yet, and probes must not
-    # move on to it (what they stored between its print and its clear would be lost).
-    # The current map then simply holds on for another interval.
-    dump = [f"{m}[0, 0] = {sentinel}; print({m}); clear({m});" for m in MAP_SIDES]
+    # The sentinel entry (key 0, 0) goes out with the map's events: while it is
+    # there, qspan has not emptied that map yet, and probes stay where they are.
+    mark_left = [f"{m}[0, 0] = {sentinel};" for m in MAP_SIDES]
     pending = [f"$busy = {m}[0, 0].0;" for m in MAP_SIDES]
     return [
-        f"// every {FLUSH_MS} ms: move probes on to the next map if its last dump was cleared,",
-        "// then dump and clear the map they left",
+        f"// every {FLUSH_MS} ms: move probes on to the next map if qspan has emptied it,",
+        "// and tell qspan to empty the one they left",
         f"interval:ms:{FLUSH_MS} {{ $left = @qspan_side; $next = ($left + 1) % {n}; "
         f"{_by_side(pending, '$next')} if ($busy == 0) {{ @qspan_side = $next; "
-        f"{_by_side(dump, '$left')} {mark} }} }}",
+        f"{_by_side(mark_left, '$left')} {mark} }} }}",
         "",
-        f"END {{ {' '.join(d for d in dump)} {mark} clear(@qspan_named); clear(@qspan_seq); clear(@qspan_side); }}",
+        # qspan empties every map once bpftrace has exited (it holds the maps open)
+        f"END {{ $left = @qspan_side; {mark} clear(@qspan_named); clear(@qspan_seq); clear(@qspan_side); }}",
     ]
 
 

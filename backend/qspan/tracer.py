@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TracerError
-from .parse import LOST_RE, MalformedLine, MapDumpDecoder
-from .program import BEGIN_MARK, FLUSH_MARK, MAP_CAPACITY
+from .bpfmaps import EventMaps
+from .parse import LOST_RE, MapDumpDecoder, parse_flush_mark
+from .program import BEGIN_MARK, FLUSH_MARK, MAP_CAPACITY, MAP_SIDES
 from .target import process_alive
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
@@ -93,8 +94,9 @@ def stderr_errors(stderr: str) -> str:
 
 
 class TraceSession:
-    def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0):
+    def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0, transport: str = "maps"):
         self.program_text = program_text
+        self.transport = transport
         self.pid = pid
         self.attach_timeout_s = attach_timeout_s
         self._proc: subprocess.Popen | None = None
@@ -142,19 +144,22 @@ class TraceSession:
                     lost += int(m.group(1))
                     on_line(line)
 
+        maps: EventMaps | None = None
+
         def handle(line: str) -> None:
-            if decoder.is_entry(line):
-                try:
-                    decoder.entry(line)
-                except MalformedLine:
-                    on_line(line)  # not ours to drop: the consumer counts it as malformed
-            elif line.startswith(FLUSH_MARK):
-                for out in decoder.flush(line):
+            if line.startswith("@qspan_ev"):
+                return  # bpftrace printing what is left in a map as it exits: we read the maps ourselves
+            if line.startswith(FLUSH_MARK):
+                ts, side = parse_flush_mark(line)
+                if maps is not None:
+                    decoder.add(maps.drain(side))
+                for out in decoder.flush(ts):
                     emit(out)
                 if on_watermark:
                     on_watermark(decoder.watermark_ns)
             else:
                 emit(line)
+
         reason = "tracer-died"
         buf = b""
         assert self._proc.stdout is not None
@@ -200,6 +205,8 @@ class TraceSession:
                         line = raw.decode("utf-8", "replace")
                         if line == BEGIN_MARK:
                             attached_at = time.monotonic()
+                            if self.transport == "maps":
+                                maps = EventMaps.of_process(self._proc.pid, MAP_SIDES)
                             if on_attached:
                                 on_attached()
                         else:
@@ -207,13 +214,19 @@ class TraceSession:
                 if eof:
                     for raw in buf.split(b"\n"):
                         handle(raw.decode("utf-8", "replace"))
-                    if decoder.pending:  # bpftrace died before its last mark: keep what it dumped
-                        handle(f"{FLUSH_MARK} {decoder.watermark_ns}")
+                    if maps is not None:
+                        # bpftrace is gone; our descriptors kept its maps: take what is left.
+                        self._proc.wait()
+                        decoder.add(maps.drain_all())
+                        for out in decoder.flush(decoder.watermark_ns):
+                            emit(out)
                     break
         finally:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
+            if maps is not None:
+                maps.close()
             errf.seek(0)
             stderr = errf.read()
             errf.close()
