@@ -1,7 +1,9 @@
 /* Calibration target for bench/probe_cost.py: functions whose first (or
  * probed) instruction is one the kernel emulates for a uprobe (push, call)
  * or must single-step (sub), called in a timed loop. Commands on stdin:
- *   "fn N"  call fn N times and print nanoseconds per call;  "q" quit.
+ *   "fn N GAP"  call fn N times, spinning GAP ns after each call (a traced
+ *               thread that does other work between probe hits), and print
+ *               nanoseconds per call;  "q" quit.
  * Written in assembly so the instruction at each probe site is fixed. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -33,11 +35,11 @@ static double now_ns(void)
 int main(void)
 {
     char fn[32];
-    long n;
+    long n, gap;
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready %d\n", getpid());
     while (scanf("%31s", fn) == 1 && strcmp(fn, "q") != 0) {
-        if (scanf("%ld", &n) != 1)
+        if (scanf("%ld %ld", &n, &gap) != 2)
             return 2;
         void (*f)(void) = !strcmp(fn, "push") ? cal_push : !strcmp(fn, "sub") ? cal_sub
                         : !strcmp(fn, "call") ? cal_call : NULL;
@@ -47,6 +49,11 @@ int main(void)
                 f();
             else
                 syscall(SYS_getppid); /* "syscall": a tracepoint site */
+            if (gap) {
+                double until = now_ns() + gap;
+                while (now_ns() < until)
+                    ;
+            }
         }
         printf("%.1f\n", (now_ns() - t0) / n);
     }

@@ -120,7 +120,7 @@ def _by_side(actions: list[str], var: str = "$side") -> str:
     return f"if ({var} == {len(MAP_SIDES) - len(actions)}) {{ {actions[0]} }} else {{ {_by_side(actions[1:], var)} }}"
 
 
-def _flush_probes() -> list[str]:
+def _flush_probes(clear_named: bool = True) -> list[str]:
     n = len(MAP_SIDES)
     mark = f'printf("{FLUSH_MARK} %llu %d\\n", nsecs, $left);'
     sentinel = "((uint64)1, (int64)0, 0, (int64)0, (int64)0, (int64)0, (int64)0)"
@@ -136,7 +136,7 @@ def _flush_probes() -> list[str]:
         f"{_by_side(mark_left, '$left')} {mark} }} }}",
         "",
         # qspan empties every map once bpftrace has exited (it holds the maps open)
-        f"END {{ $left = @qspan_side; {mark} clear(@qspan_named); clear(@qspan_seq); clear(@qspan_side); }}",
+        f"END {{ $left = @qspan_side; {mark}{' clear(@qspan_named);' if clear_named else ''} clear(@qspan_seq); clear(@qspan_side); }}",
     ]
 
 
@@ -190,7 +190,12 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None, 
         out.append(f"// {p.event} <- profiles/{p.where}")
         out.append(f"{_attach_point(p, inp, in_library=True)} /{_filter(p.filter, inp)}/ {{ {_action(p, spec, transport)} }}")
     out.append("")
-    out += _flush_probes() if transport == "maps" else ["END { clear(@qspan_named); }"]
+    # @qspan_named exists only when a probe names nodes (bpftrace rejects unknown maps)
+    named = any(cat.events[p.event].has_strings for p in probes + list(profile.probes if profile else ()))
+    if transport == "maps":
+        out += _flush_probes(named)
+    elif named:
+        out.append("END { clear(@qspan_named); }")
     out.append("")
     return Program("\n".join(out), tuple(probes) + (profile.probes if profile else ()), tuple(skipped), transport)
 
