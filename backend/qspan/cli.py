@@ -56,7 +56,7 @@ def _program_for(pid: int, profile: str | None = None, transport: str = "maps"):
     t = target.inspect(pid)
     cat = catalogue.load()
     prof = program.choose_profile(cat, t, profile)
-    return t, cat, prof, program.generate(cat, program.program_input(t, prof), prof, transport)
+    return t, cat, prof, program.generate(cat, program.program_input(t, prof, cat), prof, transport)
 
 
 def cmd_tracer(args) -> int:

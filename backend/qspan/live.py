@@ -188,7 +188,7 @@ class LiveSession:
         t = target.inspect(self.pid)
         cat = catalogue.load()
         prof = program.choose_profile(cat, t, self.profile_name)
-        prog = program.generate(cat, program.program_input(t, prof), prof)
+        prog = program.generate(cat, program.program_input(t, prof, cat), prof)
         self.target, self.profile_name = t, prof.name
         self.header = recording.make_header(t, cat, prof, prog)
         self._codes = {e.code: e.name for e in cat.events.values()}

@@ -27,10 +27,11 @@ per block node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .catalogue import Catalogue, EventSpec, ProbeSpec, Profile
 from .errors import TracerError
+from .overhead import first_instruction_kind, hit_kind
 
 BEGIN_MARK = "QSPAN-ATTACHED"
 FLUSH_MARK = "QSPAN-FLUSH"
@@ -56,6 +57,8 @@ class ProgramInput:
     usdt: bool
     watched_tids: tuple[int, ...]
     library_path: str | None = None  # the profile's shared object, as bpftrace opens it
+    # uprobe targets -> "emulated" or "stepped": how the kernel runs their first instruction
+    entry_kinds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Program:
     probes: tuple[ProbeSpec, ...]
     skipped: tuple[str, ...]  # why catalogue lines were left out (symbol not exported, ...)
     transport: str = "maps"
+    probe_kinds: dict[str, list[str]] = field(default_factory=dict)  # event -> costs.txt hit kinds of its probes
 
 
 def _filter(kind: str, inp: ProgramInput) -> str:
@@ -181,9 +185,14 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None, 
         f'BEGIN {{ printf("{BEGIN_MARK}\\n"); }}',
         "",
     ]
+    kinds: dict[str, list[str]] = {}
+    for p in list(probes) + list(profile.probes if profile else ()):
+        kinds.setdefault(p.event, []).append(hit_kind(p.source, inp.entry_kinds.get(p.target)))
     for p in probes:
         spec = cat.events[p.event]
-        out.append(f"// {p.event} <- {p.where}")
+        entry = inp.entry_kinds.get(p.target) if p.source == "uprobe" else None
+        how = {"emulated": " (first instruction emulated)", "stepped": " (first instruction single-stepped)"}.get(entry or "", "")
+        out.append(f"// {p.event} <- {p.where}{how}")
         out.append(f"{_attach_point(p, inp)} /{_filter(p.filter, inp)}/ {{ {_action(p, spec, transport)} }}")
     for p in profile.probes if profile else ():
         spec = cat.events[p.event]
@@ -197,7 +206,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None, 
     elif named:
         out.append("END { clear(@qspan_named); }")
     out.append("")
-    return Program("\n".join(out), tuple(probes) + (profile.probes if profile else ()), tuple(skipped), transport)
+    return Program("\n".join(out), tuple(probes) + (profile.probes if profile else ()), tuple(skipped), transport, kinds)
 
 
 def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:
@@ -215,8 +224,13 @@ def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:
     return cat.profiles["stock"]
 
 
-def program_input(target, profile: Profile | None = None) -> ProgramInput:
+def program_input(target, profile: Profile | None = None, cat: Catalogue | None = None) -> ProgramInput:
+    from .target import entry_bytes
+
+    names = {p.target for p in (cat.probes if cat else ()) if p.source == "uprobe"}
+    code = entry_bytes(f"/proc/{target.pid}/exe", names) if names else {}
     return ProgramInput(
+        entry_kinds={name: first_instruction_kind(b) for name, b in code.items()},
         library_path=target.library(profile.library) if profile and profile.library else None,
         pid=target.pid,
         probe_path=target.probe_path,

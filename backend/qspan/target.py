@@ -166,6 +166,30 @@ def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
     return frozenset(symbols), usdt, build_id
 
 
+def entry_bytes(path: str, names: set[str], n: int = 4) -> dict[str, bytes]:
+    """The first `n` bytes of each exported function in `names` (to see how a uprobe there is handled)."""
+    out: dict[str, bytes] = {}
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            dynsym = elf.get_section_by_name(".dynsym")
+            if dynsym is None:
+                return out
+            addrs = {sym.name: sym["st_value"] for sym in dynsym.iter_symbols()
+                     if sym.name in names and sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF"}
+            for seg in elf.iter_segments():
+                if seg["p_type"] != "PT_LOAD" or not seg["p_flags"] & 1:  # executable segments only
+                    continue
+                lo, hi = seg["p_vaddr"], seg["p_vaddr"] + seg["p_filesz"]
+                for name, addr in addrs.items():
+                    if lo <= addr < hi:
+                        f.seek(seg["p_offset"] + addr - lo)
+                        out[name] = f.read(n)
+    except (OSError, ELFError):
+        return {}
+    return out
+
+
 def find_qmp_socket(pid: int) -> str | None:
     """The QMP socket path from QEMU's command line (-qmp unix:PATH or -chardev + -mon mode=control)."""
     try:
