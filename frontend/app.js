@@ -138,12 +138,16 @@ function setHealth(s) {
   if (s.events_per_s !== undefined) parts.push(`${Math.round(s.events_per_s)} events/s`);
   parts.push(`${lost} lost events`);
   if (s.spans !== undefined) parts.push(`${s.spans} spans`);
+  const o = s.overhead;
+  if (o && o.est_us_per_request !== null && o.est_us_per_request !== undefined) {
+    parts.push(`tracer ≈ ${o.est_us_per_request} us/request on QEMU (${o.events_per_request} events/request)`);
+  }
   if (s.error) parts.push(s.error);
   h.textContent = parts.join(" · ");
   if (s.error && s.state === "failed") showError(s.error);
 }
 
-// Frames arrive four times a second; a slow browser must not fall behind. Health and the
+// Frames arrive ten times a second; a slow browser must not fall behind. Health and the
 // table follow every frame; charts are redrawn at most once a second, from the newest frame.
 const CHART_INTERVAL_MS = 1000;
 let lastCharts = 0;

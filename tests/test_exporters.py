@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from conftest import DATA
 from qspan import exporters, recording
-from qspan.correlate import Correlator, in_time_order
+from qspan.correlate import Correlator, correlate, in_time_order
 
 
 def _spans():
@@ -50,3 +50,18 @@ def test_spans_document_matches_the_cli_schema():
     doc = exporters.spans_document(spans, header, {"spans": len(spans)})
     assert doc["schema"] == "qspan.spans/1" and doc["target"]["pid"] == header["target"]["pid"]
     assert doc["spans"] == spans
+
+
+def test_span_dict_equals_dataclasses_asdict_on_real_spans():
+    from dataclasses import asdict
+
+    from qspan.spans import span_dict
+
+    rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
+    spans = correlate(rec.events, rec.header).spans
+    assert spans
+    for s in spans:
+        d = span_dict(s)
+        assert d == asdict(s)
+        d["phases"][0]["dur_ns"] = -1  # a copy, not a view of the span
+        assert s.phases[0].dur_ns != -1

@@ -146,16 +146,15 @@ def cmd_spans(args) -> int:
 
 def cmd_perfetto(args) -> int:
     """A recording as Chrome trace-event JSON (threads, requests, coroutine runs, handoff flows)."""
-    from dataclasses import asdict
-
     from . import exporters
+    from .spans import span_dict
 
     rec = recording.read(args.recording, allow_truncated=args.allow_truncated)
     c = correlate.Correlator(rec.header, capture_timeline=True)
     for ev in correlate.in_time_order([*rec.events, *rec.lost]):
         c.add(ev)
     spans, timelines = c.take_spans()
-    doc = exporters.chrome_trace([asdict(x) for x in spans], timelines, rec.header)
+    doc = exporters.chrome_trace([span_dict(x) for x in spans], timelines, rec.header)
     Path(args.out).write_text(json.dumps(doc) + "\n")
     _progress(f"{len(spans)} requests, {len(doc['traceEvents'])} trace events -> {args.out} (open it in Perfetto)")
     return 0

@@ -8,20 +8,20 @@ in a thread, records the raw stream, and feeds both.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 import itertools
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 
-from . import catalogue, program, recording, target, tracer
+from . import catalogue, overhead, program, recording, target, tracer
 from .correlate import Correlator
 from .errors import QspanError
 from .events import Event, Lost
 from .parse import MalformedLine, parse_line
 from .report import percentile
-from .spans import INSTEAD_CATEGORIES, Span
+from .spans import INSTEAD_CATEGORIES, Span, span_dict
 
 # bpftrace prints per-CPU buffers: lines from different CPUs arrive out of
 # timestamp order by up to a buffer's worth. Hold events this long (in trace
@@ -74,7 +74,7 @@ class SpanStore:
 
     def add(self, spans: list[Span], timelines: dict[int, list[dict]]) -> None:
         for s in spans:
-            d = asdict(s)
+            d = span_dict(s)
             if len(self.spans) == self.spans.maxlen:
                 self.timelines.pop(self.spans[0]["id"], None)
             self.spans.append(d)
@@ -109,7 +109,7 @@ class SpanStore:
             for k, v in h["instead_ns"].items():
                 t["instead_ns"][k] = t["instead_ns"].get(k, 0) + v
         us = d["dur_ns"] / 1000
-        t["histogram"][next((i for i, e in enumerate(HIST_EDGES_US) if us < e), len(HIST_EDGES_US))] += 1
+        t["histogram"][bisect_right(HIST_EDGES_US, us)] += 1  # bucket i: edges[i-1] <= us < edges[i]
 
     def _close_seconds(self, upto_sec: int) -> None:
         for key in sorted(k for k in self._open if k[0] <= upto_sec):
@@ -177,6 +177,8 @@ class LiveSession:
         self._rate: deque[tuple[float, int]] = deque(maxlen=20)
         self._buf = ReorderBuffer()
         self._watermarks = False
+        self._event_counts: dict[str, int] = {}
+        self._event_us: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._session: tracer.TraceSession | None = None
         self.target: target.Target | None = None
@@ -192,6 +194,7 @@ class LiveSession:
         self.target, self.profile_name = t, prof.name
         self.header = recording.make_header(t, cat, prof, prog)
         self._codes = {e.code: e.name for e in cat.events.values()}
+        self._event_us = overhead.event_costs(prog.probe_kinds, prog.transport, overhead.load_costs())
         self._correlator = Correlator(self.header, capture_timeline=True)
         self._session = tracer.TraceSession(prog.text, self.pid, transport=prog.transport)
         self._thread = threading.Thread(target=self._run, name=f"qspan-{self.id}", daemon=True)
@@ -211,7 +214,13 @@ class LiveSession:
                     writer.line(line)
                     self._feed(line)
 
-                result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark)
+                def on_batch(lost: int, entries: list[tuple]) -> None:
+                    # maps transport: events arrive as tuples, in time order, batch after batch
+                    writer.lines(["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in entries])
+                    self._feed_batch(lost, entries)
+
+                result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark,
+                                           on_batch=on_batch if self._session.transport == "maps" else None)
                 writer.end(result.summary())
             self.reason = result.reason
             with self._lock:
@@ -240,10 +249,34 @@ class LiveSession:
             return
         if isinstance(rec, Lost):
             self.lost += rec.count
+        else:
+            self._event_counts[rec.kind] = self._event_counts.get(rec.kind, 0) + 1
         with self._lock:
             self._buf.push(rec)
             if self.lines % 64 == 0:
                 self._process(self._buf.ready())
+
+    def _feed_batch(self, lost: int, entries: list[tuple]) -> None:
+        """A batch from the maps transport: already in time order, so no reorder buffer."""
+        codes, counts = self._codes, self._event_counts
+        events = []
+        for e in entries:
+            kind = codes.get(e[4])
+            if kind is None:
+                self.malformed += 1
+                continue
+            counts[kind] = counts.get(kind, 0) + 1
+            events.append(Event(kind, e[0], e[3], (e[5], e[6], e[7], e[8])))
+        self.lines += len(entries)
+        with self._lock:
+            if lost:
+                self.lost += lost
+                self._correlator.add(Lost(lost, events[0].ts_ns if events else self._buf.max_ts))
+            # the text path (node names, printed when first seen) is ahead of the dumps: let it go first
+            if events:
+                self._buf.watermark_ns = max(self._buf.watermark_ns, events[-1].ts_ns + WATERMARK_MARGIN_NS)
+            self._process(self._buf.ready())
+            self._process(events)
 
     def _watermark(self, ts_ns: int) -> None:
         with self._lock:
@@ -288,6 +321,7 @@ class LiveSession:
             rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
         with self._lock:
             spans = sum(t["requests"] for t in self.store.totals.values())
+            newest = self.store.spans[-1]["end_ns"] if self.store.spans else None
         return {
             "id": self.id, "pid": self.pid, "profile": self.profile_name, "state": self.state,
             "error": self.error, "reason": self.reason, "events": self.lines, "events_per_s": round(rate, 1),
@@ -295,4 +329,7 @@ class LiveSession:
             "started_at": self.started_at, "attached_at": self.attached_at, "ended_at": self.ended_at,
             "recording": str(self.record_path),
             "qemu_version": self.target.version if self.target else None,
+            "newest_end_ns": newest,
+            # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)
+            "overhead": overhead.estimate(dict(self._event_counts), self._event_us, spans),
         }

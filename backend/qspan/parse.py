@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from operator import itemgetter
 from collections.abc import Iterable, Iterator
 
@@ -101,16 +102,30 @@ class MapDumpDecoder:
 
     def flush(self, watermark_ns: int) -> list[str]:
         """The collected events as lines in time order (a Lost line first if any were lost)."""
+        lost, events = self.release(watermark_ns, hold_ns=0)
+        out = [f"Lost {lost} events"] if lost else []
+        out += ["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in events]
+        return out
+
+    def release(self, watermark_ns: int, hold_ns: int = 2_000_000) -> tuple[int, list[tuple]]:
+        """(newly lost events, entries stamped before watermark_ns - hold_ns in time order).
+
+        An event stamped just before a flip can land in the next map (it read the
+        clock before the flip and the side after it): holding back the last
+        `hold_ns` keeps what is released in order across dumps.
+        """
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
         missing = sum(max(0, self._max_seq[c] - self._received[c]) for c in self._max_seq)
-        out = []
-        if missing > self.lost:
-            out.append(f"Lost {missing - self.lost} events")
-            self.lost = missing
-        self._pending.sort(key=_by_ts)  # (ts, cpu) is unique: no ties to break
-        out += ["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in self._pending]
-        self._pending = []
-        return out
+        lost = max(0, missing - self.lost)
+        self.lost = max(self.lost, missing)
+        self._pending.sort(key=_by_ts)  # (ts, cpu) is unique; ties across CPUs are harmless
+        limit = self.watermark_ns - hold_ns
+        if not self._pending or self._pending[-1][0] < limit:
+            events, self._pending = self._pending, []
+        else:
+            cut = bisect_left(self._pending, limit, key=_by_ts)
+            events, self._pending = self._pending[:cut], self._pending[cut:]
+        return lost, events
 
 
 def parse_flush_mark(line: str) -> tuple[int, int]:

@@ -51,6 +51,10 @@ class RecordingWriter:
     def line(self, raw: str) -> None:
         self.f.write(raw if raw.endswith("\n") else raw + "\n")
 
+    def lines(self, raws: list[str]) -> None:
+        if raws:
+            self.f.write("\n".join(raws) + "\n")
+
     def end(self, summary: dict) -> None:
         self.f.write("#end " + json.dumps(summary, sort_keys=True) + "\n")
         self.f.flush()

@@ -7,7 +7,7 @@ field; tests/test_docs.py fails when a field here is not documented there.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 SCHEMA = "qspan.spans/1"
 
@@ -123,5 +123,24 @@ class Result:
             "target": header.get("target", {}),
             "trace": {k: header[k] for k in ("started_ns", "tool") if k in header},
             "stats": self.stats,
-            "spans": [asdict(s) for s in self.spans],
+            "spans": [span_dict(s) for s in self.spans],
         }
+
+
+def _handoff_dict(h: Handoff) -> dict:
+    d = h.__dict__.copy()
+    d["instead_ns"] = dict(h.instead_ns)
+    d["instead_top"] = [i.__dict__.copy() for i in h.instead_top]
+    return d
+
+
+def span_dict(s: Span) -> dict:
+    """dataclasses.asdict(s), ~20x faster: the live path converts every span (asdict was 2/3 of its time)."""
+    d = s.__dict__.copy()
+    d["phases"] = [p.__dict__.copy() for p in s.phases]
+    d["handoffs"] = [_handoff_dict(h) for h in s.handoffs]
+    d["nodes"] = [n.__dict__.copy() for n in s.nodes]
+    d["pool"] = [p.__dict__.copy() for p in s.pool]
+    d["children"] = [c.__dict__.copy() for c in s.children]
+    return d
+

@@ -109,11 +109,16 @@ class TraceSession:
 
     def run(self, on_line: Callable[[str], None], duration_s: float | None = None,
             on_attached: Callable[[], None] | None = None,
-            on_watermark: Callable[[int], None] | None = None) -> TraceResult:
+            on_watermark: Callable[[int], None] | None = None,
+            on_batch: Callable[[int, list[tuple]], None] | None = None) -> TraceResult:
         """Trace until done; `on_line` gets every event line (and "Lost N events" lines).
 
         With the maps transport, `on_watermark(ts_ns)` is called after each dump:
         all events stamped before ts_ns (less a moment) have then been handed out.
+        If `on_batch(lost, entries)` is given, the maps transport hands it each
+        dump's entries instead, as (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) tuples
+        in time order, held back so that successive batches stay in order (no text
+        in between: the live path's fast lane); `on_line` then gets the rest.
         """
         check_can_trace()
         if not process_alive(self.pid):
@@ -146,6 +151,18 @@ class TraceSession:
 
         maps: EventMaps | None = None
 
+        def deliver(watermark_ns: int, hold_ns: int) -> None:
+            nonlocal lines, lost
+            if on_batch is None:
+                for out in decoder.flush(watermark_ns):
+                    emit(out)
+                return
+            n_lost, entries = decoder.release(watermark_ns, hold_ns)
+            lines += len(entries)
+            lost += n_lost
+            if n_lost or entries:
+                on_batch(n_lost, entries)
+
         def handle(line: str) -> None:
             if line.startswith("@qspan_ev"):
                 return  # bpftrace printing what is left in a map as it exits: we read the maps ourselves
@@ -153,8 +170,7 @@ class TraceSession:
                 ts, side = parse_flush_mark(line)
                 if maps is not None:
                     decoder.add(maps.drain(side))
-                for out in decoder.flush(ts):
-                    emit(out)
+                deliver(ts, hold_ns=2_000_000)
                 if on_watermark:
                     on_watermark(decoder.watermark_ns)
             else:
@@ -218,8 +234,7 @@ class TraceSession:
                         # bpftrace is gone; our descriptors kept its maps: take what is left.
                         self._proc.wait()
                         decoder.add(maps.drain_all())
-                        for out in decoder.flush(decoder.watermark_ns):
-                            emit(out)
+                        deliver(1 << 62, hold_ns=0)  # everything: nothing more can come
                     break
         finally:
             if self._proc.poll() is None:

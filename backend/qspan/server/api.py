@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
@@ -163,6 +164,26 @@ def frame(s: LiveSession, seconds: int = 120, slowest: int = 10) -> dict:
     }
 
 
+# Clients on one session share a frame built in the last FRAME_REUSE_S: ten
+# dashboards cost one frame build per tick, not ten.
+FRAME_REUSE_S = 0.05
+_frames: dict[str, tuple[float, str]] = {}
+
+
+def shared_frame(s: LiveSession) -> str:
+    now = time.monotonic()
+    hit = _frames.get(s.id)
+    if hit and now - hit[0] < FRAME_REUSE_S:
+        return hit[1]
+    data = json.dumps(frame(s))
+    _frames[s.id] = (now, data)
+    if len(_frames) > 64:  # sessions come and go: forget the stale ones
+        for sid, (t, _) in list(_frames.items()):
+            if now - t > 10:
+                del _frames[sid]
+    return data
+
+
 @router.websocket("/sessions/{sid}/live")
 async def live(ws: WebSocket, sid: str) -> None:
     settings: Settings = ws.app.state.settings
@@ -183,7 +204,7 @@ async def live(ws: WebSocket, sid: str) -> None:
     # never a queue; one that cannot take a frame within send_timeout_s is dropped.
     try:
         while True:
-            data = json.dumps(frame(s))
+            data = shared_frame(s)
             await asyncio.wait_for(ws.send_text(data), timeout=settings.send_timeout_s)
             if s.state in ("detached", "failed"):
                 await ws.send_text(json.dumps({"type": "end", "status": s.status()}))

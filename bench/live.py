@@ -1,0 +1,195 @@
+"""Live path benchmark: freshness (QEMU -> browser) and server memory over a long run.
+
+Boots the lab, starts `qspan serve`, attaches through the API and drives the
+guest with steady writes (full rate unless --rate), while a WebSocket client
+reads every frame and the server's RSS is sampled. Prints:
+
+- freshness: for every span completed during the run, the time from its end
+  in QEMU (the ack, a CLOCK_MONOTONIC timestamp taken by the probe) to the
+  first WebSocket frame that covers it (frames carry the newest span's end;
+  spans are stored in end order), received at CLOCK_MONOTONIC too: p50, p90,
+  p99, max;
+- memory: server RSS every --sample-s seconds, and its growth after the
+  warm-up (the span store fills within seconds; per-second rows over 10 min);
+- events/s, spans, lost events, the tracer's own estimate of its cost.
+
+    .venv/bin/python bench/live.py [--duration 60] [--rate 0] [--scenario stock]
+    .venv/bin/python bench/live.py --duration 1800 --sample-s 30     # the 30-minute memory run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import websockets
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "backend"))
+
+from qspan import lab  # noqa: E402
+from qspan.report import percentile  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(base: str, method: str, path: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def span_ends(path: Path, first_s: float) -> set[int]:
+    """End times of the spans in the first `first_s` seconds of a session's recording.
+
+    The same correlator as the server's, offline: the server's store keeps only
+    the newest spans, and fetching them all while measuring would load the server.
+    """
+    from qspan.correlate import correlate
+    from qspan.parse import parse_line
+
+    with open(path) as f:
+        f.readline()
+        header = json.loads(f.readline()[len("#header "):])
+        codes = {int(k): v for k, v in header["codes"].items()}
+        events, t0 = [], None
+        for line in f:
+            if line.startswith("#"):
+                continue
+            ev = parse_line(line, codes)
+            ts = getattr(ev, "ts_ns", None)
+            if ts is None:
+                continue
+            t0 = ts if t0 is None else t0
+            if ts - t0 > first_s * 1e9:
+                break
+            events.append(ev)
+    return {s.end_ns for s in correlate(events, header).spans}
+
+
+def main() -> None:
+    lab.sigterm_takes_lab_down()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=60, help="seconds of tracing (default %(default)s)")
+    ap.add_argument("--rate", type=int, default=0, help="guest writes/s (0: as fast as it can)")
+    ap.add_argument("--qd", type=int, default=4)
+    ap.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
+    ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
+    ap.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured after this")
+    ap.add_argument("--freshness-s", type=float, default=15.0, help="freshness is measured over this many first seconds")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="qspan-bench-live-"))
+    info = lab.up(tmp / "lab", scenario=args.scenario)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
+    server = subprocess.Popen([sys.executable, "-m", "qspan.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    frames: list[tuple[int, int | None]] = []  # (received monotonic ns, newest span end ns)
+    ends: set[int] = set()
+    rss: list[tuple[float, int]] = []
+    status: dict = {}
+    try:
+        for _ in range(150):
+            try:
+                api(base, "GET", "/api/sessions")
+                break
+            except OSError:
+                time.sleep(0.2)
+        sid = api(base, "POST", "/api/sessions", {"pid": info.pid})["id"]
+        while api(base, "GET", f"/api/sessions/{sid}")["status"]["state"] == "attaching":
+            time.sleep(0.5)
+        load = f"loop --op write --qd {args.qd} --duration 10" + (f" --rate {args.rate}" if args.rate else "")
+        lab.send_command(info, load)
+        t_start = time.monotonic()
+        print(f"tracing QEMU {info.pid} for {args.duration} s; guest: {load}", file=sys.stderr)
+
+        async def reader():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/api/sessions/{sid}/live", max_size=None) as ws:
+                while time.monotonic() - t_start < args.duration:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                    now = time.monotonic_ns()
+                    if msg["type"] == "frame":
+                        frames.append((now, msg["status"]["newest_end_ns"]))
+
+        async def sample():
+            next_report = 60.0
+            while time.monotonic() - t_start < args.duration:
+                rss.append((time.monotonic() - t_start, rss_kib(server.pid)))
+                if rss[-1][0] >= next_report:
+                    print(f"  {rss[-1][0]:.0f} s: server RSS {rss[-1][1] / 1024:.1f} MiB, {len(frames)} frames",
+                          file=sys.stderr)
+                    next_report += 60
+                await asyncio.sleep(args.sample_s)
+
+        async def run():
+            await asyncio.gather(reader(), sample())
+
+        asyncio.run(run())
+        status = api(base, "GET", f"/api/sessions/{sid}")["status"]
+        lab.send_command(info, "stop")
+        api(base, "DELETE", f"/api/sessions/{sid}")
+        while api(base, "GET", f"/api/sessions/{sid}")["status"]["state"] not in ("detached", "failed"):
+            time.sleep(0.5)
+        ends = span_ends(Path(status["recording"]), args.freshness_s)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        lab.down(tmp / "lab")
+
+    # freshness: each span's end -> the first frame whose newest end covers it
+    seen = [(t, e) for t, e in frames if e is not None]
+    lags = []
+    j = 0
+    for end in sorted(ends):
+        while j < len(seen) and seen[j][1] < end:
+            j += 1
+        if j == len(seen):
+            break
+        lags.append((seen[j][0] - end) / 1e6)
+    lags.sort()
+    print(f"live path: {args.duration} s of tracing, guest writes qd {args.qd} "
+          f"{'at ' + str(args.rate) + '/s' if args.rate else 'at full rate'}, {args.scenario} lab")
+    print(f"frames received: {len(frames)} ({len(frames) / args.duration:.1f}/s); spans seen: {len(ends)}; "
+          f"events/s at the end: {status.get('events_per_s')}; lost events: {status.get('lost_events')}")
+    if lags:
+        print(f"freshness (span end in QEMU -> frame in the client), ms: p50 {percentile(lags, 50):.0f}, "
+              f"p90 {percentile(lags, 90):.0f}, p99 {percentile(lags, 99):.0f}, max {lags[-1]:.0f} ({len(lags)} spans)")
+    o = status.get("overhead") or {}
+    print(f"tracer's own estimate: {o.get('est_us_per_request')} us of probe cost per request, "
+          f"{o.get('events_per_request')} events per request")
+    warm = [(t, k) for t, k in rss if t >= args.warmup_s]
+    print("server RSS MiB: " + ", ".join(f"{t:.0f}s {k / 1024:.1f}" for t, k in rss[:: max(1, len(rss) // 12)]))
+    if len(warm) >= 2:
+        lo, hi = min(k for _, k in warm), max(k for _, k in warm)
+        print(f"after {args.warmup_s:.0f} s: min {lo / 1024:.1f} MiB, max {hi / 1024:.1f} MiB, "
+              f"last {warm[-1][1] / 1024:.1f} MiB; spread {100 * (hi - lo) / lo:.1f}% of the minimum")
+
+
+if __name__ == "__main__":
+    main()
