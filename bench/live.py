@@ -180,6 +180,10 @@ def main() -> None:
     if lags:
         print(f"freshness (span end in QEMU -> frame in the client), ms: p50 {percentile(lags, 50):.0f}, "
               f"p90 {percentile(lags, 90):.0f}, p99 {percentile(lags, 99):.0f}, max {lags[-1]:.0f} ({len(lags)} spans)")
+    newest = sorted((t - e) / 1e6 for t, e in seen)
+    if newest:
+        print(f"  of which pipeline (newest span in each frame -> the client), ms: p50 {percentile(newest, 50):.0f}, "
+              f"p99 {percentile(newest, 99):.0f}; the rest is waiting for the next frame")
     o = status.get("overhead") or {}
     print(f"tracer's own estimate: {o.get('est_us_per_request')} us of probe cost per request, "
           f"{o.get('events_per_request')} events per request")

@@ -174,7 +174,15 @@ def cmd_attach(args) -> int:
 
 
 def _serve(settings, attach_pid: int | None = None) -> None:
+    import gc
+
     import uvicorn
+
+    # The span store holds a few hundred thousand small objects; the cyclic GC's
+    # full passes over them stalled the live path for ~200 ms (bench/live.py's
+    # p99). Spans and events hold no reference cycles: collect far less often.
+    gc.freeze()
+    gc.set_threshold(200_000, 20, 100)
 
     from .server.app import create_app
 

@@ -38,7 +38,7 @@ FLUSH_MARK = "QSPAN-FLUSH"
 TRANSPORTS = ("maps", "printf")
 # How often the maps are dumped: bounds the added delay (freshness) and, with
 # MAP_CAPACITY, the event rate a dump can hold (131072 per 50 ms = 2.6 M/s).
-FLUSH_MS = 50
+FLUSH_MS = 25
 MAP_CAPACITY = 65536
 MAP_SIDES = ("@qspan_ev0", "@qspan_ev1", "@qspan_ev2", "@qspan_ev3")
 # Events without which there are no request spans.
