@@ -1,9 +1,16 @@
-"""Ingest benchmark: how many tracer lines per second parse + correlate sustain on one core.
+"""Ingest benchmark: how many events per second qspan's pipeline stages sustain on one core.
 
 Replays a real recording (default: the test stream; pass a bigger one from
 `qspan record`) through the same functions the live server uses, repeated
-until it has run for --seconds, and prints events/s and spans/s for parsing
-alone, correlation alone, and both.
+until each has run for --seconds, and prints events/s and spans/s for:
+
+- decode: map entries as the kernel hands them over (packed bytes) to ordered
+  tuples (bpfmaps' struct layout + parse.MapDumpDecoder), the maps transport;
+- parse: text lines to events (recordings, the printf transport);
+- correlate: events to spans (the pure correlator alone);
+- live (maps): decoded tuples to events, correlated with thread timelines,
+  stored in the bounded span store: what the server does per dump;
+- live (text): the same from text lines (replay, printf transport).
 
     .venv/bin/python bench/ingest.py [RECORDING] [--seconds 5]
 """
@@ -20,8 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from qspan import recording  # noqa: E402
+from qspan.bpfmaps import KEY, VALUE  # noqa: E402
 from qspan.correlate import Correlator, in_time_order  # noqa: E402
-from qspan.parse import parse_lines  # noqa: E402
+from qspan.events import Event  # noqa: E402
+from qspan.live import SpanStore  # noqa: E402
+from qspan.parse import MapDumpDecoder, parse_lines  # noqa: E402
 
 
 def raw_lines(path: Path) -> list[str]:
@@ -58,18 +68,57 @@ def main() -> None:
             c.add(ev)
         return len(events), len(c.finish().spans)
 
-    def both():
+    # The recording's events as the kernel would hand them over: packed (key, value) arrays,
+    # one dump per 1,000 events; node names (strings) travel as text and are left out.
+    ints = [e for e in events if isinstance(e, Event) and e.kind != "node.name"]
+    names = [e for e in events if isinstance(e, Event) and e.kind == "node.name"]
+    code_of = {v: k for k, v in rec.codes.items()}
+    dumps = []
+    for i in range(0, len(ints), 1000):
+        chunk = ints[i:i + 1000]
+        keys = b"".join(KEY.pack(e.ts_ns, j % 2) for j, e in enumerate(chunk))
+        vals = b"".join(VALUE.pack(i + j + 1, e.tid, code_of[e.kind], *e.args) for j, e in enumerate(chunk))
+        dumps.append((keys, vals, len(chunk), chunk[-1].ts_ns + 1))
+
+    def decode():
+        d = MapDumpDecoder()
+        out = 0
+        for keys, vals, n, mark in dumps:
+            d.add([k + v for k, v in zip(KEY.iter_unpack(keys), VALUE.iter_unpack(vals))])
+            out += len(d.release(mark, hold_ns=0)[1])
+        return out, 0
+
+    def live_maps():
         c = Correlator(rec.header, capture_timeline=True)
+        store = SpanStore()
+        codes = rec.codes
+        for ev in names:
+            c.add(ev)
+        d = MapDumpDecoder()
+        n_sp = 0
+        for keys, vals, n, mark in dumps:
+            d.add([k + v for k, v in zip(KEY.iter_unpack(keys), VALUE.iter_unpack(vals))])
+            for e in d.release(mark, hold_ns=0)[1]:
+                c.add(Event(codes[e[4]], e[0], e[3], (e[5], e[6], e[7], e[8])))
+            spans, timelines = c.take_spans()
+            store.add(spans, timelines)
+            n_sp += len(spans)
+        return len(ints), n_sp
+
+    def live_text():
+        c = Correlator(rec.header, capture_timeline=True)
+        store = SpanStore()
         for ev in in_time_order(parse_lines(lines, rec.codes)):
             c.add(ev)
-        spans, _ = c.take_spans()
+        spans, timelines = c.take_spans()
+        store.add(spans, timelines)
         return len(lines), len(spans)
 
-    print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events")
-    for name, fn in (("parse", parse_only), ("correlate", correlate_only), ("parse+correlate (live path)", both)):
+    print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events; one core, {args.seconds:g} s each")
+    for name, fn in (("decode (maps transport)", decode), ("parse (text)", parse_only), ("correlate", correlate_only),
+                     ("live path, maps transport", live_maps), ("live path, text replay", live_text)):
         dt, n_ev, n_sp = timed(fn)
         print(f"{name:<30} {n_ev / dt:>12,.0f} events/s" + (f"  {n_sp / dt:>10,.0f} spans/s" if n_sp else ""))
-
 
 if __name__ == "__main__":
     main()

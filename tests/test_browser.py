@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -53,6 +54,9 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
                                    " && document.getElementById('latency').data[0].x.length >= 2", timeout=60_000)
             health = page.inner_text("#health")
             assert "events/s" in health and "lost events" in health
+            # the tracer's own cost estimate, from the events it saw (tracers/costs.txt)
+            m = re.search(r"tracer ≈ ([0-9.]+) us/request on QEMU \(([0-9.]+) events/request\)", health)
+            assert m and float(m.group(1)) > 0 and float(m.group(2)) > 5, health
             page.screenshot(path=str(output_dir / "browser-1-live.png"), full_page=True)
 
             # the slowest request opens its waterfall, with handoffs drawn

@@ -73,17 +73,19 @@ def test_attach_spans_match_the_guest(vm, output_dir):
     assert again.rc == 0 and again.summary["verify"] == "ok"
 
 
-def test_record_then_replay_gives_the_same_spans(vm, tmp_path):
+@pytest.mark.parametrize("transport", ["maps", "printf"])
+def test_record_then_replay_gives_the_same_spans(vm, tmp_path, transport):
     rec = tmp_path / "t.qspan"
-    proc = start_traced("record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec))
+    proc = start_traced("record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec), "--transport", transport)
     res = lab.load(vm, "--op read --qd 4 --count 200")
     proc.communicate(timeout=120)
     assert proc.returncode == 0
     out = tmp_path / "s.json"
     r = run_qspan("spans", str(rec), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    spans = json.loads(out.read_text())["spans"]
-    assert len([x for x in spans if x["op"] == "read"]) == res.summary["requests"] == 200
+    doc = json.loads(out.read_text())
+    assert doc["trace"]["end"]["lost_events"] == 0
+    assert len([x for x in doc["spans"] if x["op"] == "read"]) == res.summary["requests"] == 200
 
 
 def test_qemu_exiting_mid_trace_is_reported_and_keeps_the_events(tmp_path):
