@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, catalogue, correlate, lab, program, recording, report, target, tracer
@@ -104,6 +105,54 @@ def _check_ended(result: tracer.TraceResult, pid: int, out: Path) -> None:
         raise TracerError(f"QEMU PID {pid} exited during the trace; the {result.event_lines} events seen are saved in {out}")
     if result.reason == "tracer-died":
         raise TracerError(f"bpftrace stopped unexpectedly: {tracer.stderr_errors(result.stderr)}; events so far are in {out}")
+
+
+def cmd_aggregate(args) -> int:
+    """Always-on latency histograms: two probe hits per request, no spans."""
+    from . import aggregate
+
+    t = target.inspect(args.pid)
+    text = aggregate.generate(program.program_input(t), args.interval)
+    if args.print:
+        sys.stdout.write(text)
+        return 0
+    tracer.check_can_trace()
+    reader = aggregate.HistogramReader()
+    totals: dict[str, dict[int, int]] = {}
+    intervals = []
+    t0 = [time.monotonic()]
+
+    def on_line(line: str) -> None:
+        done = reader.line(line)
+        if done is None:
+            return
+        aggregate.merge(totals, done)
+        row = {"t_s": round(time.monotonic() - t0[0], 1), **{op: aggregate.summary(b) for op, b in sorted(done.items())}}
+        intervals.append(row)
+        ops = [f"{op} {s['requests']} req p50 {s.get('p50_us', 0):.0f} p99 {s.get('p99_us', 0):.0f} us"
+               for op, s in row.items() if op != "t_s" and s["requests"]]
+        print(f"{row['t_s']:>7.1f} s  " + ("; ".join(ops) or "no requests"), flush=True)
+
+    session = tracer.TraceSession(text, args.pid, transport="printf", all_lines=True)
+    old = signal.signal(signal.SIGINT, lambda *_: session.stop())
+    try:
+        _progress(f"aggregate mode on QEMU {t.version} (PID {args.pid}): per-op latency, 10 us buckets")
+        result = session.run(on_line, args.duration,
+                             on_attached=lambda: (t0.__setitem__(0, time.monotonic()),
+                                                  _progress(f"attached; {args.duration:g} s (Ctrl-C stops)")))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    total = {op: aggregate.summary(b) for op, b in sorted(totals.items())}
+    for op, s in total.items():
+        print(f"total {op}: {s['requests']} requests, p50 {s.get('p50_us', 0):.0f} us, "
+              f"p90 {s.get('p90_us', 0):.0f} us, p99 {s.get('p99_us', 0):.0f} us")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"mode": "aggregate", "qemu": t.version, "pid": args.pid,
+                                              "end": result.summary(), "intervals": intervals, "total": total,
+                                              "histograms_us": {op: dict(sorted(b.items())) for op, b in totals.items()}},
+                                             indent=1) + "\n")
+    _check_ended(result, args.pid, Path(args.out or "-"))
+    return 0
 
 
 def cmd_record(args) -> int:
@@ -285,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
                    help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
     s.set_defaults(fn=cmd_record)
+
+    s = sub.add_parser("aggregate", help="always-on latency histograms per op (two probe hits per request, no spans)")
+    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default 10)")
+    s.add_argument("--interval", type=int, default=1, help="seconds per printed line (default 1)")
+    s.add_argument("--out", help="also write the histograms and per-interval percentiles as JSON")
+    s.add_argument("--print", action="store_true", help="print the program (nothing is attached)")
+    s.set_defaults(fn=cmd_aggregate)
 
     s = sub.add_parser("spans", help="correlate a recording into spans JSON")
     s.add_argument("recording")

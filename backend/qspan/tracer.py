@@ -94,9 +94,11 @@ def stderr_errors(stderr: str) -> str:
 
 
 class TraceSession:
-    def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0, transport: str = "maps"):
+    def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0, transport: str = "maps",
+                 all_lines: bool = False):
         self.program_text = program_text
         self.transport = transport
+        self.all_lines = all_lines  # hand on_line every output line (aggregate mode prints histograms)
         self.pid = pid
         self.attach_timeout_s = attach_timeout_s
         self._proc: subprocess.Popen | None = None
@@ -147,6 +149,8 @@ class TraceSession:
                 m = LOST_RE.search(line)
                 if m:
                     lost += int(m.group(1))
+                    on_line(line)
+                elif self.all_lines:
                     on_line(line)
 
         maps: EventMaps | None = None
