@@ -137,7 +137,9 @@ class EventMaps:
                 _bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
             except OSError as err:
                 if err.errno != errno.ENOENT:
-                    raise TracerError(f"reading bpftrace's event map failed: {err}") from err
+                    raise TracerError(
+                        f"reading bpftrace's event map failed: {err} (batch map reads need Linux >= 5.6; "
+                        "--transport printf works without them)") from err
                 done = True
             n = attr.count
             if n:
