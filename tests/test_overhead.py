@@ -18,7 +18,7 @@ from qspan.errors import CatalogueError
     (b"\x48\x89\xfe\x48", "stepped"),  # mov %rdi,%rsi (aio_co_wake)
     (b"\x80\x7f\x08\x00", "stepped"),  # cmpb (event_notifier_set)
     (b"", "stepped"),
-])
+], ids=lambda v: v.hex() or "empty" if isinstance(v, bytes) else v)
 def test_first_instruction_kind(code, kind):
     assert overhead.first_instruction_kind(code) == kind
 

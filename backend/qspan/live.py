@@ -217,6 +217,8 @@ class LiveSession:
                 def on_batch(lost: int, entries: list[tuple]) -> None:
                     # maps transport: events arrive as tuples, in time order, batch after batch
                     self._feed_batch(lost, entries)  # spans first: the dashboard waits on them, the file does not
+                    if lost:
+                        writer.line(f"Lost {lost} events")
                     writer.lines(["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in entries])
 
                 result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark,

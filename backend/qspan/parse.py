@@ -72,17 +72,26 @@ class MapDumpDecoder:
 
     A dump is a list of map entries, (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3)
     tuples in no particular order (bpfmaps.EventMaps.drain). At each flush the
-    collected events come out as CODE TS_NS TID ARG0..ARG3 lines in time order,
-    preceded by "Lost N events" when a CPU's sequence numbers skipped (a full
-    map). `watermark_ns` is the flip time of the last flush: every event
-    stamped more than a moment before it has been handed out.
+    collected events come out in time order.
+
+    Loss is told by per-CPU sequence numbers, but a gap is not a loss at once:
+    a probe preempted between taking its number and storing its event (the
+    kernel may preempt a uprobe's BPF program) stores it into a map that was
+    already emptied, and it arrives one rotation later. A number still missing
+    LATE_NS after its gap was seen is lost. `watermark_ns` is the flip time of
+    the last flush: every event stamped more than a moment before it has been
+    handed out.
     """
+
+    LATE_NS = 500_000_000
 
     def __init__(self):
         self._pending: list[tuple] = []
-        self._received: dict[int, int] = {}  # cpu -> events seen
-        self._max_seq: dict[int, int] = {}  # cpu -> highest sequence number seen
-        self.lost = 0
+        self._next: dict[int, int] = {}  # cpu -> next sequence number expected
+        self._missing: dict[int, dict[int, int]] = {}  # cpu -> {missing seq: stamp of the event that showed the gap}
+        self._released_upto = 0  # release(): nothing stamped before this will be handed out in order any more
+        self.lost = 0  # missing for longer than LATE_NS
+        self.late = 0  # arrived after events stamped later had been released in order (dropped there)
         self.watermark_ns = 0
 
     @property
@@ -90,34 +99,52 @@ class MapDumpDecoder:
         return len(self._pending)
 
     def add(self, entries: list[tuple]) -> None:
-        received, max_seq = self._received, self._max_seq
+        nxt, missing = self._next, self._missing
         for e in entries:
             if e[0] == 0:
                 continue  # the flush's sentinel (see program.py), not an event
             cpu, seq = e[1], e[2]
-            received[cpu] = received.get(cpu, 0) + 1
-            if seq > max_seq.get(cpu, 0):
-                max_seq[cpu] = seq
+            expect = nxt.get(cpu, 1)
+            if seq >= expect:
+                if seq > expect:
+                    gap = missing.setdefault(cpu, {})
+                    for s in range(expect, seq):
+                        gap[s] = e[0]
+                nxt[cpu] = seq + 1
+            elif cpu in missing:
+                missing[cpu].pop(seq, None)  # a late one (or a number taken twice in a race): not lost
             self._pending.append(e)
+
+    def _expire(self) -> int:
+        cutoff = self.watermark_ns - self.LATE_NS
+        lost = 0
+        for gap in self._missing.values():
+            old = [s for s, t in gap.items() if t < cutoff]
+            for s in old:
+                del gap[s]
+            lost += len(old)
+        self.lost += lost
+        return lost
 
     def flush(self, watermark_ns: int) -> list[str]:
         """The collected events as lines in time order (a Lost line first if any were lost)."""
-        lost, events = self.release(watermark_ns, hold_ns=0)
+        lost, events = self.release(watermark_ns, hold_ns=0, in_order=False)
         out = [f"Lost {lost} events"] if lost else []
         out += ["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in events]
         return out
 
-    def release(self, watermark_ns: int, hold_ns: int = 2_000_000) -> tuple[int, list[tuple]]:
+    def release(self, watermark_ns: int, hold_ns: int = 2_000_000, in_order: bool = True) -> tuple[int, list[tuple]]:
         """(newly lost events, entries stamped before watermark_ns - hold_ns in time order).
 
         An event stamped just before a flip can land in the next map (it read the
         clock before the flip and the side after it): holding back the last
-        `hold_ns` keeps what is released in order across dumps.
+        `hold_ns` keeps what is released in order across dumps. With `in_order`,
+        an entry older than what was already released is dropped and counted as
+        lost (the live correlator must see time move forward); without, it comes
+        out with the rest (recordings are sorted when read).
         """
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
-        missing = sum(max(0, self._max_seq[c] - self._received[c]) for c in self._max_seq)
-        lost = max(0, missing - self.lost)
-        self.lost = max(self.lost, missing)
+        lost = self._expire()
         self._pending.sort(key=_by_ts)  # (ts, cpu) is unique; ties across CPUs are harmless
         limit = self.watermark_ns - hold_ns
         if not self._pending or self._pending[-1][0] < limit:
@@ -125,6 +152,14 @@ class MapDumpDecoder:
         else:
             cut = bisect_left(self._pending, limit, key=_by_ts)
             events, self._pending = self._pending[:cut], self._pending[cut:]
+        if in_order and events and events[0][0] < self._released_upto:
+            cut = bisect_left(events, self._released_upto, key=_by_ts)
+            self.late += cut
+            lost += cut
+            self.lost += cut
+            events = events[cut:]
+        if events:
+            self._released_upto = max(self._released_upto, events[-1][0])
         return lost, events
 
 
