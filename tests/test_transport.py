@@ -66,3 +66,13 @@ def test_flush_marks():
     for bad in ("QSPAN-FLUSH soon 1", "QSPAN-FLUSH 123"):
         with pytest.raises(MalformedLine):
             parse_flush_mark(bad)
+
+
+def test_a_late_store_inside_a_long_gap_splits_it():
+    late = MapDumpDecoder.LATE_NS
+    d = MapDumpDecoder()
+    d.add([_e(100, 0, 1), _e(200, 0, 10_001)])  # a full map: 9,999 numbers missing
+    d.add([_e(150, 0, 5000)])  # one of them was only late
+    d.flush(300)
+    assert d.flush(300 + late) == ["Lost 9998 events"]
+    assert d.lost == 9998

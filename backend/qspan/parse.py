@@ -88,7 +88,9 @@ class MapDumpDecoder:
     def __init__(self):
         self._pending: list[tuple] = []
         self._next: dict[int, int] = {}  # cpu -> next sequence number expected
-        self._missing: dict[int, dict[int, int]] = {}  # cpu -> {missing seq: stamp of the event that showed the gap}
+        # cpu -> gaps [first missing seq, one past the last, stamp of the event that showed it]:
+        # ranges, not one entry per number: a full map makes gaps of thousands
+        self._missing: dict[int, list[list[int]]] = {}
         self._released_upto = 0  # release(): nothing stamped before this will be handed out in order any more
         self.lost = 0  # missing for longer than LATE_NS
         self.late = 0  # arrived after events stamped later had been released in order (dropped there)
@@ -107,22 +109,19 @@ class MapDumpDecoder:
             expect = nxt.get(cpu, 1)
             if seq >= expect:
                 if seq > expect:
-                    gap = missing.setdefault(cpu, {})
-                    for s in range(expect, seq):
-                        gap[s] = e[0]
+                    missing.setdefault(cpu, []).append([expect, seq, e[0]])
                 nxt[cpu] = seq + 1
             elif cpu in missing:
-                missing[cpu].pop(seq, None)  # a late one (or a number taken twice in a race): not lost
+                _fill(missing[cpu], seq)  # a late one (or a number taken twice in a race): not lost
             self._pending.append(e)
 
     def _expire(self) -> int:
         cutoff = self.watermark_ns - self.LATE_NS
         lost = 0
-        for gap in self._missing.values():
-            old = [s for s, t in gap.items() if t < cutoff]
-            for s in old:
-                del gap[s]
-            lost += len(old)
+        for cpu, gaps in self._missing.items():
+            if gaps and gaps[0][2] < cutoff:
+                lost += sum(hi - lo for lo, hi, t in gaps if t < cutoff)
+                self._missing[cpu] = [g for g in gaps if g[2] >= cutoff]
         self.lost += lost
         return lost
 
@@ -161,6 +160,15 @@ class MapDumpDecoder:
         if events:
             self._released_upto = max(self._released_upto, events[-1][0])
         return lost, events
+
+
+def _fill(gaps: list[list[int]], seq: int) -> None:
+    """Take `seq` out of the gap ranges that hold it (splitting one if needed)."""
+    for i, (lo, hi, t) in enumerate(gaps):
+        if lo <= seq < hi:
+            parts = [[a, b, t] for a, b in ((lo, seq), (seq + 1, hi)) if a < b]
+            gaps[i:i + 1] = parts
+            return
 
 
 def parse_flush_mark(line: str) -> tuple[int, int]:
