@@ -19,7 +19,7 @@ from . import catalogue, overhead, program, recording, target, tracer
 from .correlate import Correlator
 from .errors import QspanError
 from .events import Event, Lost
-from .parse import MalformedLine, parse_line
+from .parse import MalformedLine, entry_line, parse_line
 from .report import percentile
 from .spans import INSTEAD_CATEGORIES, Span, span_dict
 
@@ -219,7 +219,7 @@ class LiveSession:
                     self._feed_batch(lost, entries)  # spans first: the dashboard waits on them, the file does not
                     if lost:
                         writer.line(f"Lost {lost} events")
-                    writer.lines(["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in entries])
+                    writer.lines([entry_line(e) for e in entries])
 
                 result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark,
                                            on_batch=on_batch if self._session.transport == "maps" else None)

@@ -129,7 +129,7 @@ class MapDumpDecoder:
         """The collected events as lines in time order (a Lost line first if any were lost)."""
         lost, events = self.release(watermark_ns, hold_ns=0, in_order=False)
         out = [f"Lost {lost} events"] if lost else []
-        out += ["%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8]) for e in events]
+        out += [entry_line(e) for e in events]
         return out
 
     def release(self, watermark_ns: int, hold_ns: int = 2_000_000, in_order: bool = True) -> tuple[int, list[tuple]]:
@@ -160,6 +160,11 @@ class MapDumpDecoder:
         if events:
             self._released_upto = max(self._released_upto, events[-1][0])
         return lost, events
+
+
+def entry_line(e: tuple) -> str:
+    """A map entry (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) as the event line recordings hold."""
+    return "%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8])
 
 
 def _fill(gaps: list[list[int]], seq: int) -> None:
