@@ -76,3 +76,25 @@ def test_a_late_store_inside_a_long_gap_splits_it():
     d.flush(300)
     assert d.flush(300 + late) == ["Lost 9998 events"]
     assert d.lost == 9998
+
+
+def test_a_dump_in_hash_order_leaves_no_gaps_behind():
+    """A map hands its entries back in hash order; numbers out of order within one dump are not gaps."""
+    import random
+    entries = [_e(1000 + seq, cpu, seq) for cpu in (0, 1) for seq in range(1, 65_537)]
+    random.Random(5).shuffle(entries)
+    d = MapDumpDecoder()
+    d.add(entries)
+    assert d._missing == {}  # nothing missing: the whole dump was contiguous per CPU
+    out = d.flush(1 << 62)
+    assert len(out) == 2 * 65_536 and d.lost == 0
+
+
+def test_a_rewound_sequence_counter_is_neither_loss_nor_gap():
+    """A preempted probe writing back a stale count makes later numbers repeat: duplicates, not gaps."""
+    late = MapDumpDecoder.LATE_NS
+    d = MapDumpDecoder()
+    d.add([_e(100 + i, 0, seq) for i, seq in enumerate([1, 2, 3, 4, 5, 3, 4, 5, 6, 8])])
+    assert d._missing == {0: [[7, 8, 109]]}  # stamped by the event that showed the hole
+    d.flush(200)
+    assert d.flush(200 + late) == ["Lost 1 events"]  # only 7; the repeated 3..5 are events, not holes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from operator import itemgetter
 from collections.abc import Iterable, Iterator
 
@@ -65,6 +65,7 @@ def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: froze
 
 
 _by_ts = itemgetter(0)
+_by_cpu_seq = itemgetter(1, 2)
 
 
 class MapDumpDecoder:
@@ -101,10 +102,13 @@ class MapDumpDecoder:
         return len(self._pending)
 
     def add(self, entries: list[tuple]) -> None:
+        # A map dump comes in hash order: taken in (cpu, seq) order instead, numbers
+        # out of order within one dump never look like gaps, and the gap list only
+        # holds what is really missing so far (kept sorted: found by bisection).
+        events = [e for e in entries if e[0] != 0]  # e[0] == 0: the flush's sentinel (see program.py)
+        events.sort(key=_by_cpu_seq)
         nxt, missing = self._next, self._missing
-        for e in entries:
-            if e[0] == 0:
-                continue  # the flush's sentinel (see program.py), not an event
+        for e in events:
             cpu, seq = e[1], e[2]
             expect = nxt.get(cpu, 1)
             if seq >= expect:
@@ -112,8 +116,10 @@ class MapDumpDecoder:
                     missing.setdefault(cpu, []).append([expect, seq, e[0]])
                 nxt[cpu] = seq + 1
             elif cpu in missing:
-                _fill(missing[cpu], seq)  # a late one (or a number taken twice in a race): not lost
-            self._pending.append(e)
+                # a late one, or a number taken twice (a preempted probe wrote its
+                # stale count back): neither is lost, and neither costs a scan
+                _fill(missing[cpu], seq)
+        self._pending.extend(events)
 
     def _expire(self) -> int:
         cutoff = self.watermark_ns - self.LATE_NS
@@ -168,12 +174,17 @@ def entry_line(e: tuple) -> str:
 
 
 def _fill(gaps: list[list[int]], seq: int) -> None:
-    """Take `seq` out of the gap ranges that hold it (splitting one if needed)."""
-    for i, (lo, hi, t) in enumerate(gaps):
-        if lo <= seq < hi:
-            parts = [[a, b, t] for a, b in ((lo, seq), (seq + 1, hi)) if a < b]
-            gaps[i:i + 1] = parts
-            return
+    """Take `seq` out of the gap range that holds it, if any (ranges sorted, disjoint)."""
+    i = bisect_right(gaps, seq, key=_gap_start) - 1
+    if i < 0:
+        return
+    lo, hi, t = gaps[i]
+    if seq >= hi:
+        return
+    gaps[i:i + 1] = [[a, b, t] for a, b in ((lo, seq), (seq + 1, hi)) if a < b]
+
+
+_gap_start = itemgetter(0)
 
 
 def parse_flush_mark(line: str) -> tuple[int, int]:
