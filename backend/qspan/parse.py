@@ -65,7 +65,6 @@ def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: froze
 
 
 _by_ts = itemgetter(0)
-_by_cpu_seq = itemgetter(1, 2)
 
 
 class MapDumpDecoder:
@@ -102,11 +101,13 @@ class MapDumpDecoder:
         return len(self._pending)
 
     def add(self, entries: list[tuple]) -> None:
-        # A map dump comes in hash order: taken in (cpu, seq) order instead, numbers
-        # out of order within one dump never look like gaps, and the gap list only
-        # holds what is really missing so far (kept sorted: found by bisection).
+        # A map dump comes in hash order: taken in time order instead (each CPU's
+        # numbers then ascend, but for a probe preempted mid-store), numbers out of
+        # order within one dump never look like gaps, and the gap list only holds
+        # what is really missing (kept sorted: found by bisection). The sorted run
+        # also makes release()'s sort a cheap merge.
         events = [e for e in entries if e[0] != 0]  # e[0] == 0: the flush's sentinel (see program.py)
-        events.sort(key=_by_cpu_seq)
+        events.sort(key=_by_ts)
         nxt, missing = self._next, self._missing
         for e in events:
             cpu, seq = e[1], e[2]
