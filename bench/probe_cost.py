@@ -60,9 +60,9 @@ def program_text(exe: Path, pid: int, site: str, action: str) -> str:
         attach, flt, args = f"uprobe:{exe}:cal_{site}", f"pid == {pid}", ("arg0", "arg1", "arg2", "0")
     probe = ProbeSpec("co.switch", "uprobe", VersionMatch("*", (0, 0)), site, "proc", args, "bench")
     body = "" if action == "empty" else program._action(probe, spec, action)
-    out = [f'BEGIN {{ printf("{program.BEGIN_MARK}\\n"); }}', f"{attach} /{flt}/ {{ {body} }}"]
+    out = [program.begin_probe("maps" if action == "maps" else "printf"), f"{attach} /{flt}/ {{ {body} }}"]
     if action == "maps":
-        out += program._flush_probes(clear_named=False)
+        out += program._flush_probes(cat.events[program.WINDOW_EVENT].code, clear_named=False)
     return "\n".join(out) + "\n"
 
 

@@ -27,6 +27,7 @@ SYS_BPF = 321  # x86_64
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
+BPF_MAP_UPDATE_ELEM = 2
 
 KEY = struct.Struct("<QQ")
 VALUE = struct.Struct("<Qqqqqqq")
@@ -48,6 +49,11 @@ class _MapInfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
                 ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
                 ("name", ctypes.c_char * 16)]
+
+
+class _Elem(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 class _Batch(ctypes.Structure):
@@ -91,18 +97,21 @@ def open_map(map_id: int) -> tuple[int, str, int, int]:
 class EventMaps:
     """The event maps of one bpftrace process, by side number."""
 
-    def __init__(self, fds: dict[int, int]):
+    def __init__(self, fds: dict[int, int], skip_fd: int | None = None):
         self._fds = fds
+        self._skip_fd = skip_fd
         self._keys = ctypes.create_string_buffer(KEY.size * BATCH)
         self._values = ctypes.create_string_buffer(VALUE.size * BATCH)
         self._in = ctypes.c_uint32(0)
         self._out = ctypes.c_uint32(0)
 
     @classmethod
-    def of_process(cls, pid: int, names: tuple[str, ...]) -> "EventMaps":
-        """Open the maps called `names` (side 0, 1, ...) that bpftrace process `pid` created."""
+    def of_process(cls, pid: int, names: tuple[str, ...], skip_name: str | None = None) -> "EventMaps":
+        """Open the maps called `names` (side 0, 1, ...) that bpftrace process `pid` created,
+        and the sampling control map `skip_name` (a bpftrace scalar: 8-byte key 0, 8-byte value)."""
         wanted = {n.lstrip("@"): i for i, n in enumerate(names)}
         fds: dict[int, int] = {}
+        skip_fd = None
         try:
             ids = map_ids(pid)
         except OSError as err:
@@ -113,16 +122,31 @@ class EventMaps:
             except OSError:
                 continue
             # bpftrace 0.17 names the kernel map "AT_" + its name (the kernel keeps 15 characters).
+            if skip_name and name and name.endswith(skip_name.lstrip("@")) and (ksize, vsize) == (8, 8) and skip_fd is None:
+                skip_fd = fd
+                continue
             side = next((i for n, i in wanted.items() if name and name.endswith(n)), None)
             if side is None or side in fds or (ksize, vsize) != (KEY.size, VALUE.size):
                 os.close(fd)
                 continue
             fds[side] = fd
-        if len(fds) != len(names):
-            for fd in fds.values():
+        if len(fds) != len(names) or (skip_name and skip_fd is None):
+            for fd in [*fds.values(), *([skip_fd] if skip_fd is not None else [])]:
                 os.close(fd)
-            raise TracerError(f"found {len(fds)} of bpftrace's {len(names)} event maps (PID {pid}); cannot read events")
-        return cls(fds)
+            raise TracerError(f"found {len(fds)} of bpftrace's {len(names)} event maps"
+                              f"{'' if not skip_name or skip_fd is not None else ' and not its sampling map'}"
+                              f" (PID {pid}); cannot read events")
+        return cls(fds, skip_fd)
+
+    def set_skip(self, skip: int) -> None:
+        """Trace one sampling window in skip + 1 (the probes read it at each window's start)."""
+        if self._skip_fd is None:
+            raise TracerError("this program has no sampling map")
+        key, value = ctypes.c_uint64(0), ctypes.c_uint64(skip)
+        try:
+            _bpf(BPF_MAP_UPDATE_ELEM, _Elem(self._skip_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0))
+        except OSError as err:
+            raise TracerError(f"setting the sampling factor in bpftrace's map failed: {err}") from err
 
     def drain(self, side: int) -> list[tuple]:
         """Take every entry out of one map: (ts_ns, cpu, seq, tid, code, a0, a1, a2, a3) tuples, unsorted."""
@@ -158,6 +182,6 @@ class EventMaps:
         return out
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in [*self._fds.values(), *([self._skip_fd] if self._skip_fd is not None else [])]:
             os.close(fd)
-        self._fds = {}
+        self._fds, self._skip_fd = {}, None

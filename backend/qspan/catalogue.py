@@ -213,7 +213,7 @@ def parse_probes(path: Path, events: dict[str, EventSpec], also_mapped: set[str]
                 f"{where}: expected EVENT SOURCE QEMU TARGET FILTER and {N_ARGS} args, got {len(parts)} columns"
             )
         probes.append(_probe(where, parts, events))
-    mapped = {p.event for p in probes} | set(also_mapped)
+    mapped = {p.event for p in probes} | set(also_mapped) | {n for n in events if n.startswith("trace.")}  # trace.*: qspan's own program
     for name, spec in events.items():
         if name not in mapped:
             raise CatalogueError(f"{spec.where}: event {name} has no probe in {path.name} or a profile")

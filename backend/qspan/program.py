@@ -41,6 +41,15 @@ TRANSPORTS = ("maps", "printf")
 FLUSH_MS = 25
 MAP_CAPACITY = 65536
 MAP_SIDES = ("@qspan_ev0", "@qspan_ev1", "@qspan_ev2", "@qspan_ev3")
+# Sampling (maps transport): time is cut into windows of WINDOW_MS; one window
+# in (@qspan_skip + 1) is traced, the others store nothing. qspan writes
+# @qspan_skip itself (bpfmaps.EventMaps.set_skip), so the factor changes
+# without reloading probes. Windows, not single requests, because a request's
+# events are spread over coroutines and threads that BPF cannot tie together
+# cheaply; a window keeps whole requests and what ran beside them.
+WINDOW_MS = 100
+SKIP_MAP = "@qspan_skip"
+WINDOW_EVENT = "trace.window"
 # Events without which there are no request spans.
 REQUIRED_EVENTS = ("co.switch", "req.submit")
 
@@ -113,8 +122,13 @@ def _action(p: ProbeSpec, spec: EventSpec, transport: str = "maps") -> str:
         return f'printf("{spec.code} %llu %d %lld %lld %lld %lld\\n", nsecs, tid, {", ".join(p.args)});'
     # (nsecs, cpu) is unique per event, so two probes racing on one CPU's
     # sequence number (an interrupt-time tracepoint) still store both events.
+    # @qspan_off: a sampling window is closed (see WINDOW_MS); the probe stores nothing.
+    return "if (@qspan_off == 0) { " + _numbered_store(spec.code, p.args) + " }"
+
+
+def _numbered_store(code: int, args: tuple[str, ...]) -> str:
     return "$s = @qspan_seq[cpu] + 1; @qspan_seq[cpu] = $s; $side = @qspan_side; " + _by_side(
-        [_store(m, spec.code, p.args) for m in MAP_SIDES])
+        [_store(m, code, args) for m in MAP_SIDES])
 
 
 def _by_side(actions: list[str], var: str = "$side") -> str:
@@ -124,7 +138,7 @@ def _by_side(actions: list[str], var: str = "$side") -> str:
     return f"if ({var} == {len(MAP_SIDES) - len(actions)}) {{ {actions[0]} }} else {{ {_by_side(actions[1:], var)} }}"
 
 
-def _flush_probes(clear_named: bool = True) -> list[str]:
+def _flush_probes(window_code: int, clear_named: bool = True) -> list[str]:
     n = len(MAP_SIDES)
     mark = f'printf("{FLUSH_MARK} %llu %d\\n", nsecs, $left);'
     sentinel = "((uint64)1, (int64)0, 0, (int64)0, (int64)0, (int64)0, (int64)0)"
@@ -132,16 +146,30 @@ def _flush_probes(clear_named: bool = True) -> list[str]:
     # there, qspan has not emptied that map yet, and probes stay where they are.
     mark_left = [f"{m}[0, 0] = {sentinel};" for m in MAP_SIDES]
     pending = [f"$busy = {m}[0, 0].0;" for m in MAP_SIDES]
+    ticks = WINDOW_MS // FLUSH_MS
+    # The window event travels with the events (same maps, same sequence numbers),
+    # so it reaches the correlator in time order with them.
+    window = _numbered_store(window_code, ("1 - $off", f"{SKIP_MAP} + 1", "0", "0"))
     return [
         f"// every {FLUSH_MS} ms: move probes on to the next map if qspan has emptied it,",
-        "// and tell qspan to empty the one they left",
+        "// and tell qspan to empty the one they left; every",
+        f"// {WINDOW_MS} ms: open or close the sampling window ({SKIP_MAP} + 1: one window in that many is traced)",
         f"interval:ms:{FLUSH_MS} {{ $left = @qspan_side; $next = ($left + 1) % {n}; "
         f"{_by_side(pending, '$next')} if ($busy == 0) {{ @qspan_side = $next; "
-        f"{_by_side(mark_left, '$left')} {mark} }} }}",
+        f"{_by_side(mark_left, '$left')} {mark} }} "
+        f"@qspan_tick = @qspan_tick + 1; if (@qspan_tick % {ticks} == 0) {{ "
+        f"$off = 0; if ((@qspan_tick / {ticks}) % ({SKIP_MAP} + 1) != 0) {{ $off = 1; }} "
+        f"if ($off != @qspan_off) {{ @qspan_off = $off; {window} }} }} }}",
         "",
         # qspan empties every map once bpftrace has exited (it holds the maps open)
-        f"END {{ $left = @qspan_side; {mark}{' clear(@qspan_named);' if clear_named else ''} clear(@qspan_seq); clear(@qspan_side); }}",
+        f"END {{ $left = @qspan_side; {mark}{' clear(@qspan_named);' if clear_named else ''} "
+        f"clear(@qspan_seq); clear(@qspan_side); clear(@qspan_tick); clear(@qspan_off); clear({SKIP_MAP}); }}",
     ]
+
+
+def begin_probe(transport: str) -> str:
+    # the maps transport's sampling state starts "everything traced"
+    return f'BEGIN {{ printf("{BEGIN_MARK}\\n");{f" {SKIP_MAP} = 0; @qspan_off = 0;" if transport == "maps" else ""} }}'
 
 
 def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], list[str]]:
@@ -182,7 +210,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None, 
         (f"// transport maps: events kept in BPF maps, dumped every {FLUSH_MS} ms (see program.py)"
          if transport == "maps" else "// transport printf: CODE TS_NS TID ARG0 ARG1 ARG2 ARG3 (decimal), one line per event"),
         "",
-        f'BEGIN {{ printf("{BEGIN_MARK}\\n"); }}',
+        begin_probe(transport),
         "",
     ]
     kinds: dict[str, list[str]] = {}
@@ -202,7 +230,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None, 
     # @qspan_named exists only when a probe names nodes (bpftrace rejects unknown maps)
     named = any(cat.events[p.event].has_strings for p in probes + list(profile.probes if profile else ()))
     if transport == "maps":
-        out += _flush_probes(named)
+        out += _flush_probes(cat.events[WINDOW_EVENT].code, named)
     elif named:
         out.append("END { clear(@qspan_named); }")
     out.append("")

@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import TracerError
 from .bpfmaps import EventMaps
 from .parse import LOST_RE, MapDumpDecoder, parse_flush_mark
-from .program import BEGIN_MARK, FLUSH_MARK, MAP_CAPACITY, MAP_SIDES
+from .program import BEGIN_MARK, FLUSH_MARK, MAP_CAPACITY, MAP_SIDES, SKIP_MAP
 from .target import process_alive
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
@@ -95,7 +95,7 @@ def stderr_errors(stderr: str) -> str:
 
 class TraceSession:
     def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0, transport: str = "maps",
-                 all_lines: bool = False):
+                 all_lines: bool = False, sample_every: int = 1):
         self.program_text = program_text
         self.transport = transport
         self.all_lines = all_lines  # hand on_line every output line (aggregate mode prints histograms)
@@ -103,11 +103,19 @@ class TraceSession:
         self.attach_timeout_s = attach_timeout_s
         self._proc: subprocess.Popen | None = None
         self._stop_requested = False
+        # maps transport: one sampling window in this many is traced (program.WINDOW_MS)
+        self.sample_every = sample_every
         self._dir = tempfile.TemporaryDirectory(prefix="qspan-")
 
     def stop(self) -> None:
         """Ask the session to end (safe from a signal handler or another thread)."""
         self._stop_requested = True
+
+    def set_sample_every(self, every: int) -> None:
+        """Trace one window in `every` from the next window on (safe from any thread; maps transport)."""
+        if every < 1:
+            raise ValueError(f"sampling factor must be >= 1, not {every}")
+        self.sample_every = every
 
     def run(self, on_line: Callable[[str], None], duration_s: float | None = None,
             on_attached: Callable[[], None] | None = None,
@@ -154,6 +162,7 @@ class TraceSession:
                     on_line(line)
 
         maps: EventMaps | None = None
+        skip_set = 0  # what the program's @qspan_skip holds
 
         def deliver(watermark_ns: int, hold_ns: int) -> None:
             nonlocal lines, lost
@@ -209,6 +218,9 @@ class TraceSession:
                         stopping_since = self._interrupt(now)
                 elif now - stopping_since > 10:
                     self._proc.kill()
+                if maps is not None and stopping_since is None and self.sample_every - 1 != skip_set:
+                    skip_set = self.sample_every - 1
+                    maps.set_skip(skip_set)
                 parts: list[bytes] = []
                 try:
                     parts.append(chunks.get(timeout=0.1))
@@ -226,7 +238,7 @@ class TraceSession:
                         if line == BEGIN_MARK:
                             attached_at = time.monotonic()
                             if self.transport == "maps":
-                                maps = EventMaps.of_process(self._proc.pid, MAP_SIDES)
+                                maps = EventMaps.of_process(self._proc.pid, MAP_SIDES, SKIP_MAP)
                             if on_attached:
                                 on_attached()
                         else:
