@@ -257,3 +257,33 @@ def test_a_kick_no_request_took_is_not_charged_to_a_later_one():
     a, c = correlate(ev, header).spans
     assert [p.name for p in a.phases][0] == "kick" and a.start_ns == 1000
     assert c.start_ns == 9000 and c.phases[0].name == "submit"
+
+
+def test_sampling_windows_keep_whole_requests_and_drop_the_cut_ones(real):
+    """The real stream, as BPF would store it with sampling: events only inside open windows.
+
+    Spans well inside an open window are exactly those of the full stream; requests a
+    closing window cuts are counted as sampled out, never emitted half-made.
+    """
+    rec, _guest, full = real
+    events = sorted(rec.events, key=lambda e: e.ts_ns)
+    t0, t1 = min(s.start_ns for s in full.spans), max(s.end_ns for s in full.spans)
+    third = (t1 - t0) // 3
+    off_at, on_at = t0 + third, t0 + 2 * third  # open, closed, open again
+    kept = [e for e in events if not off_at <= e.ts_ns < on_at or e.kind == "node.name"]
+    windowed = sorted(kept + [E("trace.window", off_at, 0, 0, 2), E("trace.window", on_at, 0, 1, 2)],
+                      key=lambda e: e.ts_ns)
+    got = correlate(windowed, rec.header)
+
+    def key(s):
+        return (s.op, s.offset, s.start_ns, s.end_ns, tuple((p.name, p.dur_ns) for p in s.phases))
+
+    margin = 2_000_000  # a request starting just after a window opens may have had its guest kick before it
+    inside = [s for s in full.spans if s.end_ns < off_at or s.start_ns > on_at + margin]
+    assert len(inside) > 0.4 * len(full.spans)
+    assert {key(s) for s in inside} <= {key(s) for s in got.spans}
+    # nothing from the closed window, nothing cut by it
+    assert not any(off_at <= s.end_ns and s.start_ns < on_at for s in got.spans)
+    cut = [s for s in full.spans if s.start_ns < off_at <= s.co_end_ns]
+    assert got.stats["sampled_out"] == len(cut) > 0
+    assert all(s.complete for s in got.spans) and got.stats["lost_events"] == 0

@@ -147,19 +147,17 @@ class Correlator:
             or (t.get("role") != "worker" and t["tid"] not in self.watched and not t.get("comm", "").startswith("qemu-system"))
         }
         self.vcpus = {t["tid"] for t in threads if t.get("role") == "vcpu"}
-        self.kicks: dict[int, int] = {}  # notifier -> earliest vCPU kick not yet read
         self.roles = dict(DEFAULT_ROLES, **header.get("profile", {}).get("roles", {}))
-        self.children: dict[int, Child] = {}  # live child coroutine -> its record
-        self.threads: dict[int, _Thread] = {}
-        self.alive: set[int] = set()  # coroutines entered and not yet terminated
-        self.co_req: dict[int, _Req] = {}
-        self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
+        self._forget_flow()
         self.node_names: dict[int, tuple[str, str]] = {}
-        self.pending_pool: list[_PendingPool] = []
         self.next_id = 1
         self.spans: list[Span] = []
-        self.stats = {"events": 0, "lost_events": 0, "unbound_submits": 0, "unmatched_io": 0, "incomplete": 0}
+        # sampled_out: requests in flight when a sampling window closed (dropped, not spans)
+        self.stats = {"events": 0, "lost_events": 0, "unbound_submits": 0, "unmatched_io": 0, "incomplete": 0,
+                      "sampled_out": 0}
         self.last_ts = 0
+        self.sampling_off = False  # a trace.window closed and the next has not opened
+        self.sample_every = 1  # as the last trace.window said
         self.handlers = {
             "co.switch": self._co_switch,
             "co.schedule": self._co_signal,
@@ -182,7 +180,18 @@ class Correlator:
             "drv.ack": self._drv_ack,
             "drv.spawn": self._drv_spawn,
             "drv.spawn_done": self._drv_spawn_done,
+            "trace.window": self._window,
         }
+
+    def _forget_flow(self) -> None:
+        """What the correlator knows of requests, coroutines and threads in flight (reset by sampling)."""
+        self.kicks: dict[int, int] = {}  # notifier -> earliest vCPU kick not yet read
+        self.children: dict[int, Child] = {}  # live child coroutine -> its record
+        self.threads: dict[int, _Thread] = {}
+        self.alive: set[int] = set()  # coroutines entered and not yet terminated
+        self.co_req: dict[int, _Req] = {}
+        self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
+        self.pending_pool: list[_PendingPool] = []
 
     # -- plumbing -------------------------------------------------------------
 
@@ -205,8 +214,18 @@ class Correlator:
         self.stats["events"] += 1
         self.last_ts = ev.ts_ns
         handler = self.handlers.get(ev.kind)
-        if handler:
+        if handler and (not self.sampling_off or handler == self._window or handler == self._node_name):
             handler(ev)
+
+    def _window(self, ev: Event) -> None:
+        """A sampling window opens or closes: what follows starts afresh, as at attach."""
+        if ev.args[0] == 0:
+            # a request is in flight until its own coroutine ends (children may outlive it)
+            in_flight = sum(1 for co, r in self.co_req.items() if r.co == co)
+            self.stats["sampled_out"] += in_flight + sum(1 for t in self.threads.values() if t.pending_submit)
+        self._forget_flow()
+        self.sampling_off = ev.args[0] == 0
+        self.sample_every = max(1, ev.args[1])
 
     def _mark(self, t: _Thread, ts: int) -> None:
         """Close the watched thread's current timeline segment at ts (its state is about to change)."""
