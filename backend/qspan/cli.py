@@ -75,20 +75,25 @@ def cmd_tracer(args) -> int:
 
 
 def trace_to_file(pid: int, duration_s: float, out: Path, profile: str | None = None,
-                  transport: str = "maps") -> tuple[tracer.TraceResult, dict]:
+                  transport: str = "maps", sample_every: int = 1) -> tuple[tracer.TraceResult, dict]:
     """Trace PID for duration_s seconds into recording `out`; Ctrl-C ends the trace early."""
+    if sample_every < 1:
+        raise QspanError(f"--sample-every must be 1 or more, not {sample_every}")
+    if sample_every > 1 and transport != "maps":
+        raise QspanError("--sample-every needs the maps transport (windows are opened and closed in BPF)")
     tracer.check_can_trace()
     t, cat, prof, prog = _program_for(pid, profile, transport)
     header = recording.make_header(t, cat, prof, prog)
-    session = tracer.TraceSession(prog.text, pid, transport=prog.transport)
+    session = tracer.TraceSession(prog.text, pid, transport=prog.transport, sample_every=sample_every)
     old = signal.signal(signal.SIGINT, lambda *_: session.stop())
     try:
         with open(out, "w") as f:
             writer = recording.RecordingWriter(f, header)
             _progress(f"attaching {len(prog.probes)} probes to QEMU {t.version} (PID {pid}, profile {prof.name}) ...")
+            sampled = f", one {program.WINDOW_MS} ms window in {sample_every}" if sample_every > 1 else ""
             result = session.run(
                 writer.line, duration_s,
-                on_attached=lambda: _progress(f"attached; tracing for {duration_s:g} s (Ctrl-C stops)"),
+                on_attached=lambda: _progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"),
             )
             writer.end(result.summary())
     finally:
@@ -157,7 +162,7 @@ def cmd_aggregate(args) -> int:
 
 def cmd_record(args) -> int:
     out = Path(args.out)
-    result, _ = trace_to_file(args.pid, args.duration, out, args.profile, args.transport)
+    result, _ = trace_to_file(args.pid, args.duration, out, args.profile, args.transport, args.sample_every)
     _progress(f"recording written to {out}")
     _check_ended(result, args.pid, out)
     return 0
@@ -212,7 +217,7 @@ def cmd_perfetto(args) -> int:
 def cmd_attach(args) -> int:
     out = Path(args.out)
     rec_path = Path(args.record) if args.record else out.with_suffix(".qspan")
-    result, _ = trace_to_file(args.pid, args.duration, rec_path, args.profile, args.transport)
+    result, _ = trace_to_file(args.pid, args.duration, rec_path, args.profile, args.transport, args.sample_every)
     rec = recording.read(rec_path)
     _write_spans(rec, out)
     _check_ended(result, args.pid, rec_path)
@@ -247,7 +252,7 @@ def _serve(settings, attach_pid: int | None = None) -> None:
 def _settings(args):
     from .server.settings import Settings
 
-    s = Settings(host=args.host, port=args.port, token=args.token or None)
+    s = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling)
     s.check()
     return s
 
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
     s.add_argument("--print", action="store_true", help="print the program (nothing is attached)")
     s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
-                   help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
+                   help=f"maps: events batched in BPF maps, dumped every {program.FLUSH_MS} ms (default); printf: one print per event")
     s.set_defaults(fn=cmd_tracer)
 
     s = sub.add_parser("record", help="trace a QEMU process into a replayable recording")
@@ -332,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default 10)")
     s.add_argument("--out", required=True, help="recording file to write")
     s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
-                   help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
+                   help=f"maps: events batched in BPF maps, dumped every {program.FLUSH_MS} ms (default); printf: one print per event")
+    _sample_option(s)
     s.set_defaults(fn=cmd_record)
 
     s = sub.add_parser("aggregate", help="always-on latency histograms per op (two probe hits per request, no spans)")
@@ -366,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="spans JSON file to write")
     s.add_argument("--record", help="where to keep the recording (default: OUT with .qspan suffix)")
     s.add_argument("--transport", default="maps", choices=program.TRANSPORTS,
-                   help="maps: events batched in BPF maps, dumped every 50 ms (default); printf: one print per event")
+                   help=f"maps: events batched in BPF maps, dumped every {program.FLUSH_MS} ms (default); printf: one print per event")
+    _sample_option(s)
     s.set_defaults(fn=cmd_attach)
 
     for name, fn, hlp in (("serve", cmd_serve, "serve the live dashboard (FastAPI) on 127.0.0.1"),
@@ -375,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s; others need --token)")
         s.add_argument("--port", type=int, default=8321)
         s.add_argument("--token", default="", help="bearer token required by the API (and ?token= for the WebSocket)")
+        s.add_argument("--sampling", default="auto", choices=("auto", "off"),
+                       help="auto (default): when the server falls behind, trace fewer "
+                            f"{program.WINDOW_MS} ms windows, each whole; off: trace everything, lose events when behind")
         if name == "demo":
             s.add_argument("--dir", default=str(lab.DEFAULT_DIR))
             s.add_argument("--scenario", default="seed", choices=lab.SCENARIOS)
@@ -398,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     ld.set_defaults(load_args=[])  # everything after "load" goes to qspan-load verbatim (see main)
     s.set_defaults(fn=cmd_lab)
     return p
+
+
+def _sample_option(s) -> None:
+    s.add_argument("--sample-every", type=int, default=1, metavar="N",
+                   help=f"trace one {program.WINDOW_MS} ms window in N (whole requests; default 1: everything)")
 
 
 def main(argv: list[str] | None = None) -> int:
