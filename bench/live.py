@@ -11,9 +11,12 @@ reads every frame and the server's RSS is sampled. Prints:
   p99, max;
 - memory: server RSS every --sample-s seconds, and its growth after the
   warm-up (the span store fills within seconds; per-second rows over 10 min);
-- events/s, spans, lost events, the tracer's own estimate of its cost.
+- events/s, spans, lost events, the tracer's own estimate of its cost;
+- sampling: the factor the server chose (one window in N traced) and the
+  lost-event count over the run, and the requests cut by closing windows.
 
     .venv/bin/python bench/live.py [--duration 60] [--rate 0] [--scenario stock]
+    .venv/bin/python bench/live.py --duration 90 --freshness-from-s 30 --freshness-s 60   # full rate, sampling settled
     .venv/bin/python bench/live.py --duration 1800 --sample-s 30     # the 30-minute memory run
 """
 
@@ -60,8 +63,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def span_ends(path: Path, first_s: float) -> set[int]:
-    """End times of the spans in the first `first_s` seconds of a session's recording.
+def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
+    """End times of the spans that end from `from_s` to `to_s` seconds into a session's recording.
 
     The same correlator as the server's, offline: the server's store keeps only
     the newest spans, and fetching them all while measuring would load the server.
@@ -82,10 +85,10 @@ def span_ends(path: Path, first_s: float) -> set[int]:
             if ts is None:
                 continue
             t0 = ts if t0 is None else t0
-            if ts - t0 > first_s * 1e9:
+            if ts - t0 > to_s * 1e9:
                 break
             events.append(ev)
-    return {s.end_ns for s in correlate(events, header).spans}
+    return {s.end_ns for s in correlate(events, header).spans if s.end_ns >= t0 + from_s * 1e9}
 
 
 def main() -> None:
@@ -97,7 +100,10 @@ def main() -> None:
     ap.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
     ap.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured after this")
-    ap.add_argument("--freshness-s", type=float, default=15.0, help="freshness is measured over this many first seconds")
+    ap.add_argument("--freshness-s", type=float, default=15.0, help="freshness is measured over this many seconds")
+    ap.add_argument("--freshness-from-s", type=float, default=0.0,
+                    help="... starting this long into the trace (e.g. once sampling has settled)")
+    ap.add_argument("--sampling", default="auto", choices=("auto", "off"), help="the server's --sampling")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="qspan-bench-live-"))
@@ -105,9 +111,10 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
-    server = subprocess.Popen([sys.executable, "-m", "qspan.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+    server = subprocess.Popen([sys.executable, "-m", "qspan.cli", "serve", "--port", str(port), "--sampling", args.sampling], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     frames: list[tuple[int, int | None]] = []  # (received monotonic ns, newest span end ns)
+    health: list[tuple[float, int, int, int]] = []  # (s into the run, lost events, sampling factor, sampled out)
     ends: set[int] = set()
     rss: list[tuple[float, int]] = []
     status: dict = {}
@@ -132,7 +139,11 @@ def main() -> None:
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
                     now = time.monotonic_ns()
                     if msg["type"] == "frame":
-                        frames.append((now, msg["status"]["newest_end_ns"]))
+                        st = msg["status"]
+                        frames.append((now, st["newest_end_ns"]))
+                        smp = st.get("sampling") or {}
+                        health.append((time.monotonic() - t_start, st["lost_events"], smp.get("every", 1),
+                                       smp.get("sampled_out", 0)))
 
         async def sample():
             next_report = 60.0
@@ -153,7 +164,7 @@ def main() -> None:
         api(base, "DELETE", f"/api/sessions/{sid}")
         while api(base, "GET", f"/api/sessions/{sid}")["status"]["state"] not in ("detached", "failed"):
             time.sleep(0.5)
-        ends = span_ends(Path(status["recording"]), args.freshness_s)
+        ends = span_ends(Path(status["recording"]), args.freshness_from_s, args.freshness_from_s + args.freshness_s)
     finally:
         server.terminate()
         try:
@@ -178,12 +189,19 @@ def main() -> None:
     print(f"frames received: {len(frames)} ({len(frames) / args.duration:.1f}/s); spans seen: {len(ends)}; "
           f"events/s at the end: {status.get('events_per_s')}; lost events: {status.get('lost_events')}")
     if lags:
-        print(f"freshness (span end in QEMU -> frame in the client), ms: p50 {percentile(lags, 50):.0f}, "
+        print(f"freshness ({args.freshness_from_s:g}-{args.freshness_from_s + args.freshness_s:g} s into the trace; "
+              f"span end in QEMU -> frame in the client), ms: p50 {percentile(lags, 50):.0f}, "
               f"p90 {percentile(lags, 90):.0f}, p99 {percentile(lags, 99):.0f}, max {lags[-1]:.0f} ({len(lags)} spans)")
     newest = sorted((t - e) / 1e6 for t, e in seen)
     if newest:
         print(f"  of which pipeline (newest span in each frame -> the client), ms: p50 {percentile(newest, 50):.0f}, "
               f"p99 {percentile(newest, 99):.0f}; the rest is waiting for the next frame")
+    if health:
+        marks = [h for i, h in enumerate(health) if i % max(1, len(health) // 10) == 0] + [health[-1]]
+        print(f"sampling ({args.sampling}): one {status.get('sampling', {}).get('window_ms')} ms window in N traced; "
+              "N and lost events over the run: "
+              + ", ".join(f"{t:.0f}s N={n} lost={lost}" for t, lost, n, _ in marks)
+              + f"; requests cut by closing windows: {health[-1][3]}")
     o = status.get("overhead") or {}
     print(f"tracer's own estimate: {o.get('est_us_per_request')} us of probe cost per request, "
           f"{o.get('events_per_request')} events per request")

@@ -142,6 +142,11 @@ function setHealth(s) {
   if (o && o.est_us_per_request !== null && o.est_us_per_request !== undefined) {
     parts.push(`tracer ≈ ${o.est_us_per_request} us/request on QEMU (${o.events_per_request} events/request)`);
   }
+  const smp = s.sampling;
+  if (smp && smp.every > 1) {
+    // the server fell behind and traces fewer windows: every span shown is still whole
+    parts.push(`sampling 1 in ${smp.every} windows of ${smp.window_ms} ms (server behind; ${smp.sampled_out} requests cut)`);
+  }
   if (s.error) parts.push(s.error);
   h.textContent = parts.join(" · ");
   if (s.error && s.state === "failed") showError(s.error);

@@ -64,3 +64,20 @@ def test_a_dump_watermark_releases_events_before_the_lag_would():
     buf.watermark_ns = evs[30].ts_ns + 2_000_000  # "complete up to here", less the margin
     out = buf.ready()
     assert out and [e.ts_ns for e in out] == sorted(e.ts_ns for e in evs if e.ts_ns <= evs[30].ts_ns)
+
+
+def test_load_shedder_doubles_when_behind_and_halves_only_with_room_to_spare():
+    from qspan.live import LoadShedder
+
+    s = LoadShedder(max_every=8, behind_ns=400, caught_up_ns=150, room=0.4, settle_ns=10, calm_ns=100)
+    assert s.update(0, lag_ns=50, busy=0.9) == 1  # busy but keeping up: nothing to shed
+    assert s.update(1, lag_ns=500, busy=0.9) == 2  # behind
+    assert s.update(5, lag_ns=900, busy=0.9) == 2  # still settling: the backlog has to drain first
+    assert s.update(20, lag_ns=0, busy=0.1, lost=3) == 4  # events lost: behind whatever the lag says
+    assert [s.update(t, lag_ns=5000, busy=1.0) for t in (40, 60, 80)] == [8, 8, 8]  # capped
+    # caught up, but busy half the time: twice the events would not fit
+    assert [s.update(t, lag_ns=10, busy=0.5) for t in range(100, 400, 20)] == [8] * 15
+    # caught up with room: halve once calm long enough, then again after another calm period
+    got = [s.update(t, lag_ns=10, busy=0.2) for t in range(400, 700, 20)]
+    assert got[0] == 8 and got[-1] == 2 and 4 in got and sorted(got, reverse=True) == got
+    assert s.update(700, lag_ns=200, busy=0.2) == 2  # between the marks: stay

@@ -60,6 +60,45 @@ class ReorderBuffer:
         return out
 
 
+class LoadShedder:
+    """The live path's sampling factor, from how far behind it runs (pure: times are passed in).
+
+    When the server falls behind the tracer (the dump it is handling is old, or
+    events were lost), trace one sampling window in twice as many; when it has
+    kept up for a while with room to spare (busy under `room` of the time, so
+    twice the events would still fit), trace twice as many again. Shedding whole
+    windows in BPF keeps every traced request whole, where falling behind loses
+    events at random and leaves every span in flight incomplete.
+    """
+
+    def __init__(self, max_every: int = 32, behind_ns: int = 400_000_000, caught_up_ns: int = 150_000_000,
+                 room: float = 0.4, settle_ns: int = 2_000_000_000, calm_ns: int = 10_000_000_000):
+        self.max_every, self.behind_ns, self.caught_up_ns, self.room = max_every, behind_ns, caught_up_ns, room
+        self.settle_ns, self.calm_ns = settle_ns, calm_ns
+        self.every = 1
+        self._changed_at: int | None = None
+        self._calm_since: int | None = None
+
+    def update(self, now_ns: int, lag_ns: int, busy: float, lost: int = 0) -> int:
+        """The factor to use from now on; `busy` is the fraction of recent time spent correlating."""
+        if self._changed_at is not None and now_ns - self._changed_at < self.settle_ns:
+            return self.every  # let the last change take effect (a window or two, and the backlog)
+        if lag_ns > self.behind_ns or lost:
+            self._calm_since = None
+            if self.every < self.max_every:
+                self.every *= 2
+                self._changed_at = now_ns
+        elif lag_ns < self.caught_up_ns and busy < self.room:
+            if self._calm_since is None:
+                self._calm_since = now_ns
+            elif now_ns - self._calm_since >= self.calm_ns and self.every > 1:
+                self.every //= 2
+                self._changed_at = self._calm_since = now_ns
+        else:
+            self._calm_since = None
+        return self.every
+
+
 class SpanStore:
     """The most recent spans, per-second latency percentiles, and running breakdowns. Bounded."""
 
@@ -158,7 +197,7 @@ class SpanStore:
 class LiveSession:
     """One attached tracer: bpftrace in a thread, its stream recorded and correlated live."""
 
-    def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path):
+    def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto"):
         self.id = session_id
         self.pid = pid
         self.profile_name = profile
@@ -181,6 +220,14 @@ class LiveSession:
         self._event_us: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._session: tracer.TraceSession | None = None
+        # sampling "auto": shed whole windows when behind (maps transport); "off": trace everything
+        self.sampling = sampling
+        self._shedder = LoadShedder() if sampling == "auto" else None
+        self._busy_s = 0.0  # time spent handling dumps (correlating, recording)
+        self._lost_since_check = 0
+        self._busy_marks: deque[tuple[float, float]] = deque(maxlen=64)
+        self.lag_ns = 0  # how old the newest dump was when handled
+        self.busy = 0.0
         self.target: target.Target | None = None
         self.header: dict = {}
 
@@ -216,10 +263,13 @@ class LiveSession:
 
                 def on_batch(lost: int, entries: list[tuple]) -> None:
                     # maps transport: events arrive as tuples, in time order, batch after batch
+                    t = time.perf_counter()
                     self._feed_batch(lost, entries)  # spans first: the dashboard waits on them, the file does not
                     if lost:
                         writer.line(f"Lost {lost} events")
                     writer.lines([entry_line(e) for e in entries])
+                    self._busy_s += time.perf_counter() - t
+                    self._lost_since_check += lost
 
                 result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark,
                                            on_batch=on_batch if self._session.transport == "maps" else None)
@@ -285,6 +335,26 @@ class LiveSession:
             self._watermarks = True
             self._buf.watermark_ns = ts_ns
             self._process(self._buf.ready())
+        self._shed(ts_ns)
+
+    def _shed(self, dump_ts_ns: int) -> None:
+        """After each dump: how far behind are we, and should fewer windows be traced?"""
+        now = time.monotonic()
+        self.lag_ns = time.monotonic_ns() - dump_ts_ns  # bpftrace's nsecs is CLOCK_MONOTONIC too
+        marks = self._busy_marks
+        if marks and now - marks[-1][0] < 0.25:
+            return
+        marks.append((now, self._busy_s))
+        while len(marks) > 2 and now - marks[1][0] >= 2.0:
+            marks.popleft()  # busy: over the last ~2 s
+        if len(marks) >= 2 and now > marks[0][0]:
+            self.busy = (marks[-1][1] - marks[0][1]) / (now - marks[0][0])
+        if self._shedder is None or self._session is None:
+            return
+        lost, self._lost_since_check = self._lost_since_check, 0
+        every = self._shedder.update(time.monotonic_ns(), self.lag_ns, self.busy, lost)
+        if every != self._session.sample_every:
+            self._session.set_sample_every(every)
 
     def _process(self, recs: list) -> None:
         for rec in recs:
@@ -334,4 +404,9 @@ class LiveSession:
             "newest_end_ns": newest,
             # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)
             "overhead": overhead.estimate(dict(self._event_counts), self._event_us, spans),
+            "sampling": {
+                "mode": self.sampling, "every": self._session.sample_every if self._session else 1,
+                "window_ms": program.WINDOW_MS, "sampled_out": self._correlator.stats["sampled_out"] if self.header else 0,
+                "lag_ms": round(self.lag_ns / 1e6, 1), "busy": round(self.busy, 3),
+            },
         }

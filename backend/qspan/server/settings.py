@@ -15,11 +15,14 @@ class Settings:
     port: int = 8321
     token: str | None = None  # required whenever host is not loopback
     record_dir: Path = Path("/tmp/qspan-sessions")
-    # WebSocket push rate: 10 frames/s. With the tracer's 50 ms dumps this keeps a
+    # WebSocket push rate: 10 frames/s. With the tracer's 25 ms dumps this keeps a
     # completed request's way to the browser under 250 ms (bench/live.py measures it).
     frame_interval_s: float = 0.1
     send_timeout_s: float = 10.0  # a client that cannot take one frame in this long is dropped
     extra_origins: tuple[str, ...] = field(default_factory=tuple)
+    # "auto": when the server falls behind the tracer, trace fewer sampling windows
+    # (whole requests kept) instead of losing events at random; "off": never
+    sampling: str = "auto"
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
