@@ -146,7 +146,8 @@ def _flush_probes(window_code: int, clear_named: bool = True) -> list[str]:
     # there, qspan has not emptied that map yet, and probes stay where they are.
     mark_left = [f"{m}[0, 0] = {sentinel};" for m in MAP_SIDES]
     pending = [f"$busy = {m}[0, 0].0;" for m in MAP_SIDES]
-    ticks = WINDOW_MS // FLUSH_MS
+    # Windows follow the clock, not a count of ticks: a late tick (the timer is
+    # not exact under load) moves a boundary by one tick at most and never adds up.
     # The window event travels with the events (same maps, same sequence numbers),
     # so it reaches the correlator in time order with them.
     window = _numbered_store(window_code, ("1 - $off", f"{SKIP_MAP} + 1", "0", "0"))
@@ -157,13 +158,13 @@ def _flush_probes(window_code: int, clear_named: bool = True) -> list[str]:
         f"interval:ms:{FLUSH_MS} {{ $left = @qspan_side; $next = ($left + 1) % {n}; "
         f"{_by_side(pending, '$next')} if ($busy == 0) {{ @qspan_side = $next; "
         f"{_by_side(mark_left, '$left')} {mark} }} "
-        f"@qspan_tick = @qspan_tick + 1; if (@qspan_tick % {ticks} == 0) {{ "
-        f"$off = 0; if ((@qspan_tick / {ticks}) % ({SKIP_MAP} + 1) != 0) {{ $off = 1; }} "
+        f"$w = nsecs / {WINDOW_MS * 1_000_000}; if ($w != @qspan_window) {{ @qspan_window = $w; "
+        f"$off = 0; if ($w % ({SKIP_MAP} + 1) != 0) {{ $off = 1; }} "
         f"if ($off != @qspan_off) {{ @qspan_off = $off; {window} }} }} }}",
         "",
         # qspan empties every map once bpftrace has exited (it holds the maps open)
         f"END {{ $left = @qspan_side; {mark}{' clear(@qspan_named);' if clear_named else ''} "
-        f"clear(@qspan_seq); clear(@qspan_side); clear(@qspan_tick); clear(@qspan_off); clear({SKIP_MAP}); }}",
+        f"clear(@qspan_seq); clear(@qspan_side); clear(@qspan_window); clear(@qspan_off); clear({SKIP_MAP}); }}",
     ]
 
 
