@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -201,7 +202,10 @@ class LiveSession:
         self.id = session_id
         self.pid = pid
         self.profile_name = profile
-        self.record_path = record_dir / f"{session_id}.qspan"
+        # Unique per server and session: two servers on one host share the default
+        # directory and both number their sessions s1, s2, ... (opened with "x" below).
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.record_path = record_dir / f"{stamp}-pid{pid}-{session_id}-{os.getpid()}.qspan"
         self.state = "attaching"  # attaching, attached, detached, failed
         self.error: str | None = None
         self.reason: str | None = None
@@ -254,7 +258,7 @@ class LiveSession:
     def _run(self) -> None:
         assert self._session is not None
         try:
-            with open(self.record_path, "w") as f:
+            with open(self.record_path, "x") as f:
                 writer = recording.RecordingWriter(f, self.header)
 
                 def on_line(line: str) -> None:
