@@ -287,3 +287,32 @@ def test_sampling_windows_keep_whole_requests_and_drop_the_cut_ones(real):
     cut = [s for s in full.spans if s.start_ns < off_at <= s.co_end_ns]
     assert got.stats["sampled_out"] == len(cut) > 0
     assert all(s.complete for s in got.spans) and got.stats["lost_events"] == 0
+
+
+def test_state_stays_bounded_when_events_are_lost(real):
+    """A long lossy stream (the real recording replayed, 30 % of events lost): coroutines whose
+    yield or end went missing are forgotten by the sweeps instead of piling up."""
+    from qspan.correlate import SWEEP_NS, Correlator
+
+    rec, _guest, full = real
+    evs = sorted(rec.events, key=lambda e: e.ts_ns)
+    period = evs[-1].ts_ns - evs[0].ts_ns + 1_000_000
+    rng = random.Random(1)
+    c = Correlator(rec.header)
+    sizes = []
+    reps = 40
+    for rep in range(reps):
+        for e in evs:
+            ts = e.ts_ns + rep * period
+            if rng.random() < 0.3:
+                c.add(Lost(1, ts))
+                continue
+            # each replay its own coroutines, as fresh ones would be
+            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
+            c.add(Event(e.kind, ts, e.tid, args))
+        c.take_spans()
+        sizes.append(len(c.alive) + len(c.co_req) + len(c.co_node) + sum(len(t.stack) for t in c.threads.values()))
+    assert reps * period > 4 * SWEEP_NS  # several sweeps happened
+    assert max(sizes[reps // 2:]) < 3 * max(sizes[: reps // 4]) and c.stats["abandoned"] > 0, sizes
+    # without losses nothing is swept: the stream's spans are unchanged
+    assert full.stats["abandoned"] == 0

@@ -40,6 +40,11 @@ from .spans import Child, Handoff, InsteadItem, NodeVisit, Phase, PoolHop, Resul
 # Timeline segments older than this are dropped; a handoff longer than this is
 # attributed only over its last TIMELINE_HORIZON_NS.
 TIMELINE_HORIZON_NS = 2_000_000_000
+# After lost events, coroutines whose yield or termination went missing would
+# stay "alive" (and their requests in flight) for ever. Every SWEEP_NS of trace
+# time, if events were lost since the last sweep, what no event has named for
+# one to two sweep periods is forgotten. Without losses nothing is swept.
+SWEEP_NS = 5_000_000_000
 INSTEAD_TOP = 5
 
 
@@ -153,8 +158,9 @@ class Correlator:
         self.next_id = 1
         self.spans: list[Span] = []
         # sampled_out: requests in flight when a sampling window closed (dropped, not spans)
+        # abandoned: requests forgotten by a sweep after losses (never finished, no span)
         self.stats = {"events": 0, "lost_events": 0, "unbound_submits": 0, "unmatched_io": 0, "incomplete": 0,
-                      "sampled_out": 0}
+                      "sampled_out": 0, "abandoned": 0}
         self.last_ts = 0
         self.sampling_off = False  # a trace.window closed and the next has not opened
         self.sample_every = 1  # as the last trace.window said
@@ -192,6 +198,10 @@ class Correlator:
         self.co_req: dict[int, _Req] = {}
         self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
         self.pending_pool: list[_PendingPool] = []
+        self._touched: set[int] = set()  # coroutines named since the last sweep
+        self._touched_before: set[int] = set()  # ... and in the sweep period before it
+        self._lost_since_sweep = False
+        self._next_sweep_ns = 0
 
     # -- plumbing -------------------------------------------------------------
 
@@ -204,6 +214,7 @@ class Correlator:
     def add(self, ev: Event | Lost) -> None:
         if isinstance(ev, Lost):
             self.stats["lost_events"] += ev.count
+            self._lost_since_sweep = True
             # Anything in flight may have missed an event: say so on its span.
             for req in {id(r): r for r in self.co_req.values()}.values():
                 req.complete = False
@@ -213,9 +224,30 @@ class Correlator:
             return
         self.stats["events"] += 1
         self.last_ts = ev.ts_ns
+        if ev.ts_ns >= self._next_sweep_ns:
+            self._sweep(ev.ts_ns)
         handler = self.handlers.get(ev.kind)
         if handler and (not self.sampling_off or handler == self._window or handler == self._node_name):
             handler(ev)
+
+    def _sweep(self, ts: int) -> None:
+        if self._lost_since_sweep and self._next_sweep_ns:
+            keep = self._touched | self._touched_before
+            for co in [co for co in self.co_req if co not in keep]:
+                req = self.co_req.pop(co)
+                if req.co == co:
+                    self.stats["abandoned"] += 1
+            self.alive &= keep
+            for co in [co for co in self.co_node if co not in keep]:
+                del self.co_node[co]
+            for co in [co for co in self.children if co not in keep]:
+                del self.children[co]
+            for t in self.threads.values():
+                if any(co not in keep for co in t.stack):
+                    t.stack = [co for co in t.stack if co in keep]
+        self._touched_before, self._touched = self._touched, set()
+        self._lost_since_sweep = False
+        self._next_sweep_ns = ts + SWEEP_NS
 
     def _window(self, ev: Event) -> None:
         """A sampling window opens or closes: what follows starts afresh, as at attach."""
@@ -251,6 +283,8 @@ class Correlator:
 
     def _co_switch(self, ev: Event) -> None:
         from_co, to_co, action = ev.args[0], ev.args[1], ev.args[2]
+        self._touched.add(from_co)
+        self._touched.add(to_co)
         t = self.thread(ev.tid)
         self._mark(t, ev.ts_ns)
         if action == CO_ENTER:
