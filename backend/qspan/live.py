@@ -73,7 +73,7 @@ class LoadShedder:
     """
 
     def __init__(self, max_every: int = 32, behind_ns: int = 400_000_000, caught_up_ns: int = 150_000_000,
-                 room: float = 0.4, settle_ns: int = 2_000_000_000, calm_ns: int = 10_000_000_000):
+                 room: float = 0.4, settle_ns: int = 3_000_000_000, calm_ns: int = 10_000_000_000):
         self.max_every, self.behind_ns, self.caught_up_ns, self.room = max_every, behind_ns, caught_up_ns, room
         self.settle_ns, self.calm_ns = settle_ns, calm_ns
         self.every = 1
@@ -230,6 +230,7 @@ class LiveSession:
         self._busy_s = 0.0  # time spent handling dumps (correlating, recording)
         self._lost_since_check = 0
         self._busy_marks: deque[tuple[float, float]] = deque(maxlen=64)
+        self._lags: deque[tuple[float, int]] = deque()  # (when, lag) of the dumps of the last second
         self.lag_ns = 0  # how old the newest dump was when handled
         self.busy = 0.0
         self.target: target.Target | None = None
@@ -345,6 +346,10 @@ class LiveSession:
         """After each dump: how far behind are we, and should fewer windows be traced?"""
         now = time.monotonic()
         self.lag_ns = time.monotonic_ns() - dump_ts_ns  # bpftrace's nsecs is CLOCK_MONOTONIC too
+        lags = self._lags
+        lags.append((now, self.lag_ns))
+        while now - lags[0][0] > 1.0:
+            lags.popleft()
         marks = self._busy_marks
         if marks and now - marks[-1][0] < 0.25:
             return
@@ -356,7 +361,10 @@ class LiveSession:
         if self._shedder is None or self._session is None:
             return
         lost, self._lost_since_check = self._lost_since_check, 0
-        every = self._shedder.update(time.monotonic_ns(), self.lag_ns, self.busy, lost)
+        # Behind means a backlog that does not clear: the smallest lag of the last second.
+        # (A dump holding a busy window's events is slow to handle; that alone is no backlog.)
+        backlog_ns = min(lag for _, lag in lags)
+        every = self._shedder.update(time.monotonic_ns(), backlog_ns, self.busy, lost)
         if every != self._session.sample_every:
             self._session.set_sample_every(every)
 
