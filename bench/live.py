@@ -25,13 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import websockets
@@ -40,27 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from qspan import lab  # noqa: E402
+from qspan.clirun import ServerProcess  # noqa: E402
 from qspan.report import percentile  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def api(base: str, method: str, path: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read() or b"null")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def api(server: ServerProcess, method: str, path: str, body: dict | None = None):
+    status, answer = server.request(method, path, body)
+    if status >= 400:
+        raise RuntimeError(f"{method} {path}: HTTP {status}: {answer}")
+    return answer
 
 
 def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
@@ -108,25 +92,17 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="qspan-bench-live-"))
     info = lab.up(tmp / "lab", scenario=args.scenario)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
-    server = subprocess.Popen([sys.executable, "-m", "qspan.cli", "serve", "--port", str(port), "--sampling", args.sampling], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = ServerProcess("--sampling", args.sampling)
+    port = server.port
     frames: list[tuple[int, int | None]] = []  # (received monotonic ns, newest span end ns)
     health: list[tuple[float, int, int, int]] = []  # (s into the run, lost events, sampling factor, sampled out)
     ends: set[int] = set()
     rss: list[tuple[float, int]] = []
     status: dict = {}
     try:
-        for _ in range(150):
-            try:
-                api(base, "GET", "/api/sessions")
-                break
-            except OSError:
-                time.sleep(0.2)
-        sid = api(base, "POST", "/api/sessions", {"pid": info.pid})["id"]
-        while api(base, "GET", f"/api/sessions/{sid}")["status"]["state"] == "attaching":
+        server.wait_ready()
+        sid = api(server, "POST", "/api/sessions", {"pid": info.pid})["id"]
+        while api(server, "GET", f"/api/sessions/{sid}")["status"]["state"] == "attaching":
             time.sleep(0.5)
         load = f"loop --op write --qd {args.qd} --duration 10" + (f" --rate {args.rate}" if args.rate else "")
         lab.send_command(info, load)
@@ -148,7 +124,7 @@ def main() -> None:
         async def sample():
             next_report = 60.0
             while time.monotonic() - t_start < args.duration:
-                rss.append((time.monotonic() - t_start, rss_kib(server.pid)))
+                rss.append((time.monotonic() - t_start, server.rss_kib()))
                 if rss[-1][0] >= next_report:
                     print(f"  {rss[-1][0]:.0f} s: server RSS {rss[-1][1] / 1024:.1f} MiB, {len(frames)} frames",
                           file=sys.stderr)
@@ -159,18 +135,14 @@ def main() -> None:
             await asyncio.gather(reader(), sample())
 
         asyncio.run(run())
-        status = api(base, "GET", f"/api/sessions/{sid}")["status"]
+        status = api(server, "GET", f"/api/sessions/{sid}")["status"]
         lab.send_command(info, "stop")
-        api(base, "DELETE", f"/api/sessions/{sid}")
-        while api(base, "GET", f"/api/sessions/{sid}")["status"]["state"] not in ("detached", "failed"):
+        api(server, "DELETE", f"/api/sessions/{sid}")
+        while api(server, "GET", f"/api/sessions/{sid}")["status"]["state"] not in ("detached", "failed"):
             time.sleep(0.5)
         ends = span_ends(Path(status["recording"]), args.freshness_from_s, args.freshness_from_s + args.freshness_s)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
         lab.down(tmp / "lab")
 
     # freshness: each span's end -> the first frame whose newest end covers it

@@ -67,7 +67,7 @@ def test_ten_clients_one_stalled(tmp_path):
     finally:
         lab.send_command(vm, "stop")
         server.stop()
-        print("server stderr:", server.proc.stderr.read()[-3000:])
+        print("server stderr:", server.stderr()[-3000:])
         lab.down(tmp_path / "lab")
     expected = SECONDS / 0.25
     for i, stamps in counts.items():
