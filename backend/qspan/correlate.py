@@ -48,7 +48,7 @@ SWEEP_NS = 5_000_000_000
 INSTEAD_TOP = 5
 
 
-@dataclass
+@dataclass(slots=True)
 class _Segment:
     start_ns: int
     end_ns: int
@@ -59,7 +59,7 @@ class _Segment:
     node: int  # bs of the last node the coroutine entered, 0 if none
 
 
-@dataclass
+@dataclass(slots=True)
 class _Wait:
     yield_ns: int
     pool: PoolHop | None = None
@@ -70,7 +70,7 @@ class _Wait:
     from_tid: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Req:
     id: int
     op: int
@@ -103,7 +103,7 @@ class _Req:
         self.cursor_ns = end_ns
 
 
-@dataclass
+@dataclass(slots=True)
 class _PendingPool:
     req: _Req
     hop: PoolHop
@@ -162,6 +162,7 @@ class Correlator:
         self.stats = {"events": 0, "lost_events": 0, "unbound_submits": 0, "unmatched_io": 0, "incomplete": 0,
                       "sampled_out": 0, "abandoned": 0}
         self.last_ts = 0
+        self._events = 0  # counted apart from stats: a dict update per event costs more
         self.sampling_off = False  # a trace.window closed and the next has not opened
         self.sample_every = 1  # as the last trace.window said
         self.handlers = {
@@ -212,7 +213,7 @@ class Correlator:
         return t
 
     def add(self, ev: Event | Lost) -> None:
-        if isinstance(ev, Lost):
+        if type(ev) is Lost:
             self.stats["lost_events"] += ev.count
             self._lost_since_sweep = True
             # Anything in flight may have missed an event: say so on its span.
@@ -222,12 +223,12 @@ class Correlator:
                 if t.pending_submit:
                     t.pending_submit.complete = False
             return
-        self.stats["events"] += 1
-        self.last_ts = ev.ts_ns
-        if ev.ts_ns >= self._next_sweep_ns:
-            self._sweep(ev.ts_ns)
+        self._events += 1
+        ts = self.last_ts = ev.ts_ns
+        if ts >= self._next_sweep_ns:
+            self._sweep(ts)
         handler = self.handlers.get(ev.kind)
-        if handler and (not self.sampling_off or handler == self._window or handler == self._node_name):
+        if handler is not None and (not self.sampling_off or handler == self._window or handler == self._node_name):
             handler(ev)
 
     def _sweep(self, ts: int) -> None:
@@ -263,17 +264,26 @@ class Correlator:
         """Close the watched thread's current timeline segment at ts (its state is about to change)."""
         if not t.watched:
             return
-        if t.seg_start is not None and ts > t.seg_start:
+        start = t.seg_start
+        if start is not None and ts > start:
+            segs = t.segments
             if t.cpu == "on":
-                co = t.current
-                kind = "co" if co else "loop"
+                co = t.stack[-1] if t.stack else 0
+                if co:
+                    req = self.co_req.get(co)
+                    if req is None:
+                        segs.append(_Segment(start, ts, "co", co, "", None, self.co_node.get(co, 0)))
+                    else:
+                        role = "request" if req.co == co else self.children[co].role if co in self.children else "nested"
+                        segs.append(_Segment(start, ts, "co", co, role, req.id, self.co_node.get(co, 0)))
+                else:
+                    segs.append(_Segment(start, ts, "loop", 0, "", None, 0))
             else:
-                co, kind = 0, t.cpu
-            req = self.co_req.get(co) if co else None
-            role = "" if req is None else "request" if req.co == co else self.children[co].role if co in self.children else "nested"
-            t.segments.append(_Segment(t.seg_start, ts, kind, co, role, req.id if req else None, self.co_node.get(co, 0)))
-            while t.segments and t.segments[0].end_ns < ts - TIMELINE_HORIZON_NS:
-                t.segments.popleft()
+                segs.append(_Segment(start, ts, t.cpu, 0, "", None, 0))
+            if segs[0].end_ns < ts - TIMELINE_HORIZON_NS:
+                horizon = ts - TIMELINE_HORIZON_NS
+                while segs and segs[0].end_ns < horizon:
+                    segs.popleft()
         t.seg_start = ts
 
     def _name(self, bs: int) -> tuple[str, str]:
@@ -628,7 +638,7 @@ class Correlator:
     def finish(self) -> Result:
         unfinished = {id(r): r for r in self.co_req.values() if r.co}
         pending = [t.pending_submit for t in self.threads.values() if t.pending_submit]
-        stats = dict(self.stats, spans=len(self.spans), unfinished=len(unfinished) + len(pending))
+        stats = dict(self.stats, events=self._events, spans=len(self.spans), unfinished=len(unfinished) + len(pending))
         # node.name is printed by the probe after node.io of the same call: name nodes at the end.
         for s in self.spans:
             for n in s.nodes:
