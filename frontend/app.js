@@ -147,6 +147,9 @@ function setHealth(s) {
     // the server fell behind and traces fewer windows: every span shown is still whole
     parts.push(`sampling 1 in ${smp.every} windows of ${smp.window_ms} ms (server behind; ${smp.sampled_out} requests cut)`);
   }
+  if (s.recording_capped) {
+    parts.push(`recording stopped at ${Math.round(s.recording_bytes / 1048576)} MiB (--record-max-mb); live view goes on`);
+  }
   if (s.error) parts.push(s.error);
   h.textContent = parts.join(" · ");
   if (s.error && s.state === "failed") showError(s.error);

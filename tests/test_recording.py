@@ -1,6 +1,7 @@
 """Parsing tracer lines and reading recordings, including broken ones."""
 
 import gzip
+import json
 
 import pytest
 
@@ -77,3 +78,33 @@ def test_binary_garbage_and_bad_gzip(tmp_path):
         recording.read(gz)
     with pytest.raises(RecordingError, match="cannot open"):
         recording.read(tmp_path / "missing.qspan")
+
+
+def test_a_capped_recording_stops_growing_and_still_reads_back(tmp_path):
+    """The server caps each session's recording; what was written stays a complete recording."""
+    lines = _body()
+    header = json.loads(lines[1][len("#header "):])
+    body = [ln.rstrip("\n") for ln in lines[2:] if not ln.startswith("#")]
+    out = tmp_path / "capped.qspan"
+    cap = 64 * 1024
+    with open(out, "w") as f:
+        w = recording.RecordingWriter(f, header, max_bytes=cap)
+        w.lines(body[:100])
+        for ln in body[100:]:
+            w.line(ln)
+        assert w.capped and w.written <= cap
+        w.end({"reason": "stopped"})
+    assert out.stat().st_size <= cap + 1024  # the #end line comes on top
+    rec = recording.read(out)
+    assert rec.end["capped"]["max_bytes"] == cap and rec.end["reason"] == "stopped"
+    n = len(rec.events)
+    assert 100 < n < len(body)
+    assert rec.end["capped"]["first_line_dropped"] == body[n]  # nothing skipped before the cap, nothing after
+
+
+def test_server_refuses_a_negative_recording_cap():
+    from qspan.errors import QspanError
+    from qspan.server.settings import Settings
+
+    with pytest.raises(QspanError, match="record-max-mb"):
+        Settings(record_max_mb=-1).check()

@@ -252,7 +252,8 @@ def _serve(settings, attach_pid: int | None = None) -> None:
 def _settings(args):
     from .server.settings import Settings
 
-    s = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling)
+    s = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling,
+                 record_max_mb=args.record_max_mb)
     s.check()
     return s
 
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--sampling", default="auto", choices=("auto", "off"),
                        help="auto (default): when the server falls behind, trace fewer "
                             f"{program.WINDOW_MS} ms windows, each whole; off: trace everything, lose events when behind")
+        s.add_argument("--record-max-mb", type=int, default=2048,
+                       help="stop each session's raw recording at this size; tracing goes on (0: no limit; default %(default)s)")
         if name == "demo":
             s.add_argument("--dir", default=str(lab.DEFAULT_DIR))
             s.add_argument("--scenario", default="seed", choices=lab.SCENARIOS)

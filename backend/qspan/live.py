@@ -198,7 +198,8 @@ class SpanStore:
 class LiveSession:
     """One attached tracer: bpftrace in a thread, its stream recorded and correlated live."""
 
-    def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto"):
+    def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto",
+                 record_max_bytes: int | None = None):
         self.id = session_id
         self.pid = pid
         self.profile_name = profile
@@ -206,6 +207,8 @@ class LiveSession:
         # directory and both number their sessions s1, s2, ... (opened with "x" below).
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.record_path = record_dir / f"{stamp}-pid{pid}-{session_id}-{os.getpid()}.qspan"
+        self.record_max_bytes = record_max_bytes
+        self._writer: recording.RecordingWriter | None = None
         self.state = "attaching"  # attaching, attached, detached, failed
         self.error: str | None = None
         self.reason: str | None = None
@@ -260,7 +263,7 @@ class LiveSession:
         assert self._session is not None
         try:
             with open(self.record_path, "x") as f:
-                writer = recording.RecordingWriter(f, self.header)
+                writer = self._writer = recording.RecordingWriter(f, self.header, self.record_max_bytes)
 
                 def on_line(line: str) -> None:
                     writer.line(line)
@@ -412,6 +415,9 @@ class LiveSession:
             "lost_events": self.lost, "malformed_lines": self.malformed, "spans": spans,
             "started_at": self.started_at, "attached_at": self.attached_at, "ended_at": self.ended_at,
             "recording": str(self.record_path),
+            # the recording stops growing at the server's --record-max-mb; tracing goes on
+            "recording_bytes": self._writer.written if self._writer else 0,
+            "recording_capped": bool(self._writer and self._writer.capped),
             "qemu_version": self.target.version if self.target else None,
             "newest_end_ns": newest,
             # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)

@@ -41,21 +41,51 @@ class Recording:
 
 
 class RecordingWriter:
-    """Writes a recording incrementally; the caller owns the file object."""
+    """Writes a recording incrementally; the caller owns the file object.
 
-    def __init__(self, f: IO[str], header: dict):
+    With `max_bytes`, lines past that size are dropped (a long live session
+    must not fill the disk the traced QEMU may live on); the #end line still
+    closes the file and says where and why it stopped.
+    """
+
+    def __init__(self, f: IO[str], header: dict, max_bytes: int | None = None):
         self.f = f
-        f.write(MAGIC + "\n")
-        f.write("#header " + json.dumps(header, sort_keys=True) + "\n")
+        self.max_bytes = max_bytes
+        self.written = 0  # bytes (recordings are ASCII but for the header)
+        self.capped_at_line: str | None = None  # the first line not written, once capped
+        self._put(MAGIC + "\n")
+        self._put("#header " + json.dumps(header, sort_keys=True) + "\n")
+
+    def _put(self, text: str) -> None:
+        self.f.write(text)
+        self.written += len(text)
+
+    def _room(self, n: int, first: str) -> bool:
+        if self.capped_at_line is not None:
+            return False
+        if self.max_bytes is not None and self.written + n > self.max_bytes:
+            self.capped_at_line = first
+            return False
+        return True
 
     def line(self, raw: str) -> None:
-        self.f.write(raw if raw.endswith("\n") else raw + "\n")
+        text = raw if raw.endswith("\n") else raw + "\n"
+        if self._room(len(text), raw):
+            self._put(text)
 
     def lines(self, raws: list[str]) -> None:
         if raws:
-            self.f.write("\n".join(raws) + "\n")
+            text = "\n".join(raws) + "\n"
+            if self._room(len(text), raws[0]):
+                self._put(text)
+
+    @property
+    def capped(self) -> bool:
+        return self.capped_at_line is not None
 
     def end(self, summary: dict) -> None:
+        if self.capped:
+            summary = dict(summary, capped={"max_bytes": self.max_bytes, "first_line_dropped": self.capped_at_line})
         self.f.write("#end " + json.dumps(summary, sort_keys=True) + "\n")
         self.f.flush()
 

@@ -30,7 +30,8 @@ class SessionManager:
                     raise SessionError(409, f"PID {pid} is already traced by session {s.id}")
             sid = f"s{next(self._ids)}"
             self.settings.record_dir.mkdir(parents=True, exist_ok=True)
-            session = LiveSession(sid, pid, profile, self.settings.record_dir, sampling=self.settings.sampling)
+            session = LiveSession(sid, pid, profile, self.settings.record_dir, sampling=self.settings.sampling,
+                                  record_max_bytes=self.settings.record_max_mb * 1024 * 1024 or None)
             session.start()  # inspection errors (no such PID, not QEMU, ...) propagate from here
             self.sessions[sid] = session
             return session

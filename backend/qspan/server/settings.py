@@ -23,8 +23,12 @@ class Settings:
     # "auto": when the server falls behind the tracer, trace fewer sampling windows
     # (whole requests kept) instead of losing events at random; "off": never
     sampling: str = "auto"
+    # each session's raw recording stops growing here (~2.5 MB/s at full rate unsampled)
+    record_max_mb: int = 2048
 
     def check(self) -> None:
+        if self.record_max_mb < 0:
+            raise QspanError(f"--record-max-mb must be 0 (no limit) or more, not {self.record_max_mb}")
         if not is_loopback(self.host) and not self.token:
             raise QspanError(
                 f"refusing to serve on {self.host}: a non-loopback address needs --token "
