@@ -42,9 +42,13 @@ from .spans import Child, Handoff, InsteadItem, NodeVisit, Phase, PoolHop, Resul
 TIMELINE_HORIZON_NS = 2_000_000_000
 # After lost events, coroutines whose yield or termination went missing would
 # stay "alive" (and their requests in flight) for ever. Every SWEEP_NS of trace
-# time, if events were lost since the last sweep, what no event has named for
-# one to two sweep periods is forgotten. Without losses nothing is swept.
+# time, for three sweeps after a loss, what no event has named for one to two
+# sweep periods is forgotten; a request known to be waiting (yielded, not
+# resumed) is kept for WAIT_KEEP_NS since its yield, so a slow flush is not
+# taken for a leak. Without losses nothing is swept.
 SWEEP_NS = 5_000_000_000
+SWEEPS_AFTER_LOSS = 3  # a coroutine last named just before a loss is gone by the third sweep
+WAIT_KEEP_NS = 60_000_000_000
 INSTEAD_TOP = 5
 
 
@@ -201,7 +205,7 @@ class Correlator:
         self.pending_pool: list[_PendingPool] = []
         self._touched: set[int] = set()  # coroutines named since the last sweep
         self._touched_before: set[int] = set()  # ... and in the sweep period before it
-        self._lost_since_sweep = False
+        self._sweeps_left = 0  # sweeps still to run since the last loss
         self._next_sweep_ns = 0
 
     # -- plumbing -------------------------------------------------------------
@@ -215,7 +219,7 @@ class Correlator:
     def add(self, ev: Event | Lost) -> None:
         if type(ev) is Lost:
             self.stats["lost_events"] += ev.count
-            self._lost_since_sweep = True
+            self._sweeps_left = SWEEPS_AFTER_LOSS
             # Anything in flight may have missed an event: say so on its span.
             for req in {id(r): r for r in self.co_req.values()}.values():
                 req.complete = False
@@ -232,8 +236,10 @@ class Correlator:
             handler(ev)
 
     def _sweep(self, ts: int) -> None:
-        if self._lost_since_sweep and self._next_sweep_ns:
+        if self._sweeps_left and self._next_sweep_ns:
+            self._sweeps_left -= 1
             keep = self._touched | self._touched_before
+            keep.update(co for co, r in self.co_req.items() if r.wait is not None and ts - r.wait.yield_ns < WAIT_KEEP_NS)
             for co in [co for co in self.co_req if co not in keep]:
                 req = self.co_req.pop(co)
                 if req.co == co:
@@ -247,7 +253,6 @@ class Correlator:
                 if any(co not in keep for co in t.stack):
                     t.stack = [co for co in t.stack if co in keep]
         self._touched_before, self._touched = self._touched, set()
-        self._lost_since_sweep = False
         self._next_sweep_ns = ts + SWEEP_NS
 
     def _window(self, ev: Event) -> None:
@@ -355,6 +360,7 @@ class Correlator:
 
     def _co_signal(self, ev: Event) -> None:
         co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
+        self._touched.add(co)
         req = self.co_req.get(co)
         if req is None or req.co != co:
             return
@@ -596,6 +602,7 @@ class Correlator:
             req.hop_done_ns = None
 
     def _drv_hop_done(self, ev: Event) -> None:
+        self._touched.add(ev.args[3])
         req = self.co_req.get(ev.args[3])
         if req is None or req.co != ev.args[3]:
             return
