@@ -37,9 +37,10 @@ def test_record_sample_every_traces_one_window_in_n_with_whole_requests(tmp_path
     assert all(50e6 <= b - a <= 150e6 for a, b in opens) and all(150e6 <= b - a <= 250e6 for a, b in closed)
     traced = sum(b - a for a, b in opens) / (windows[-1].ts_ns - windows[0].ts_ns)
     assert 0.28 < traced < 0.39, traced
-    # BPF stored nothing while a window was closed (node names are printed, not stored)
+    # BPF stored nothing while a window was closed (node names are printed, not stored); a probe
+    # on another CPU that passed the check just before the close may stamp its event just after
     stored = [e for e in rec.events if e.kind not in ("trace.window", "node.name")]
-    assert not [e for e in stored if any(a < e.ts_ns < b - 1_000_000 for a, b in closed)]
+    assert not [e for e in stored if any(a + 1_000_000 < e.ts_ns < b - 1_000_000 for a, b in closed)]
     assert rec.lost == [] and rec.end["lost_events"] == 0
 
     result = correlate([*rec.events, *rec.lost], rec.header)

@@ -60,11 +60,14 @@ class ServerProcess:
         env = dict(os.environ, PYTHONPATH=str(REPO / "backend"))
         # stderr to a file, not a pipe: nobody reads a pipe during a long run, and a
         # full one would block the server mid-benchmark
-        self._stderr = tempfile.TemporaryFile("w+")
+        self._stderr = tempfile.TemporaryFile("a+")  # O_APPEND: reading it never moves the server's writes
         self.proc = subprocess.Popen([sys.executable, "-m", "qspan.cli", "serve", "--host", host, "--port", str(self.port), *extra],
                                      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr, text=True)
 
     def stderr(self) -> str:
+        """What the server wrote to stderr so far (or in all, once stopped)."""
+        if self._stderr.closed:
+            return self._stderr_text
         self._stderr.seek(0)
         return self._stderr.read()
 
@@ -107,3 +110,6 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if not self._stderr.closed:
+            self._stderr_text = self.stderr()
+            self._stderr.close()

@@ -271,12 +271,12 @@ class LiveSession:
 
                 def on_batch(lost: int, entries: list[tuple]) -> None:
                     # maps transport: events arrive as tuples, in time order, batch after batch
-                    t = time.perf_counter()
+                    t = time.thread_time()  # CPU time: waiting for the lock or the GIL is not work
                     self._feed_batch(lost, entries)  # spans first: the dashboard waits on them, the file does not
                     if lost:
                         writer.line(f"Lost {lost} events")
                     writer.lines([entry_line(e) for e in entries])
-                    self._busy_s += time.perf_counter() - t
+                    self._busy_s += time.thread_time() - t
                     self._lost_since_check += lost
 
                 result = self._session.run(on_line, None, on_attached=self._attached, on_watermark=self._watermark,
@@ -426,5 +426,6 @@ class LiveSession:
                 "mode": self.sampling, "every": self._session.sample_every if self._session else 1,
                 "window_ms": program.WINDOW_MS, "sampled_out": self._correlator.stats["sampled_out"] if self.header else 0,
                 "lag_ms": round(self.lag_ns / 1e6, 1), "busy": round(self.busy, 3),
+                "error": self._session.sampling_error if self._session else None,
             },
         }

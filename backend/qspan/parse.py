@@ -101,11 +101,11 @@ class MapDumpDecoder:
         return len(self._pending)
 
     def add(self, entries: list[tuple]) -> None:
-        # A map dump comes in hash order: taken in time order instead (each CPU's
-        # numbers then ascend, but for a probe preempted mid-store), numbers out of
-        # order within one dump never look like gaps, and the gap list only holds
-        # what is really missing (kept sorted: found by bisection). The sorted run
-        # also makes release()'s sort a cheap merge.
+        # A map dump comes in hash order: taken in time order instead, each CPU's
+        # numbers ascend but for a probe preempted between taking its number and
+        # stamping its event; the gap that one opens is filled a few entries later
+        # (gap ranges stay sorted: found by bisection). The sorted run also makes
+        # release()'s sort a cheap merge.
         events = [e for e in entries if e[0] != 0]  # e[0] == 0: the flush's sentinel (see program.py)
         events.sort(key=_by_ts)
         nxt, missing = self._next, self._missing

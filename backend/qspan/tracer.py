@@ -105,6 +105,7 @@ class TraceSession:
         self._stop_requested = False
         # maps transport: one sampling window in this many is traced (program.WINDOW_MS)
         self.sample_every = sample_every
+        self.sampling_error: str | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="qspan-")
 
     def stop(self) -> None:
@@ -220,7 +221,10 @@ class TraceSession:
                     self._proc.kill()
                 if maps is not None and stopping_since is None and self.sample_every - 1 != skip_set:
                     skip_set = self.sample_every - 1
-                    maps.set_skip(skip_set)
+                    try:
+                        maps.set_skip(skip_set)
+                    except TracerError as err:  # sampling is a relief valve: tracing goes on without it
+                        self.sampling_error = str(err)
                 parts: list[bytes] = []
                 try:
                     parts.append(chunks.get(timeout=0.1))
