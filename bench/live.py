@@ -96,6 +96,7 @@ def main() -> None:
     port = server.port
     frames: list[tuple[int, int | None]] = []  # (received monotonic ns, newest span end ns)
     health: list[tuple[float, int, int, int]] = []  # (s into the run, lost events, sampling factor, sampled out)
+    progress: list[tuple[float, int]] = []  # (s into the run, spans so far): the guest must keep writing
     ends: set[int] = set()
     rss: list[tuple[float, int]] = []
     status: dict = {}
@@ -120,6 +121,8 @@ def main() -> None:
                         smp = st.get("sampling") or {}
                         health.append((time.monotonic() - t_start, st["lost_events"], smp.get("every", 1),
                                        smp.get("sampled_out", 0)))
+                        if not progress or health[-1][0] - progress[-1][0] >= 1:
+                            progress.append((health[-1][0], st["spans"]))
 
         async def sample():
             next_report = 60.0
@@ -174,6 +177,21 @@ def main() -> None:
               "N and lost events over the run: "
               + ", ".join(f"{t:.0f}s N={n} lost={lost}" for t, lost, n, _ in marks)
               + f"; requests cut by closing windows: {health[-1][3]}")
+    # A run where the guest stopped writing measures nothing at full rate: say so.
+    # Sampled runs see whole windows only, so allow a few seconds without spans.
+    quiet = [(a[0], b[0]) for a, b in zip(progress, progress[1:]) if b[1] == a[1]]
+    stalls, start, last = [], None, None
+    for a, b in quiet:
+        if start is None or a > last + 1.5:
+            if start is not None and last - start >= 10:
+                stalls.append((start, last))
+            start = a
+        last = b
+    if start is not None and last - start >= 10:
+        stalls.append((start, last))
+    for a, b in stalls:
+        print(f"WARNING: no new span from {a:.0f} s to {b:.0f} s into the run: the guest's writes stopped; "
+              "figures after that are not at full rate")
     o = status.get("overhead") or {}
     print(f"tracer's own estimate: {o.get('est_us_per_request')} us of probe cost per request, "
           f"{o.get('events_per_request')} events per request")
