@@ -74,11 +74,16 @@ def main() -> None:
     names = [e for e in events if isinstance(e, Event) and e.kind == "node.name"]
     code_of = {v: k for k, v in rec.codes.items()}
     dumps = []
+    seq = [0, 0]  # per-CPU sequence numbers, as the probes take them (two CPUs, alternating)
     for i in range(0, len(ints), 1000):
         chunk = ints[i:i + 1000]
-        keys = b"".join(KEY.pack(e.ts_ns, j % 2) for j, e in enumerate(chunk))
-        vals = b"".join(VALUE.pack(i + j + 1, e.tid, code_of[e.kind], *e.args) for j, e in enumerate(chunk))
-        dumps.append((keys, vals, len(chunk), chunk[-1].ts_ns + 1))
+        keys, vals = [], []
+        for j, e in enumerate(chunk):
+            cpu = j % 2
+            seq[cpu] += 1
+            keys.append(KEY.pack(e.ts_ns, cpu))
+            vals.append(VALUE.pack(seq[cpu], e.tid, code_of[e.kind], *e.args))
+        dumps.append((b"".join(keys), b"".join(vals), len(chunk), chunk[-1].ts_ns + 1))
 
     def decode():
         d = MapDumpDecoder()

@@ -123,12 +123,18 @@ class MapDumpDecoder:
         self._pending.extend(events)
 
     def _expire(self) -> int:
+        # Gaps are appended as they are seen, so their stamps (nearly) ascend: take
+        # expired ones off the front and stop at the first that is not (a gap stamped a
+        # moment later than one behind it just waits for the next release).
         cutoff = self.watermark_ns - self.LATE_NS
         lost = 0
-        for cpu, gaps in self._missing.items():
-            if gaps and gaps[0][2] < cutoff:
-                lost += sum(hi - lo for lo, hi, t in gaps if t < cutoff)
-                self._missing[cpu] = [g for g in gaps if g[2] >= cutoff]
+        for gaps in self._missing.values():
+            k = 0
+            while k < len(gaps) and gaps[k][2] < cutoff:
+                lost += gaps[k][1] - gaps[k][0]
+                k += 1
+            if k:
+                del gaps[:k]
         self.lost += lost
         return lost
 
