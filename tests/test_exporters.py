@@ -18,7 +18,7 @@ def _spans():
     for ev in in_time_order(rec.events):
         c.add(ev)
     spans, timelines = c.take_spans()
-    return [asdict(s) for s in spans], timelines, rec.header
+    return [asdict(s) for s in spans], {k: t.dicts() for k, t in timelines.items()}, rec.header
 
 
 def test_chrome_trace_structure():

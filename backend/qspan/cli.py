@@ -208,7 +208,7 @@ def cmd_perfetto(args) -> int:
     for ev in correlate.in_time_order([*rec.events, *rec.lost]):
         c.add(ev)
     spans, timelines = c.take_spans()
-    doc = exporters.chrome_trace([span_dict(x) for x in spans], timelines, rec.header)
+    doc = exporters.chrome_trace([span_dict(x) for x in spans], {k: t.dicts() for k, t in timelines.items()}, rec.header)
     Path(args.out).write_text(json.dumps(doc) + "\n")
     _progress(f"{len(spans)} requests, {len(doc['traceEvents'])} trace events -> {args.out} (open it in Perfetto)")
     return 0

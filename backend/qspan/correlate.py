@@ -63,6 +63,22 @@ class _Segment:
     node: int  # bs of the last node the coroutine entered, 0 if none
 
 
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A watched thread's timeline around one span.
+
+    Kept as the correlator's own (never mutated) segments and made into dicts
+    only when someone asks: the live server keeps hundreds, and shows a few.
+    """
+
+    tid: int
+    segments: tuple[_Segment, ...]
+
+    def dicts(self) -> list[dict]:
+        return [{"tid": self.tid, "start_ns": seg.start_ns, "dur_ns": seg.end_ns - seg.start_ns, "kind": seg.kind,
+                 "co": seg.co, "request": seg.request, "role": seg.role} for seg in self.segments]
+
+
 @dataclass(slots=True)
 class _Wait:
     yield_ns: int
@@ -143,7 +159,7 @@ class Correlator:
         # capture_timeline: keep, per finished span, the segments of its thread's timeline
         # that overlap it (the dashboard's per-thread view around a request).
         self.capture_timeline = capture_timeline
-        self.timelines: dict[int, list[dict]] = {}
+        self.timelines: dict[int, Timeline] = {}
         threads = header.get("target", {}).get("threads", [])
         # The threads whose scheduler events were traced (older recordings: every event loop).
         watched = header.get("target", {}).get("watched_tids")
@@ -491,21 +507,19 @@ class Correlator:
             )
         )
 
-    def _timeline(self, tid: int, a: int, b: int) -> list[dict]:
+    def _timeline(self, tid: int, a: int, b: int) -> "Timeline":
         t = self.threads.get(tid)
-        out: list[dict] = []
-        if t is None:
-            return out
-        for seg in reversed(t.segments):
-            if seg.end_ns <= a:
-                break
-            if seg.start_ns < b:
-                out.append({"tid": tid, "start_ns": seg.start_ns, "dur_ns": seg.end_ns - seg.start_ns, "kind": seg.kind,
-                            "co": seg.co, "request": seg.request, "role": seg.role})
-        out.reverse()
-        return out
+        out: list[_Segment] = []
+        if t is not None:
+            for seg in reversed(t.segments):
+                if seg.end_ns <= a:
+                    break
+                if seg.start_ns < b:
+                    out.append(seg)
+            out.reverse()
+        return Timeline(tid, tuple(out))
 
-    def take_spans(self) -> tuple[list[Span], dict[int, list[dict]]]:
+    def take_spans(self) -> tuple[list[Span], dict[int, "Timeline"]]:
         """Spans finished since the last call (live use: the correlator keeps none)."""
         spans, self.spans = self.spans, []
         timelines, self.timelines = self.timelines, {}

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 
 from . import catalogue, overhead, program, recording, target, tracer
-from .correlate import Correlator
+from .correlate import Correlator, Timeline
 from .errors import QspanError
 from .events import Event, Lost
 from .parse import MalformedLine, entry_line, parse_line
@@ -107,12 +107,12 @@ class SpanStore:
         # Memory is bounded by these: the full stream is in the session's recording.
         self.spans: deque[dict] = deque(maxlen=max_spans)
         self.max_timelines = max_timelines
-        self.timelines: dict[int, list[dict]] = {}  # span id -> its thread timeline, most recent only
+        self.timelines: dict[int, Timeline] = {}  # span id -> its thread timeline, most recent only
         self.seconds: deque[dict] = deque(maxlen=max_seconds * 3)  # one row per op per second
         self._open: dict[tuple[int, str], list[int]] = {}  # (second, op) -> durations in ns
         self.totals: dict[str, dict] = {}
 
-    def add(self, spans: list[Span], timelines: dict[int, list[dict]]) -> None:
+    def add(self, spans: list[Span], timelines: dict[int, Timeline]) -> None:
         for s in spans:
             d = span_dict(s)
             if len(self.spans) == self.spans.maxlen:

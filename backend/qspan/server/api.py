@@ -107,7 +107,8 @@ def span(sid: str, span_id: int, manager: Manager) -> dict:
     s = _session(manager, sid)
     with s.locked():
         d = s.store.get(span_id)
-        timeline = s.store.timelines.get(span_id, [])
+        timeline = s.store.timelines.get(span_id)
+        timeline = timeline.dicts() if timeline else []
     if d is None:
         raise HTTPException(404, f"span {span_id} is not (or no longer) in session {sid}")
     return {"span": d, "timeline": timeline}
@@ -139,7 +140,7 @@ def export_perfetto(sid: str, manager: Manager, since_ns: Annotated[int, Query(g
     s = _session(manager, sid)
     spans = _export_range(s, since_ns, until_ns)
     with s.locked():
-        timelines = {x["id"]: s.store.timelines[x["id"]] for x in spans if x["id"] in s.store.timelines}
+        timelines = {x["id"]: s.store.timelines[x["id"]].dicts() for x in spans if x["id"] in s.store.timelines}
     doc = exporters.chrome_trace(spans, timelines, s.header)
     return JSONResponse(doc, headers={"Content-Disposition": f'attachment; filename="qspan-{sid}-perfetto.json"'})
 
