@@ -243,6 +243,9 @@ class TraceSession:
                             attached_at = time.monotonic()
                             if self.transport == "maps":
                                 maps = EventMaps.of_process(self._proc.pid, MAP_SIDES, SKIP_MAP)
+                                if self.sample_every > 1:  # before anyone is told "attached": from the first window on
+                                    skip_set = self.sample_every - 1
+                                    maps.set_skip(skip_set)
                             if on_attached:
                                 on_attached()
                         else:
