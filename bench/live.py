@@ -14,6 +14,8 @@ reads every frame and the server's RSS is sampled. Prints:
 - events/s, spans, lost events, the tracer's own estimate of its cost;
 - sampling: the factor the server chose (one window in N traced) and the
   lost-event count over the run, and the requests cut by closing windows.
+- a WARNING when no new span came for 10 s or more: the guest stopped writing,
+  and what follows is not a full-rate figure.
 
     .venv/bin/python bench/live.py [--duration 60] [--rate 0] [--scenario stock]
     .venv/bin/python bench/live.py --duration 90 --freshness-from-s 30 --freshness-s 60   # full rate, sampling settled
