@@ -104,9 +104,7 @@ def main() -> None:
     status: dict = {}
     try:
         server.wait_ready()
-        sid = api(server, "POST", "/api/sessions", {"pid": info.pid})["id"]
-        while api(server, "GET", f"/api/sessions/{sid}")["status"]["state"] == "attaching":
-            time.sleep(0.5)
+        sid = server.attach(info.pid)
         load = f"loop --op write --qd {args.qd} --duration 10" + (f" --rate {args.rate}" if args.rate else "")
         lab.send_command(info, load)
         t_start = time.monotonic()

@@ -66,11 +66,7 @@ def test_live_server_sheds_whole_windows_when_it_falls_behind(tmp_path):
     vm = lab.up(tmp_path / "lab")
     server = Server().wait_ready()
     try:
-        status, body = server.request("POST", "/api/sessions", {"pid": vm.pid})
-        assert status == 201, body
-        sid = body["id"]
-        while server.get(f"/api/sessions/{sid}")[1]["status"]["state"] != "attached":
-            time.sleep(0.5)
+        sid = server.attach(vm.pid)
         lab.send_command(vm, "loop --op write --qd 4 --duration 5")  # as fast as it can
         seen = []  # (s into the run, lost events, sampling factor, requests cut by windows)
         t0 = time.monotonic()

@@ -36,13 +36,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def session(server, vm):
-    status, body = server.request("POST", "/api/sessions", {"pid": vm.pid})
-    assert status == 201, body
-    sid = body["id"]
-    deadline = time.monotonic() + 120
-    while server.get(f"/api/sessions/{sid}")[1]["status"]["state"] != "attached":
-        assert time.monotonic() < deadline, "session never attached"
-        time.sleep(0.5)
+    sid = server.attach(vm.pid, timeout_s=120)
     res = lab.load(vm, "--op write --qd 4 --count 400 --rate 400 --verify")
     assert res.summary["verify"] == "ok"
     time.sleep(1.5)  # the reorder window and a tick

@@ -27,11 +27,7 @@ def test_ten_clients_one_stalled(tmp_path):
     vm = lab.up(tmp_path / "lab")
     server = Server().wait_ready()
     try:
-        status, body = server.request("POST", "/api/sessions", {"pid": vm.pid})
-        assert status == 201, body
-        sid = body["id"]
-        while server.get(f"/api/sessions/{sid}")[1]["status"]["state"] != "attached":
-            time.sleep(0.5)
+        sid = server.attach(vm.pid)
         lab.send_command(vm, "loop --op write --qd 4 --duration 5 --rate 300")
         url = f"ws://127.0.0.1:{server.port}/api/sessions/{sid}/live"
         rss = []

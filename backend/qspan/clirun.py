@@ -83,6 +83,23 @@ class ServerProcess:
                 time.sleep(0.2)
         raise RuntimeError("server did not come up")
 
+    def attach(self, pid: int, timeout_s: float = 120.0) -> str:
+        """Attach a session to QEMU `pid` through the API; its id, once the probes are attached."""
+        status, body = self.request("POST", "/api/sessions", {"pid": pid})
+        if status != 201:
+            raise QspanError(f"attaching to PID {pid}: HTTP {status}: {body}")
+        sid = body["id"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.get(f"/api/sessions/{sid}")[1]["status"]
+            if st["state"] == "attached":
+                return sid
+            if st["state"] != "attaching":
+                raise QspanError(f"session {sid} on PID {pid} is {st['state']}: {st.get('error')}")
+            if time.monotonic() > deadline:
+                raise QspanError(f"session {sid} on PID {pid} did not attach within {timeout_s:.0f} s")
+            time.sleep(0.5)
+
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method,

@@ -184,7 +184,6 @@ class Correlator:
         self.last_ts = 0
         self._events = 0  # counted apart from stats: a dict update per event costs more
         self.sampling_off = False  # a trace.window closed and the next has not opened
-        self.sample_every = 1  # as the last trace.window said
         self.handlers = {
             "co.switch": self._co_switch,
             "co.schedule": self._co_signal,
@@ -279,7 +278,6 @@ class Correlator:
             self.stats["sampled_out"] += in_flight + sum(1 for t in self.threads.values() if t.pending_submit)
         self._forget_flow()
         self.sampling_off = ev.args[0] == 0
-        self.sample_every = max(1, ev.args[1])
 
     def _mark(self, t: _Thread, ts: int) -> None:
         """Close the watched thread's current timeline segment at ts (its state is about to change)."""
