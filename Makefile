@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/qspan demo
+	.venv/bin/qspan-lab demo
 
 test: setup
 	.venv/bin/python -m pytest -v -rfE tests

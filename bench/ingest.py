@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from qspan import recording  # noqa: E402
-from qspan.bpfmaps import KEY, VALUE  # noqa: E402
+from qspan.transport.bpfmaps import KEY, VALUE  # noqa: E402
 from qspan.correlate import Correlator, in_time_order  # noqa: E402
-from qspan.events import Event  # noqa: E402
+from qspan.model.events import Event  # noqa: E402
 from qspan.live import SpanStore  # noqa: E402
-from qspan.parse import MapDumpDecoder, parse_lines  # noqa: E402
+from qspan.transport.text import MapDumpDecoder, parse_lines  # noqa: E402
 
 
 def raw_lines(path: Path) -> list[str]:

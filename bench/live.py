@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from qspan import lab  # noqa: E402
-from qspan.clirun import ServerProcess  # noqa: E402
-from qspan.report import percentile  # noqa: E402
+from qspanlab.harness import ServerProcess  # noqa: E402
+from qspan.output.report import percentile  # noqa: E402
 
 
 def api(server: ServerProcess, method: str, path: str, body: dict | None = None):
@@ -56,7 +56,7 @@ def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
     the newest spans, and fetching them all while measuring would load the server.
     """
     from qspan.correlate import correlate
-    from qspan.parse import parse_line
+    from qspan.transport.text import parse_line
 
     with open(path) as f:
         f.readline()

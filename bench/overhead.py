@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from qspan import lab, program, recording  # noqa: E402
-from qspan.clirun import start_traced  # noqa: E402
+from qspanlab.harness import start_traced  # noqa: E402
 
 
 def thread_kind(comm: str) -> str:

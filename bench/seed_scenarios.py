@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from qspan import lab  # noqa: E402
-from qspan.seedlab import run_case  # noqa: E402
+from qspanlab.seed import run_case  # noqa: E402
 
 CASES = [
     ("seed", 200, 0),

@@ -42,7 +42,7 @@ step "Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e lab
 
 step "lab guest (kernel + initramfs + qspan-load)"
 bash lab/guest/build.sh build/guest

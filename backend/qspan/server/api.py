@@ -11,9 +11,15 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from .. import exporters, program, target, catalogue
-from ..errors import QspanError, TargetError, TracerError
-from ..live import LiveSession
+from qspan.output import chrome as exporters
+
+from qspan import program
+
+from qspan import target
+
+from qspan import catalogue
+from qspan.errors import QspanError, TargetError, TracerError
+from qspan.live import LiveSession
 from .sessions import SessionError, SessionManager
 from .settings import Settings
 

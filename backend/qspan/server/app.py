@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
-from ..paths import REPO
+from qspan import __version__
+from qspan import resources
 from .api import router
 from .sessions import SessionManager
 from .settings import Settings
 
-FRONTEND = REPO / "frontend"
+# pip installs packages as plain directories, so the resource is a real path StaticFiles can serve.
+FRONTEND = Path(str(resources.frontend()))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

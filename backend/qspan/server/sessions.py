@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import threading
 
-from ..errors import QspanError
-from ..live import LiveSession
+from qspan.errors import QspanError
+from qspan.live import LiveSession
 from .settings import Settings
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import QspanError
+from qspan.errors import QspanError
 
 
 @dataclass(frozen=True)

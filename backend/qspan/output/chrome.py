@@ -1,0 +1,81 @@
+"""Exports of spans: the versioned spans JSON and a Chrome trace-event JSON for Perfetto.
+
+Plain functions from span dicts to documents; writing them is the caller's job.
+"""
+
+from __future__ import annotations
+
+from qspan.model.spans import SCHEMA
+
+
+def spans_document(spans: list[dict], header: dict, stats: dict) -> dict:
+    """The same document as `qspan spans` writes (schema qspan.spans/1, docs/spans-schema.md)."""
+    return {
+        "schema": SCHEMA,
+        "target": header.get("target", {}),
+        "trace": {k: header[k] for k in ("tool", "recorded_at", "profile") if k in header},
+        "stats": stats,
+        "spans": spans,
+    }
+
+
+def _us(ns: int, origin: int) -> float:
+    return (ns - origin) / 1000.0
+
+
+def chrome_trace(spans: list[dict], timelines: dict[int, list[dict]], header: dict) -> dict:
+    """Chrome trace-event JSON (what Perfetto and chrome://tracing open).
+
+    Threads are tracks; each request is an async slice on its thread with its
+    phases nested; coroutine runs (from the captured timelines) are slices on
+    their thread; each handoff is a flow from the signalling thread to the
+    resuming one.
+    """
+    tgt = header.get("target", {})
+    pid = tgt.get("pid", 0)
+    origin = min((s["start_ns"] for s in spans), default=0)
+    events: list[dict] = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
+                           "args": {"name": f"QEMU {tgt.get('version', '')} (PID {pid})"}}]
+    for t in tgt.get("threads", []):
+        label = t["comm"] + (f" [{t['role']}]" if t.get("role") not in (None, "other") else "")
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": t["tid"], "args": {"name": label}})
+    seen_segments: set[tuple[int, int]] = set()
+    flow_id = 0
+    for s in spans:
+        name = f"{s['op']} #{s['id']} @{s['offset']}"
+        events.append({"ph": "b", "cat": "request", "id": s["id"], "name": name, "pid": pid, "tid": s["tid"],
+                       "ts": _us(s["start_ns"], origin), "args": {"dur_us": s["dur_ns"] / 1000, "bytes": s["bytes"]}})
+        for p in s["phases"]:
+            events.append({"ph": "b", "cat": "request", "id": s["id"], "name": p["name"], "pid": pid, "tid": s["tid"],
+                           "ts": _us(p["start_ns"], origin)})
+            events.append({"ph": "e", "cat": "request", "id": s["id"], "name": p["name"], "pid": pid, "tid": s["tid"],
+                           "ts": _us(p["start_ns"] + p["dur_ns"], origin)})
+        events.append({"ph": "e", "cat": "request", "id": s["id"], "name": name, "pid": pid, "tid": s["tid"],
+                       "ts": _us(s["end_ns"], origin)})
+        for h in s["handoffs"]:
+            flow_id += 1
+            # flows bind to enclosing slices: give each end a short one
+            for tid, ts, label, ph in ((h["from_tid"], h["ready_ns"], f"ready ({h['signal']})", "s"),
+                                       (h["to_tid"], h["resumed_ns"], f"resume #{s['id']}", "f")):
+                events.append({"ph": "X", "cat": "handoff", "name": label, "pid": pid, "tid": tid,
+                               "ts": _us(ts, origin), "dur": 1.0, "args": {"request": s["id"]}})
+                flow = {"ph": ph, "cat": "handoff", "name": "handoff", "id": flow_id, "pid": pid, "tid": tid,
+                        "ts": _us(ts, origin)}
+                if ph == "f":
+                    flow["bp"] = "e"
+                events.append(flow)
+        for seg in timelines.get(s["id"], []):
+            key = (seg["tid"], seg["start_ns"])
+            if key in seen_segments or seg["kind"] == "loop":
+                continue
+            seen_segments.add(key)
+            if seg["kind"] == "co":
+                who = f"request #{seg['request']}" if seg["role"] == "request" else seg["role"] or "unbound"
+                label = f"co {who}"
+            else:
+                label = seg["kind"]
+            events.append({"ph": "X", "cat": "thread", "name": label, "pid": pid, "tid": seg["tid"],
+                           "ts": _us(seg["start_ns"], origin), "dur": seg["dur_ns"] / 1000,
+                           "args": {"co": hex(seg["co"]) if seg["co"] else None, "request": seg["request"]}})
+    return {"traceEvents": events, "displayTimeUnit": "ns",
+            "otherData": {"qspan_origin_ns": origin, "schema": SCHEMA}}

@@ -1,0 +1,54 @@
+"""The tracer's own cost, estimated from what it observed (pure).
+
+Every event qspan receives was a probe hit on some QEMU (or worker) thread.
+What a hit costs depends on the probe: a uprobe whose first instruction the
+kernel can emulate (push, call, jmp, jcc, nop) is ~4x cheaper than one whose
+instruction must be single-stepped; a tracepoint costs little; and the
+transport adds its store. Per-kind figures live in tracers/costs.txt
+(measured by bench/probe_cost.py). Filtered-out hits (the same uprobe in
+another thread's code path) are not seen, so this is a lower bound.
+"""
+
+from __future__ import annotations
+
+
+EMULATED_OPCODES = {0xE8, 0xE9, 0xEB, 0x90} | set(range(0x50, 0x58)) | set(range(0x70, 0x80))
+
+
+def first_instruction_kind(code: bytes) -> str:
+    """'emulated' or 'stepped': how the kernel handles a uprobe on the instruction at code[0]."""
+    if not code:
+        return "stepped"
+    op = code[0]
+    if op == 0x41 and len(code) > 1 and 0x50 <= code[1] <= 0x57:  # push %r8..%r15
+        return "emulated"
+    if op == 0x0F and len(code) > 1 and 0x80 <= code[1] <= 0x8F:  # jcc rel32
+        return "emulated"
+    return "emulated" if op in EMULATED_OPCODES else "stepped"
+
+
+def hit_kind(source: str, entry: str | None) -> str:
+    """The costs.txt kind of one probe: its source and, for uprobes, its first instruction."""
+    if source == "uprobe":
+        return "hit.uprobe-" + ("emulated" if entry == "emulated" else "stepped")
+    return f"hit.{source}"
+
+
+def event_costs(probe_kinds: dict[str, list[str]], transport: str, costs: dict[str, float]) -> dict[str, float]:
+    """Microseconds per event, by event name: its costliest probe's hit plus the store."""
+    store = costs.get(f"store.{transport}", 0.0)
+    return {ev: max(costs.get(k, 0.0) for k in kinds) + store for ev, kinds in probe_kinds.items() if kinds}
+
+
+def estimate(counts: dict[str, int], per_event_us: dict[str, float], requests: int) -> dict:
+    """What the events seen so far cost, per guest request."""
+    total_us = sum(n * per_event_us.get(ev, 0.0) for ev, n in counts.items())
+    events = sum(counts.values())
+    per_req = max(1, requests)
+    return {
+        "requests": requests,
+        "events_per_request": round(events / per_req, 2) if requests else None,
+        "est_us_per_request": round(total_us / per_req, 1) if requests else None,
+        "by_event_us_per_request": {ev: round(n * per_event_us.get(ev, 0.0) / per_req, 2)
+                                    for ev, n in sorted(counts.items())} if requests else {},
+    }

@@ -1,0 +1,169 @@
+"""Recordings: the raw event stream of one trace, with a header that makes it replayable.
+
+Format (text, one record per line):
+
+    #qspan-recording 1
+    #header {"target": {...}, "codes": {"1": "co.switch", ...}, ...}
+    <event lines exactly as the tracer printed them, and "Lost N events" lines>
+    #end {"reason": "duration", "lost_events": 0, ...}
+
+The code table travels in the header, so a recording stays readable when the
+catalogue changes. A recording without its #end line is truncated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from qspan.errors import RecordingError
+from qspan.model.events import Event, Lost
+from qspan.transport.text import MalformedLine, parse_lines
+
+MAGIC = "#qspan-recording 1"
+
+
+@dataclass
+class Recording:
+    header: dict
+    events: list[Event]
+    lost: list[Lost]
+    end: dict = field(default_factory=dict)
+    truncated: bool = False
+
+    @property
+    def codes(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.header["codes"].items()}
+
+
+class RecordingWriter:
+    """Writes a recording incrementally; the caller owns the file object.
+
+    With `max_bytes`, lines past that size are dropped (a long live session
+    must not fill the disk the traced QEMU may live on); the #end line still
+    closes the file and says where and why it stopped.
+    """
+
+    def __init__(self, f: IO[str], header: dict, max_bytes: int | None = None):
+        self.f = f
+        self.max_bytes = max_bytes
+        self.written = 0  # bytes (recordings are ASCII but for the header)
+        self.capped_at_line: str | None = None  # the first line not written, once capped
+        self._put(MAGIC + "\n")
+        self._put("#header " + json.dumps(header, sort_keys=True) + "\n")
+
+    def _put(self, text: str) -> None:
+        self.f.write(text)
+        self.written += len(text)
+
+    def _room(self, n: int, first: str) -> bool:
+        if self.capped_at_line is not None:
+            return False
+        if self.max_bytes is not None and self.written + n > self.max_bytes:
+            self.capped_at_line = first
+            return False
+        return True
+
+    def line(self, raw: str) -> None:
+        text = raw if raw.endswith("\n") else raw + "\n"
+        if self._room(len(text), raw):
+            self._put(text)
+
+    def lines(self, raws: list[str]) -> None:
+        if raws:
+            text = "\n".join(raws) + "\n"
+            if self._room(len(text), raws[0]):
+                self._put(text)
+
+    @property
+    def capped(self) -> bool:
+        return self.capped_at_line is not None
+
+    def end(self, summary: dict) -> None:
+        if self.capped:
+            summary = dict(summary, capped={"max_bytes": self.max_bytes, "first_line_dropped": self.capped_at_line})
+        self.f.write("#end " + json.dumps(summary, sort_keys=True) + "\n")
+        self.f.flush()
+
+
+def make_header(t, cat, prof, prog) -> dict:
+    """The header of a recording of target `t` traced with program `prog` (profile `prof`)."""
+    from datetime import datetime, timezone
+
+    from qspan import __version__
+
+    return {
+        "profile": prof.header(),
+        "tool": f"qspan {__version__}",
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": t.header(),
+        "codes": {str(e.code): e.name for e in cat.events.values()},
+        "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
+        "skipped_probes": list(prog.skipped),
+        "transport": prog.transport,
+    }
+
+
+def _body(f: IO[str], start_lineno: int, state: dict) -> Iterator[str]:
+    for lineno, line in enumerate(f, start_lineno):
+        if line.startswith("#end "):
+            try:
+                state["end"] = json.loads(line[5:])
+            except ValueError:
+                raise RecordingError(f"{state['path']}:{lineno}: malformed #end line") from None
+            return
+        if line.startswith("#"):
+            continue
+        if not line.endswith("\n"):
+            state["partial"] = lineno
+            return
+        yield line
+
+
+def read(path: str | Path, allow_truncated: bool = False) -> Recording:
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":  # recordings compress ~10x; tests keep theirs gzipped
+            f = gzip.open(path, "rt", encoding="utf-8", errors="strict")
+        else:
+            f = open(path, encoding="utf-8", errors="strict")
+    except OSError as err:
+        raise RecordingError(f"{path}: cannot open recording: {err.strerror}") from err
+    with f:
+        try:
+            first = f.readline()
+            if first.rstrip("\n") != MAGIC:
+                raise RecordingError(f"{path}: not a qspan recording (first line is not {MAGIC!r})")
+            second = f.readline()
+            if not second.startswith("#header "):
+                raise RecordingError(f"{path}:2: missing #header line")
+            try:
+                header = json.loads(second[8:])
+                codes = {int(k): v for k, v in header["codes"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise RecordingError(f"{path}:2: malformed #header line") from None
+            state: dict = {"path": path}
+            events: list[Event] = []
+            lost: list[Lost] = []
+            try:
+                for rec in parse_lines(_body(f, 3, state), codes, first_lineno=3):
+                    (events if isinstance(rec, Event) else lost).append(rec)
+            except MalformedLine as err:
+                # lineno counts body lines from 3; comments were skipped, so say "near"
+                raise RecordingError(f"{path}: corrupted recording near {err}") from None
+        except UnicodeDecodeError as err:
+            raise RecordingError(f"{path}: corrupted recording (not UTF-8 text at byte {err.start})") from None
+        except (OSError, EOFError) as err:  # gzip: bad magic, CRC, cut stream
+            raise RecordingError(f"{path}: corrupted recording: {err}") from None
+    truncated = "end" not in state
+    if truncated and not allow_truncated:
+        where = f" (last line cut at line {state['partial']})" if "partial" in state else ""
+        raise RecordingError(
+            f"{path}: recording is truncated{where}: no #end line after {len(events)} events; "
+            "pass --allow-truncated to analyse the complete events"
+        )
+    return Recording(header, events, lost, state.get("end", {}), truncated)

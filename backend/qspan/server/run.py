@@ -1,0 +1,33 @@
+"""Run the dashboard server in this process (what `qspan serve` does)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from qspan.server.settings import Settings
+
+
+def _progress(msg: str) -> None:
+    print(f"qspan: {msg}", file=sys.stderr, flush=True)
+
+
+def serve(settings: Settings, attach_pid: int | None = None) -> None:
+    """Serve until interrupted; with `attach_pid`, a session on that QEMU starts at once."""
+    import uvicorn
+
+    from qspan.server.app import create_app
+
+    # The span store holds a few hundred thousand small objects; the cyclic GC's
+    # full passes over them stalled the live path for ~200 ms (bench/live.py's
+    # p99). Spans and events hold no reference cycles: collect far less often.
+    gc.freeze()
+    gc.set_threshold(200_000, 20, 100)
+
+    app = create_app(settings)
+    if attach_pid is not None:
+        session = app.state.manager.attach(attach_pid, None)
+        _progress(f"attaching to PID {attach_pid} (session {session.id}, profile {session.profile_name})")
+    where = f"http://{settings.host}:{settings.port}/"
+    _progress(f"serving the dashboard on {where}" + (" (token required)" if settings.token else ""))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

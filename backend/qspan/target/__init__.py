@@ -1,0 +1,304 @@
+"""Inspect a running QEMU: is it QEMU, which binary and version, which probes, which threads.
+
+Everything here reads /proc, the binary's ELF file and (when found) QMP. It
+never stops or signals the process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from qspan.errors import TargetError
+from qspan.target.qmp import QMPClient, QMPError
+
+PROC = Path("/proc")
+
+
+@dataclass
+class ThreadInfo:
+    tid: int
+    comm: str
+    role: str  # main, iothread, vcpu, worker, other
+    name: str = ""  # iothread id or vCPU index from QMP
+
+
+@dataclass
+class BlockNode:
+    node_name: str
+    driver: str
+    file: str
+
+
+@dataclass
+class Target:
+    pid: int
+    exe: str  # path of the binary inside the process's mount namespace
+    probe_path: str  # path bpftrace opens (through /proc/PID/root, so namespaces work)
+    version: str
+    build_id: str
+    usdt_probes: int
+    qmp_path: str | None
+    threads: list[ThreadInfo] = field(default_factory=list)
+    nodes: list[BlockNode] = field(default_factory=list)
+    symbols: frozenset[str] = field(default_factory=frozenset, repr=False)
+    notes: list[str] = field(default_factory=list)
+    libraries: list[str] = field(default_factory=list)  # shared objects mapped in the process (paths in its namespace)
+
+    def library(self, name: str) -> str | None:
+        """Path (through /proc/PID/root) of a mapped shared object whose file name is `name`."""
+        for lib in self.libraries:
+            if os.path.basename(lib) == name:
+                return f"/proc/{self.pid}/root{lib}"
+        return None
+
+    @property
+    def version_tuple(self) -> tuple[int, int]:
+        m = re.match(r"(\d+)\.(\d+)", self.version)
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+    @property
+    def probe_source(self) -> str:
+        return "usdt" if self.usdt_probes else "uprobe"
+
+    @property
+    def watched_tids(self) -> list[int]:
+        """Threads whose scheduling we trace: event-loop threads, where coroutines run.
+
+        With iothreads, devices' requests run there, and the main loop's scheduler and
+        poll events (over a quarter of all events in the lab) would only cost: leave it out.
+        """
+        iothreads = sorted(t.tid for t in self.threads if t.role == "iothread")
+        return iothreads or sorted(t.tid for t in self.threads if t.role == "main")
+
+    def header(self) -> dict:
+        """What a recording stores about its target (no symbol table)."""
+        d = asdict(self)
+        d.pop("symbols")
+        d["probe_source"] = self.probe_source
+        d["watched_tids"] = self.watched_tids
+        return d
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an exited QEMU its parent has not reaped)."""
+    try:
+        with open(PROC / str(pid) / "stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+def _check_pid(pid: int) -> Path:
+    proc = PROC / str(pid)
+    if pid <= 0 or not proc.is_dir():
+        raise TargetError(f"no process with PID {pid}")
+    return proc
+
+
+def _exe_of(pid: int) -> str:
+    proc = _check_pid(pid)
+    try:
+        return os.readlink(proc / "exe")
+    except PermissionError as err:
+        raise TargetError(f"PID {pid}: permission denied reading /proc/{pid}/exe (run qspan as root)") from err
+    except FileNotFoundError as err:
+        if not proc.is_dir():
+            raise TargetError(f"no process with PID {pid} (it exited)") from err
+        raise TargetError(f"PID {pid} is a kernel thread, not QEMU") from err
+
+
+def looks_like_qemu(exe: str) -> bool:
+    return os.path.basename(exe.removesuffix(" (deleted)")).startswith("qemu-system-")
+
+
+def list_qemu_pids() -> list[int]:
+    pids = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(entry / "exe")
+        except OSError:
+            continue
+        if looks_like_qemu(exe):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
+    """Exported function names, number of qemu USDT probes, and GNU build-id of an ELF file."""
+    symbols: set[str] = set()
+    usdt = 0
+    build_id = ""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            dynsym = elf.get_section_by_name(".dynsym")
+            if dynsym is not None:
+                for sym in dynsym.iter_symbols():
+                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF":
+                        symbols.add(sym.name)
+            for section in elf.iter_sections():
+                if section["sh_type"] != "SHT_NOTE":
+                    continue
+                for note in section.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        build_id = note["n_desc"]
+                    elif note["n_name"] == "stapsdt" and note["n_type"] == 3:
+                        # desc: pc, base, semaphore (3 addresses), then "provider\0name\0args\0"
+                        desc = note["n_desc"]
+                        raw = desc if isinstance(desc, bytes) else desc.encode("latin-1")
+                        if raw[24:].split(b"\0", 1)[0] == b"qemu":
+                            usdt += 1
+    except (OSError, ELFError) as err:
+        raise TargetError(f"{path}: cannot read the QEMU binary: {err}") from err
+    return frozenset(symbols), usdt, build_id
+
+
+def entry_bytes(path: str, names: set[str], n: int = 4) -> dict[str, bytes]:
+    """The first `n` bytes of each exported function in `names` (to see how a uprobe there is handled)."""
+    out: dict[str, bytes] = {}
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            dynsym = elf.get_section_by_name(".dynsym")
+            if dynsym is None:
+                return out
+            addrs = {sym.name: sym["st_value"] for sym in dynsym.iter_symbols()
+                     if sym.name in names and sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF"}
+            for seg in elf.iter_segments():
+                if seg["p_type"] != "PT_LOAD" or not seg["p_flags"] & 1:  # executable segments only
+                    continue
+                lo, hi = seg["p_vaddr"], seg["p_vaddr"] + seg["p_filesz"]
+                for name, addr in addrs.items():
+                    if lo <= addr < hi:
+                        f.seek(seg["p_offset"] + addr - lo)
+                        out[name] = f.read(n)
+    except (OSError, ELFError):
+        return {}
+    return out
+
+
+def find_qmp_socket(pid: int) -> str | None:
+    """The QMP socket path from QEMU's command line (-qmp unix:PATH or -chardev + -mon mode=control)."""
+    try:
+        argv = _read(PROC / str(pid) / "cmdline").split("\0")
+    except OSError:
+        return None
+    chardevs: dict[str, str] = {}
+    control: list[str] = []
+    for flag, value in zip(argv, argv[1:]):
+        opts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in value.split(","))
+        if flag in ("-qmp", "-qmp-pretty") and value.startswith("unix:"):
+            return value[5:].split(",")[0]
+        if flag == "-chardev" and value.startswith("socket") and "path" in opts and "id" in opts:
+            chardevs[opts["id"]] = opts["path"]
+        if flag == "-mon" and opts.get("mode") == "control" and "chardev" in opts:
+            control.append(opts["chardev"])
+    for cid in control:
+        if cid in chardevs:
+            path = chardevs[cid]
+            # a relative path is relative to QEMU's working directory
+            return path if path.startswith("/") else os.path.join(os.readlink(PROC / str(pid) / "cwd"), path)
+    return None
+
+
+def _threads_from_proc(pid: int) -> list[ThreadInfo]:
+    threads = []
+    for task in sorted((PROC / str(pid) / "task").iterdir(), key=lambda p: int(p.name)):
+        tid = int(task.name)
+        try:
+            comm = _read(task / "comm").strip()
+        except OSError:
+            continue  # the thread exited while we looked
+        if tid == pid:
+            role, name = "main", ""
+        elif comm.startswith("IO ") and comm != "IO mon_iothread":
+            role, name = "iothread", comm[3:]
+        elif comm.startswith("CPU "):
+            role, name = "vcpu", comm.split()[1].split("/")[0]
+        elif comm == "worker":
+            role, name = "worker", ""
+        else:
+            role, name = "other", ""
+        threads.append(ThreadInfo(tid, comm, role, name))
+    return threads
+
+
+def _mapped_libraries(pid: int) -> list[str]:
+    libs: list[str] = []
+    try:
+        with open(PROC / str(pid) / "maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and ".so" in parts[5] and parts[5].strip() not in libs:
+                    libs.append(parts[5].strip())
+    except OSError:
+        pass
+    return libs
+
+
+def _version_from_binary(probe_path: str) -> str:
+    try:
+        out = subprocess.run([probe_path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    m = re.search(r"version (\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else ""
+
+
+def inspect(pid: int, use_qmp: bool = True) -> Target:
+    """Everything qspan needs to know about QEMU process `pid` before tracing it."""
+    exe = _exe_of(pid)
+    if not looks_like_qemu(exe):
+        raise TargetError(f"PID {pid} is not QEMU (its binary is {exe})")
+    notes = []
+    if exe.endswith(" (deleted)"):
+        exe = exe.removesuffix(" (deleted)")
+        notes.append("the binary was replaced on disk after QEMU started; probing the running image")
+        probe_path = f"/proc/{pid}/exe"
+    else:
+        probe_path = f"/proc/{pid}/root{exe}"
+    symbols, usdt, build_id = elf_facts(f"/proc/{pid}/exe")
+    if "qemu_coroutine_switch" not in symbols and not usdt:
+        raise TargetError(
+            f"PID {pid} ({exe}) exports no qemu_coroutine_switch and has no qemu USDT probes: "
+            "qspan cannot trace this build"
+        )
+    threads = _threads_from_proc(pid)
+    qmp_path = find_qmp_socket(pid)
+    version = ""
+    nodes: list[BlockNode] = []
+    if use_qmp and qmp_path:
+        try:
+            with QMPClient(qmp_path) as qmp:
+                v = qmp.execute("query-version")["qemu"]
+                version = f"{v['major']}.{v['minor']}.{v['micro']}"
+                by_tid = {t.tid: t for t in threads}
+                for it in qmp.execute("query-iothreads"):
+                    if it["thread-id"] in by_tid:
+                        by_tid[it["thread-id"]].role = "iothread"
+                        by_tid[it["thread-id"]].name = it["id"]
+                for cpu in qmp.execute("query-cpus-fast"):
+                    if cpu["thread-id"] in by_tid:
+                        by_tid[cpu["thread-id"]].role = "vcpu"
+                        by_tid[cpu["thread-id"]].name = str(cpu["cpu-index"])
+                for n in qmp.execute("query-named-block-nodes", flat=True):
+                    nodes.append(BlockNode(n["node-name"], n["drv"], n.get("file", "")))
+        except QMPError as err:
+            notes.append(f"QMP unavailable ({err}); thread roles from thread names")
+    if not version:
+        version = _version_from_binary(probe_path)
+    return Target(pid, exe, probe_path, version, build_id, usdt, qmp_path, threads, nodes, symbols, notes,
+                  _mapped_libraries(pid))

@@ -1,0 +1,290 @@
+"""The reproducible QEMU lab: a tiny guest on a virtio-blk disk served by an iothread.
+
+`up` starts QEMU (TCG) daemonized with a QMP socket and a pidfile, its
+console in a file and a command port on a second serial line; `load` asks
+the guest's qspan-load to run a workload and returns what the guest measured;
+`down` stops QEMU through QMP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qspan.errors import QspanError
+from qspan.target.qmp import QMPClient, QMPError
+from qspan.target import process_alive
+
+# The lab runs from a checkout: its scripts sit beside this package, its outputs in build/.
+LAB = Path(__file__).resolve().parents[1]
+REPO = LAB.parent
+BUILD = Path(os.environ.get("QSPAN_BUILD", REPO / "build"))
+DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
+# stock: virtio-blk -> file node (aio=threads) on iothread0.
+# seed, seed-mitigated: virtio-blk -> driver O (lab/driver-o) -> file node B, O's replica on tmpfs.
+SCENARIOS = ("stock", "seed", "seed-mitigated")
+# QEMU builds the lab can run: Debian's installed 7.2, or 10.0 from bookworm-backports
+# unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there).
+QEMU_BUILDS = ("7.2", "10.0")
+SYSTEM_MODULE_DIR = "/usr/lib/x86_64-linux-gnu/qemu"
+
+
+class LabError(QspanError):
+    exit_code = 7
+
+
+@dataclass
+class LabInfo:
+    pid: int
+    qmp: str
+    console: str
+    command_socket: str
+    dir: str
+    scenario: str
+    qemu: str
+    argv: list[str] = field(default_factory=list)
+    replica: str | None = None
+
+
+@dataclass
+class LoadResult:
+    summary: dict  # fields of the guest's "QSPAN-LOAD done" line
+    requests: list[tuple[str, int, int]]  # (op, offset, latency_ns) per request, with --log
+    rc: int
+    output: str
+
+
+def _raise_interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def sigterm_takes_lab_down():
+    """Make SIGTERM raise KeyboardInterrupt, so `finally: lab.down(...)` runs (timeout, CI, and
+    uvicorn, which re-raises SIGTERM after its shutdown, all send it). Returns the old handler."""
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def build_guest(out: Path = BUILD / "guest") -> Path:
+    script = LAB / "guest" / "build.sh"
+    proc = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"building the lab guest failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return out
+
+
+def qemu_command(build: str) -> tuple[list[str], list[str]]:
+    """(wrapper, qemu argv prefix) for a lab QEMU build."""
+    if build == "7.2":
+        return [], ["qemu-system-x86_64"]
+    if build == "10.0":
+        out = BUILD / "qemu-10.0"
+        proc = subprocess.run(["bash", str(LAB / "qemu10" / "fetch.sh"), str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabError(f"preparing QEMU 10.0 failed: {proc.stderr.strip()[-500:]}")
+        root = out / "root"
+        wrapper = ["unshare", "-m", "sh", "-c",
+                   f'mount --bind "{out / "empty"}" {SYSTEM_MODULE_DIR} 2>/dev/null || true; exec "$@"', "qemu10"]
+        return wrapper, [str(root / "usr/bin/qemu-system-x86_64"), "-L", str(root / "usr/share/qemu")]
+    raise LabError(f"unknown QEMU build {build!r} (one of {', '.join(QEMU_BUILDS)})")
+
+
+@dataclass
+class SeedKnobs:
+    """Driver O's knobs for the seed scenarios (see lab/driver-o/block-o.c)."""
+
+    replica_delay_us: int = 100
+    b_cpu_us: int = 200
+
+
+def build_driver_o() -> Path:
+    out = BUILD / "driver-o"
+    proc = subprocess.run(["bash", str(LAB / "driver-o" / "build.sh"), str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"building driver O failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return out / "libqspan-o.so"
+
+
+def replica_path(d: Path) -> Path:
+    # The "fast device": tmpfs when there is one.
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else d
+    return base / f"qspan-replica-{abs(hash(str(d.resolve()))) % 10**8}.img"
+
+
+def _disk_args(d: Path, scenario: str, knobs: SeedKnobs) -> list[str]:
+    if scenario == "stock":
+        return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
+                "-device", "virtio-blk-pci,drive=disk0,iothread=iothread0,request-merging=off"]
+    # -blockdev driver=o is refused (QEMU's QAPI driver list is fixed): -drive takes any registered driver.
+    mitigation = "on" if scenario == "seed-mitigated" else "off"
+    return ["-drive", f"if=none,id=drive-o,driver=o,node-name=o,replica={replica_path(d)},"
+                      f"replica-delay-us={knobs.replica_delay_us},b-cpu-us={knobs.b_cpu_us},mitigation={mitigation},"
+                      f"file.driver=file,file.filename={d / 'disk.img'},file.node-name=b,file.aio=threads",
+            "-device", "virtio-blk-pci,drive=drive-o,iothread=iothread0,request-merging=off"]
+
+
+def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: SeedKnobs = SeedKnobs()) -> list[str]:
+    if scenario not in SCENARIOS:
+        raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    return [
+        *qemu, "-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-nodefaults",
+        "-name", "qspan-lab,debug-threads=on",
+        "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initramfs.gz"),
+        "-append", "console=ttyS0 quiet panic=-1",
+        "-object", "iothread,id=iothread0",
+        *_disk_args(d, scenario, knobs),
+        "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
+        "-pidfile", str(d / "qemu.pid"),
+        "-serial", f"file:{d / 'console.log'}",
+        "-serial", f"unix:{d / 'cmd.sock'},server=on,wait=off",
+        "-daemonize",
+    ]
+
+
+def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
+    state = lab_dir / "lab.json"
+    if not state.exists():
+        return None
+    info = LabInfo(**json.loads(state.read_text()))
+    return info if process_alive(info.pid) else None
+
+
+def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
+       disk_mb: int = 64, boot_timeout_s: float = 180.0, knobs: SeedKnobs = SeedKnobs(),
+       progress=lambda msg: None) -> LabInfo:
+    running = status(lab_dir)
+    if running:
+        raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan lab down' first")
+    guest = build_guest()
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("console.log", "qemu.pid", "qmp.sock", "cmd.sock", "lab.json"):
+        (lab_dir / name).unlink(missing_ok=True)
+    disk = lab_dir / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(disk_mb << 20)
+    if scenario not in SCENARIOS:
+        raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    env = dict(os.environ)
+    if scenario.startswith("seed"):
+        if qemu != "7.2":
+            raise LabError("the seed scenarios run driver O, which is built for Debian's installed QEMU 7.2 only")
+        progress("building driver O (first time: fetches the QEMU source package, ~1 min)")
+        # LD_PRELOAD reaches QEMU alone: this environment is only for its process.
+        env["LD_PRELOAD"] = str(build_driver_o())
+        replica_path(lab_dir).unlink(missing_ok=True)
+    wrapper, qemu_prefix = qemu_command(qemu)
+    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs)
+    progress(f"starting QEMU {qemu} ({scenario} scenario) in {lab_dir}")
+    proc = subprocess.run(wrapper + argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise LabError(f"QEMU failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
+    pid = int((lab_dir / "qemu.pid").read_text().strip())
+    info = LabInfo(pid, str(lab_dir / "qmp.sock"), str(lab_dir / "console.log"), str(lab_dir / "cmd.sock"),
+                   str(lab_dir), scenario, qemu, argv,
+                   str(replica_path(lab_dir)) if scenario.startswith("seed") else None)
+    (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
+    progress("booting the guest")
+    deadline = time.monotonic() + boot_timeout_s
+    console = Path(info.console)
+    while time.monotonic() < deadline:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        if "QSPAN-GUEST ready" in text:
+            return info
+        if "QSPAN-GUEST error" in text or not process_alive(pid):
+            down(lab_dir)
+            raise LabError(f"lab guest failed to boot; console: {text.strip().splitlines()[-3:]}")
+        time.sleep(0.2)
+    down(lab_dir)
+    raise LabError(f"lab guest did not boot within {boot_timeout_s:.0f} s (see {console})")
+
+
+def down(lab_dir: Path = DEFAULT_DIR, timeout_s: float = 15.0) -> bool:
+    """Stop the lab's QEMU. Returns False when no lab was running."""
+    state = lab_dir / "lab.json"
+    if not state.exists():
+        return False
+    info = LabInfo(**json.loads(state.read_text()))
+    if process_alive(info.pid):
+        try:
+            with QMPClient(info.qmp) as qmp:
+                qmp.execute("quit")
+        except QMPError:
+            os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while process_alive(info.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_alive(info.pid):
+            os.kill(info.pid, signal.SIGKILL)
+    state.unlink(missing_ok=True)
+    if info.replica:
+        Path(info.replica).unlink(missing_ok=True)
+    return True
+
+
+_DONE_RE = re.compile(r"QSPAN-LOAD done (.*)")
+_REQ_RE = re.compile(r"QSPAN-REQ (\w+) (\d+) (\d+)")
+
+
+def _parse_summary(line: str) -> dict:
+    out: dict = {}
+    for kv in line.split():
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+def send_command(info: LabInfo, command: str) -> tuple[str, int]:
+    """Send one command line to the guest; returns (command id, console offset before it)."""
+    console = Path(info.console)
+    start = console.stat().st_size
+    cmd_id = f"c{time.monotonic_ns()}"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(info.command_socket)
+            s.sendall(f"{cmd_id} {command}\n".encode())
+            time.sleep(0.2)  # let QEMU read it before the connection closes
+    except OSError as err:
+        raise LabError(f"cannot reach the lab guest's command port {info.command_socket}: {err}") from err
+    return cmd_id, start
+
+
+def wait_command(info: LabInfo, cmd_id: str, start: int, timeout_s: float) -> tuple[int, str]:
+    console = Path(info.console)
+    marker = re.compile(rf"QSPAN-CMD {cmd_id} rc=(\d+)")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(console, errors="replace") as f:
+            f.seek(start)
+            text = f.read()
+        m = marker.search(text)
+        if m:
+            return int(m.group(1)), text[: m.start()]
+        if not process_alive(info.pid):
+            raise LabError("the lab QEMU exited while the guest was running a command")
+        time.sleep(0.1)
+    raise LabError(f"the guest did not finish the command within {timeout_s:.0f} s")
+
+
+def load(info: LabInfo, args: str, timeout_s: float = 600.0) -> LoadResult:
+    """Run qspan-load in the guest with `args` and return what it measured."""
+    cmd_id, start = send_command(info, f"load {args}")
+    rc, output = wait_command(info, cmd_id, start, timeout_s)
+    m = _DONE_RE.search(output)
+    if not m:
+        raise LabError(f"qspan-load printed no result (rc={rc}): {output.strip()[-300:]}")
+    reqs = [(op, int(off), int(lat)) for op, off, lat in _REQ_RE.findall(output)]
+    return LoadResult(_parse_summary(m.group(1)), reqs, rc, output)

@@ -1,0 +1,164 @@
+"""End to end on real parts: Debian's QEMU (TCG), a real guest writing with
+several requests in flight, real bpftrace attached by PID through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import guest_requests, require_tracing, run_qspan
+from qspanlab import lab
+from qspanlab.harness import start_traced
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["7.2", "10.0"], ids=lambda v: f"qemu{v}")
+def vm(request, tmp_path_factory):
+    """A lab guest on Debian's QEMU 7.2, then on 10.0 from bookworm-backports (unpacked, namespaced)."""
+    require_tracing()
+    d = tmp_path_factory.mktemp("lab")
+    info = lab.up(d, qemu=request.param)
+    yield info
+    lab.down(d)
+
+
+def _attach(pid: int, out: Path, duration: float) -> subprocess.Popen:
+    # Returns once the probes are attached, so the guest's requests all fall inside the trace.
+    return start_traced("attach", "--pid", str(pid), "--duration", str(duration), "--out", str(out))
+
+
+def test_attach_spans_match_the_guest(vm, output_dir):
+    out = output_dir / "e2e-spans.json"
+    proc = _attach(vm.pid, out, duration=25)
+    res = lab.load(vm, "--op write --qd 4 --count 1000 --verify --log")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    s = res.summary
+    assert res.rc == 0 and s["verify"] == "ok" and s["errors"] == 0, res.output[-500:]
+    guest = guest_requests(res.output)
+    assert s["requests"] == 1000 and len(guest) == 1000
+
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "qspan.spans/1"
+    assert doc["trace"]["end"]["lost_events"] == 0
+    spans = doc["spans"]
+    writes = [x for x in spans if x["op"] == "write"]
+    reads = [x for x in spans if x["op"] == "read"]
+    assert len(writes) == s["requests"]  # all of them
+    assert len(reads) == s["verify_reads"]
+    assert {("write", x["offset"]) for x in writes} == set(guest)
+    node_names = {n["node_name"] for n in doc["target"]["nodes"]}
+    for x in spans:
+        names = [p["name"] for p in x["phases"]]
+        assert names in (["submit", "queue", "device", "handoff", "complete"],
+                         ["kick", "submit", "queue", "device", "handoff", "complete"]), names
+        assert sum(p["dur_ns"] for p in x["phases"]) == x["dur_ns"]
+        assert x["complete"] and x["ack_ns"]
+        assert {n["node"] for n in x["nodes"]} <= node_names  # names read off QEMU's memory match QMP
+        (h,) = x["handoffs"]
+        assert sum(h["instead_ns"].values()) == h["delay_ns"]
+        if x["op"] == "write":
+            assert x["dur_ns"] <= guest[("write", x["offset"])]
+
+    # QEMU and its guest are unharmed once the tracer has detached.
+    assert lab.status(Path(vm.dir)) is not None
+    again = lab.load(vm, "--op write --qd 2 --count 50 --verify")
+    assert again.rc == 0 and again.summary["verify"] == "ok"
+
+
+@pytest.mark.parametrize("transport", ["maps", "printf"])
+def test_record_then_replay_gives_the_same_spans(vm, tmp_path, transport):
+    rec = tmp_path / "t.qspan"
+    proc = start_traced("record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec), "--transport", transport)
+    res = lab.load(vm, "--op read --qd 4 --count 200")
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    out = tmp_path / "s.json"
+    r = run_qspan("spans", str(rec), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["trace"]["end"]["lost_events"] == 0
+    assert len([x for x in doc["spans"] if x["op"] == "read"]) == res.summary["requests"] == 200
+
+
+def test_qemu_exiting_mid_trace_is_reported_and_keeps_the_events(tmp_path):
+    require_tracing()
+    d = tmp_path / "lab2"
+    info = lab.up(d)
+    try:
+        rec = tmp_path / "dying.qspan"
+        proc = start_traced("record", "--pid", str(info.pid), "--duration", "60", "--out", str(rec))
+        lab.send_command(info, "load --op write --qd 2 --duration 30")
+        time.sleep(3)
+        os.kill(info.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        lab.down(d)
+    assert proc.returncode != 0
+    assert f"QEMU PID {info.pid} exited during the trace" in err and "Traceback" not in err
+    from qspan.output import recording
+    r = recording.read(rec)  # complete, with an #end line saying why
+    assert r.end["reason"] == "qemu-exited" and len(r.events) > 0
+
+
+def test_ps_lists_the_lab_qemu(vm):
+    r = run_qspan("ps")
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.split()[:1] == [str(vm.pid)])
+    assert f" {vm.qemu}." in line and "uprobe" in line and vm.qmp in line
+
+
+def test_tracer_print_shows_the_program_for_the_pid(vm):
+    r = run_qspan("tracer", "--pid", str(vm.pid), "--print")
+    assert r.returncode == 0
+    assert r.stdout.startswith("// generated by qspan")
+    assert f"/proc/{vm.pid}/root/" in r.stdout and "/usr/bin/qemu-system-x86_64:qemu_coroutine_switch" in r.stdout
+    iothreads = [t for t in json.loads(run_qspan("inspect", "--pid", str(vm.pid)).stdout)["threads"] if t["role"] == "iothread"]
+    assert iothreads and f"tid == {iothreads[0]['tid']}" in r.stdout
+
+
+def test_other_qemus_running_the_same_binary_are_not_traced(tmp_path, output_dir):
+    """Two lab QEMUs on one binary: tracing A sees A's requests only (uprobes attached with -p)."""
+    require_tracing()
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a = lab.up(a_dir)
+    try:
+        b = lab.up(b_dir)
+        try:
+            out = tmp_path / "a.json"
+            proc = _attach(a.pid, out, duration=15)
+            b_cmd = lab.send_command(b, "load --op write --qd 4 --count 300")
+            ra = lab.load(a, "--op write --qd 2 --count 40")
+            lab.wait_command(b, *b_cmd, timeout_s=120)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        finally:
+            lab.down(b_dir)
+    finally:
+        lab.down(a_dir)
+    spans = json.loads(out.read_text())["spans"]
+    assert ra.summary["requests"] == 40
+    assert len([x for x in spans if x["op"] == "write"]) == 40
+
+
+def test_aggregate_mode_counts_every_guest_write(vm, tmp_path):
+    """Two probe hits per request, histograms in BPF: the count equals the guest's, latency within the guest's."""
+    out = tmp_path / "agg.json"
+    proc = start_traced("aggregate", "--pid", str(vm.pid), "--duration", "15", "--out", str(out))
+    res = lab.load(vm, "--op write --qd 4 --count 400 --log")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = json.loads(out.read_text())
+    total = doc["total"]["write"]
+    assert total["requests"] == res.summary["requests"] == 400
+    assert doc["end"]["reason"] == "duration"
+    # host-side latency (first block node -> ack) is part of what the guest measured
+    guest_p50_us = sorted(guest_requests(res.output).values())[200] / 1000
+    assert 0 < total["p50_us"] <= guest_p50_us + 10, (total, guest_p50_us)

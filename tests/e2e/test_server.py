@@ -1,0 +1,156 @@
+"""The web API on a real server (uvicorn in a subprocess) against a real lab QEMU."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+
+from helpers import REPO, require_tracing
+from qspanlab import lab
+from qspanlab.harness import ServerProcess as Server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory):
+    require_tracing()
+    d = tmp_path_factory.mktemp("lab")
+    info = lab.up(d)
+    yield info
+    lab.down(d)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server().wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def session(server, vm):
+    sid = server.attach(vm.pid, timeout_s=120)
+    res = lab.load(vm, "--op write --qd 4 --count 400 --rate 400 --verify")
+    assert res.summary["verify"] == "ok"
+    time.sleep(1.5)  # the reorder window and a tick
+    return sid, res
+
+
+def test_attach_then_spans_match_the_guest(server, session):
+    sid, res = session
+    status, body = server.get(f"/api/sessions/{sid}")
+    assert status == 200
+    assert body["status"]["lost_events"] == 0 and body["status"]["events"] > 0
+    assert body["breakdown"]["write"]["requests"] == res.summary["requests"]
+    status, spans = server.get(f"/api/sessions/{sid}/spans?op=write&limit=20000")
+    assert status == 200 and len(spans) == res.summary["requests"]
+    slow = server.get(f"/api/sessions/{sid}/spans?op=write&min_dur_us=100000000")[1]
+    assert slow == []
+    # the server keeps the timelines of the newest spans and of the slowest (what the page drills into)
+    every = server.get(f"/api/sessions/{sid}/spans?limit=20000")[1]
+    for s in (every[-1], max(every, key=lambda s: s["dur_ns"])):
+        one = server.get(f"/api/sessions/{sid}/spans/{s['id']}")[1]
+        assert one["span"]["id"] == s["id"] and one["timeline"], "a span comes with its thread's timeline"
+
+
+def test_exports(server, session):
+    sid, res = session
+    status, doc = server.get(f"/api/sessions/{sid}/export/spans.json")
+    assert status == 200 and doc["schema"] == "qspan.spans/1"
+    assert len([s for s in doc["spans"] if s["op"] == "write"]) == res.summary["requests"]
+    status, trace = server.get(f"/api/sessions/{sid}/export/perfetto.json")
+    assert status == 200
+    evs = trace["traceEvents"]
+    names = {e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert any("iothread" in n for n in names)
+    assert sum(1 for e in evs if e["ph"] == "b" and e["cat"] == "request" and e["name"].startswith("write #")) == res.summary["requests"]
+    starts = {e["id"] for e in evs if e["ph"] == "s"}
+    finishes = {e["id"] for e in evs if e["ph"] == "f"}
+    assert starts and starts == finishes, "every handoff flow has both ends"
+    assert any(e["ph"] == "X" and e["name"].startswith("co ") for e in evs), "coroutine runs are slices"
+
+
+def test_live_websocket_frames(server, session, vm):
+    sid, _ = session
+
+    async def two_frames():
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/api/sessions/{sid}/live") as ws:
+            a = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            b = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return a, b
+
+    a, b = asyncio.run(two_frames())
+    assert a["type"] == b["type"] == "frame"
+    assert a["latency"] and a["latency"][0]["op"] == "write"
+    assert a["slowest"] and a["slowest"][0]["dur_us"] >= a["slowest"][-1]["dur_us"]
+    assert a["status"]["state"] == "attached"
+
+
+def test_bad_input(server, session, vm):
+    sid, _ = session
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        cases = [
+            ("POST", "/api/sessions", {"pid": 99999999}, 404, "no process"),
+            ("POST", "/api/sessions", {"pid": sleeper.pid}, 422, "is not QEMU"),
+            ("POST", "/api/sessions", {"pid": -3}, 422, None),
+            ("POST", "/api/sessions", {"pid": vm.pid, "profile": "../etc"}, 422, None),
+            ("POST", "/api/sessions", {"pid": vm.pid, "program": "BEGIN { exit(); }"}, 409, "already traced"),
+            ("POST", "/api/sessions", {"pid": vm.pid}, 409, "already traced"),
+            ("DELETE", "/api/sessions/nope", None, 404, "no session"),
+            ("GET", "/api/sessions/nope/spans", None, 404, "no session"),
+            ("GET", f"/api/sessions/{sid}/spans?since_ns=-1", None, 422, None),
+            ("GET", f"/api/sessions/{sid}/spans?op=delete", None, 422, None),
+            ("GET", f"/api/sessions/{sid}/spans?limit=0", None, 422, None),
+            ("GET", f"/api/sessions/{sid}/spans/999999999", None, 404, "not (or no longer)"),
+        ]
+        for method, path, body, want, text in cases:
+            status, reply = server.request(method, path, body)
+            assert status == want, (method, path, body, status, reply)
+            if text:
+                assert text in json.dumps(reply), (path, reply)
+    finally:
+        sleeper.kill()
+    # bpftrace text is not an API input: the extra field above was ignored, not run
+    schema = server.get("/openapi.json")[1]
+    attach_schema = schema["components"]["schemas"]["AttachRequest"]["properties"]
+    assert set(attach_schema) == {"pid", "profile"}
+
+
+def test_websocket_from_a_foreign_origin_is_refused(server, session):
+    sid, _ = session
+
+    async def connect(origin):
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/api/sessions/{sid}/live", origin=origin) as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))["type"]
+
+    assert asyncio.run(connect(f"http://127.0.0.1:{server.port}")) == "frame"
+    with pytest.raises(websockets.exceptions.InvalidStatus) as err:  # refused in the handshake
+        asyncio.run(connect("http://evil.example"))
+    assert err.value.response.status_code == 403
+
+
+def test_non_loopback_needs_a_token():
+    r = subprocess.run([sys.executable, "-m", "qspan.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={"PYTHONPATH": str(REPO / "backend"), "PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0 and "needs --token" in r.stderr and "Traceback" not in r.stderr
+    s = Server("--token", "s3cret").wait_ready(headers={"Authorization": "Bearer s3cret"})
+    try:
+        assert s.request("GET", "/api/sessions")[0] == 401
+        assert s.request("GET", "/api/sessions", headers={"Authorization": "Bearer s3cret"})[0] == 200
+    finally:
+        s.stop()
+
+
+def test_detach(server, session):
+    sid, _ = session
+    status, body = server.request("DELETE", f"/api/sessions/{sid}")
+    assert status == 200 and body["state"] == "detached" and body["reason"] == "stopped"

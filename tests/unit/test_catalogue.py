@@ -1,0 +1,82 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from qspan import catalogue
+from qspan.errors import CatalogueError
+
+
+def test_catalogue_loads_and_every_event_is_mapped():
+    cat = catalogue.load()
+    assert "co.switch" in cat.events and "req.submit" in cat.events
+    mapped = {p.event for p in cat.probes} | {p.event for prof in cat.profiles.values() for p in prof.probes}
+    own = {e for e in cat.events if e.startswith("trace.")}  # emitted by qspan's program itself
+    assert own == {"trace.window"} and mapped == set(cat.events) - own
+    assert {"stock", "lab-o"} <= set(cat.profiles)
+    assert cat.profiles["lab-o"].roles == {"driver": "O", "hop": "replication", "spawn": "B"}
+
+
+def test_every_event_is_documented():
+    doc = (REPO / "docs" / "events.md").read_text()
+    documented = set(re.findall(r"^### `([a-z0-9_.]+)`", doc, re.M))
+    assert documented == set(catalogue.load().events), "docs/events.md and tracers/events.txt disagree"
+
+
+def test_no_uretprobes_anywhere_in_the_catalogue():
+    for p in catalogue.load().probes:
+        assert p.source in ("uprobe", "usdt", "tracepoint")
+    text = (REPO / "tracers" / "probes.txt").read_text()
+    assert not re.search(r"^\S+\s+(uretprobe|ur)\s", text, re.M)
+
+
+def test_version_selection_picks_the_right_signature():
+    cat = catalogue.load()
+    pool72 = [p for p in cat.select((7, 2), ("uprobe",)) if p.event == "pool.submit"]
+    pool10 = [p for p in cat.select((10, 0), ("uprobe",)) if p.event == "pool.submit"]
+    assert [p.args[0] for p in pool72] == ["arg1"]  # (pool, func, arg, cb, opaque)
+    assert [p.args[0] for p in pool10] == ["arg0"]  # (func, arg, cb, opaque)
+    # node names are read at version-specific offsets: only where they were measured
+    names = {v: [p.args[1] for p in cat.select(v, ("uprobe",)) if p.event == "node.name"] for v in [(7, 2), (10, 0), (9, 1)]}
+    assert all("0x40b8" in a for a in names[(7, 2)]) and names[(7, 2)]
+    assert all("0x40d8" in a for a in names[(10, 0)]) and names[(10, 0)]
+    assert names[(9, 1)] == []
+
+
+def _write(tmp: Path, events: str, probes: str) -> Path:
+    (tmp / "events.txt").write_text(events)
+    (tmp / "probes.txt").write_text(probes)
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "events,probes,message",
+    [
+        ("co.switch a,b,c desc\n", "", r"events.txt:1: event co.switch must list 4"),
+        ("co.switch a,b,c,d x\nco.switch a,b,c,d y\n", "", r"events.txt:2: event co.switch defined twice"),
+        ("co.switch a,b,c,d x\n", "# c\nco.swtch uprobe * f proc - - - -\n", r"probes.txt:2: unknown event 'co.swtch'"),
+        ("co.switch a,b,c,d x\n", "co.switch kprobe * f proc - - - -\n", r"probes.txt:1: unknown probe source"),
+        ("co.switch a,b,c,d x\n", "co.switch uprobe 7.x f proc - - - -\n", r"probes.txt:1: bad QEMU version"),
+        ("co.switch a,b,c,d x\n", "co.switch uprobe * f proc - -\n", r"probes.txt:1: expected EVENT"),
+        ("co.switch a,b,c,d x\nco.wake a,b,c,d y\n", "co.switch uprobe * f proc - - - -\n", r"events.txt:2: event co.wake has no probe"),
+    ],
+)
+def test_malformed_catalogue_names_file_and_line(tmp_path, events, probes, message):
+    with pytest.raises(CatalogueError, match=message):
+        catalogue.load(_write(tmp_path, events, probes))
+
+
+@pytest.mark.parametrize("profile,message", [
+    ("name p\nrole hopp x\n", r"p.txt:2: expected 'role ROLE NAME'"),
+    ("name p\nlibrary l.so\nprobe co.switch usdt noprovider proc - - - -\n", r"p.txt:3: a profile probe's target is provider:name"),
+    ("name q\n", r"p.txt:1: profile must be named after its file"),
+    ("name p\nprobe co.switch usdt o:x proc - - - -\n", r"p.txt: a profile with probes needs a 'library'"),
+    ("name p\nfrobnicate yes\n", r"p.txt:2: unknown profile line 'frobnicate'"),
+])
+def test_malformed_profile_names_file_and_line(tmp_path, profile, message):
+    d = _write(tmp_path, "co.switch a,b,c,d x\n", "co.switch uprobe * f proc - - - -\n")
+    (d / "profiles").mkdir()
+    (d / "profiles" / "p.txt").write_text(profile)
+    with pytest.raises(CatalogueError, match=message):
+        catalogue.load(d)

@@ -1,0 +1,363 @@
+"""The correlator on a real recorded stream and on hand-built tricky cases."""
+
+import random
+from dataclasses import asdict
+
+import pytest
+
+from helpers import DATA, guest_requests
+from qspan.output import recording
+from qspan.correlate import correlate
+from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event, Lost
+
+IOT, MAIN, WORKER, REMOTE = 100, 99, 200, 300
+HEADER = {"target": {"threads": [{"tid": MAIN, "role": "main"}, {"tid": IOT, "role": "iothread"}]}}
+
+
+def E(kind, ts, tid, *args):
+    return Event(kind, ts, tid, tuple(args) + (0,) * (4 - len(args)))
+
+
+def enter(ts, tid, frm, to):
+    return E("co.switch", ts, tid, frm, to, CO_ENTER)
+
+
+def yield_(ts, tid, frm, to):
+    return E("co.switch", ts, tid, frm, to, CO_YIELD)
+
+
+def term(ts, tid, frm, to):
+    return E("co.switch", ts, tid, frm, to, CO_TERMINATE)
+
+
+LEADER = 1
+
+
+@pytest.fixture(scope="module")
+def real():
+    rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
+    guest = guest_requests((DATA / "stock-qd4-w100.guest.txt").read_text())
+    return rec, guest, correlate([*rec.events, *rec.lost], rec.header)
+
+
+def test_real_stream_one_span_per_guest_request(real):
+    rec, guest, res = real
+    writes = [s for s in res.spans if s.op == "write"]
+    reads = [s for s in res.spans if s.op == "read"]
+    assert len(guest) == 100
+    assert len(writes) == 100  # every guest write, not "most"
+    assert len(reads) == 100  # the guest's verify pass re-reads every block it wrote
+    assert {("write", s.offset) for s in writes} == set(guest)
+    assert res.stats["unfinished"] == 0 and res.stats["incomplete"] == 0
+
+
+def test_real_stream_phases_cover_each_span_exactly(real):
+    _, _, res = real
+    for s in res.spans:
+        names = [p.name for p in s.phases]
+        assert names in (["submit", "queue", "device", "handoff", "complete"],
+                         ["kick", "submit", "queue", "device", "handoff", "complete"]), names
+        assert sum(p.dur_ns for p in s.phases) == s.dur_ns
+        assert s.phases[0].start_ns == s.start_ns
+        for a, b in zip(s.phases, s.phases[1:]):
+            assert a.start_ns + a.dur_ns == b.start_ns
+        assert [n.node for n in s.nodes] == ["disk0"] and s.nodes[0].driver == "file"
+        assert len(s.pool) == 1 and s.pool[0].worker_tid and s.pool[0].io_done_ns
+        (h,) = s.handoffs
+        assert h.signal == "sys.io_done" and h.cross_thread and h.to_tid == s.tid
+        assert sum(h.instead_ns.values()) == h.delay_ns
+        assert s.ack_ns and s.start_ns < s.ack_ns <= s.end_ns
+
+
+def test_real_stream_host_span_fits_inside_guest_latency(real):
+    _, guest, res = real
+    for s in res.spans:
+        if s.op == "write":
+            assert s.dur_ns <= guest[("write", s.offset)], f"host span longer than the guest saw at {s.offset}"
+
+
+def test_deterministic_under_shuffled_input(real):
+    rec, _, res = real
+    events = [*rec.events, *rec.lost]
+    random.Random(7).shuffle(events)
+    again = correlate(events, rec.header)
+    assert [asdict(s) for s in again.spans] == [asdict(s) for s in res.spans]
+
+
+def _request(ts, co, offset=4096):
+    return [E("req.submit", ts, IOT, 0xB1, offset, 4096, 2), enter(ts + 1, IOT, LEADER, co)]
+
+
+def test_nested_child_coroutine_and_other_request_during_handoff():
+    A, B, C = 0xA, 0xB, 0xC  # A: request 1, B: a child A spawns, C: request 2
+    ev = [
+        *_request(1000, A),
+        enter(1010, IOT, A, B),  # A spawns B (a backing write): B runs nested
+        yield_(1020, IOT, B, A),
+        yield_(1030, IOT, A, LEADER),  # A waits (remote replica)
+        E("co.schedule", 1100, REMOTE, 0, A),  # replica thread: A is ready
+        enter(1110, IOT, LEADER, B),  # but the iothread runs B first ...
+        yield_(1150, IOT, B, LEADER),
+        *_request(1160, C, offset=8192),  # ... and a whole other request
+        term(1190, IOT, C, LEADER),
+        enter(1200, IOT, LEADER, A),  # finally A
+        term(1210, IOT, A, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    first, second = res.spans
+    assert [(c.co, c.role) for c in first.children] == [(B, "nested")]
+    assert [p.name for p in first.phases] == ["submit", "remote", "handoff", "complete"]
+    (h,) = first.handoffs
+    assert (h.signal, h.from_tid, h.to_tid, h.cross_thread) == ("co.schedule", REMOTE, IOT, True)
+    assert h.delay_ns == 100
+    assert h.instead_ns["spawned"] == 40  # B: 1110-1150
+    assert h.instead_ns["other_requests"] == 29  # C: 1161-1190
+    assert h.instead_ns["event_loop"] == 100 - 40 - 29
+    assert (h.instead_top[0].co, h.instead_top[0].request, h.instead_top[0].role) == (B, first.id, "nested")
+    assert second.dur_ns == 30 and second.handoffs == []
+
+
+def test_coroutine_resumed_on_another_thread():
+    A = 0xA
+    ev = [
+        *_request(1000, A),
+        yield_(1010, IOT, A, LEADER),
+        E("co.wake", 1050, REMOTE, A),
+        enter(1070, MAIN, LEADER, A),  # e.g. a drain in the main loop enters it
+        term(1080, MAIN, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    (h,) = s.handoffs
+    assert (h.from_tid, h.to_tid, h.ready_ns, h.delay_ns) == (REMOTE, MAIN, 1050, 20)
+    assert s.dur_ns == 80 and sum(p.dur_ns for p in s.phases) == 80
+
+
+def test_wakeup_before_yield_counts_from_the_yield():
+    A = 0xA
+    ev = [
+        *_request(1000, A),
+        E("co.schedule", 1005, REMOTE, 0, A),  # a very fast replica: ready before A yields
+        yield_(1010, IOT, A, LEADER),
+        enter(1030, IOT, LEADER, A),
+        term(1040, IOT, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    (h,) = s.handoffs
+    assert (h.ready_ns, h.delay_ns, h.signal) == (1010, 20, "co.schedule")
+
+
+def test_asleep_and_runnable_are_told_apart():
+    A = 0xA
+    ev = [
+        *_request(1000, A),
+        yield_(1010, IOT, A, LEADER),
+        E("sched.switch", 1020, IOT, IOT, 5, 1),  # iothread sleeps (S)
+        E("co.schedule", 1030, REMOTE, 0, A),
+        E("sched.wakeup", 1040, REMOTE, IOT),
+        E("sched.switch", 1070, 5, 5, IOT, 0),  # gets a CPU 30 ns later
+        enter(1080, IOT, LEADER, A),
+        term(1090, IOT, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    inst = s.handoffs[0].instead_ns
+    assert (inst["asleep"], inst["runnable"], inst["event_loop"]) == (10, 30, 10)
+
+
+def test_lost_events_mark_spans_in_flight_incomplete():
+    A, C = 0xA, 0xC
+    ev = [
+        *_request(1000, A),
+        yield_(1010, IOT, A, LEADER),
+        Lost(5, 1020),
+        enter(1030, IOT, LEADER, A),
+        term(1040, IOT, A, LEADER),
+        *_request(2000, C),
+        term(2010, IOT, C, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    assert [s.complete for s in res.spans] == [False, True]
+    assert res.stats["lost_events"] == 5 and res.stats["incomplete"] == 1
+
+
+def test_lost_yield_resynchronises_the_stack():
+    A, C = 0xA, 0xC
+    ev = [
+        *_request(1000, A),
+        enter(1005, IOT, A, 0xD),  # D's yield back is lost
+        yield_(1010, IOT, A, LEADER),  # A yields although D looks on top
+        enter(1030, IOT, LEADER, A),
+        term(1040, IOT, A, LEADER),
+        *_request(2000, C),
+        term(2010, IOT, C, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    assert [s.dur_ns for s in res.spans] == [40, 10]
+
+
+O_HEADER = dict(HEADER, profile={"name": "lab-o", "roles": {"driver": "O", "hop": "replication", "spawn": "B"}})
+
+
+def test_profile_driver_with_replica_hop_and_spawned_backing_writes():
+    """The seed's shape: O hops to a replica thread, spawns B; B of an earlier request delays the ack."""
+    A, BA, C, BC = 0xA, 0xBA, 0xC, 0xBC
+    ev = [
+        *_request(1000, A, offset=0),
+        E("drv.enter", 1005, IOT, 0, 4096),
+        E("drv.hop", 1010, IOT, 0, 4096, 0x77),
+        E("drv.spawn", 1012, IOT, 0, 4096, BA),
+        yield_(1015, IOT, A, LEADER),
+        enter(1016, IOT, LEADER, BA),  # B of A runs (queued by aio_co_enter) ...
+        yield_(1020, IOT, BA, LEADER),
+        *_request(1030, C, offset=8192),
+        E("drv.enter", 1032, IOT, 8192, 4096),
+        E("drv.hop", 1034, IOT, 8192, 4096, 0x78),
+        E("drv.spawn", 1036, IOT, 8192, 4096, BC),
+        yield_(1040, IOT, C, LEADER),
+        enter(1041, IOT, LEADER, BC),  # B of C burns CPU for 100 ns ...
+        E("drv.hop_done", 1050, REMOTE, 0, 4096, 0x77, A),  # ... while A's replica completes
+        E("co.schedule", 1052, REMOTE, 0, A),
+        yield_(1141, IOT, BC, LEADER),
+        enter(1150, IOT, LEADER, A),
+        E("drv.ack", 1155, IOT, 0, 4096),
+        E("req.ack", 1160, IOT, 1, 2, 3),
+        term(1170, IOT, A, LEADER),
+        enter(1200, IOT, LEADER, BA),
+        E("drv.spawn_done", 1210, IOT, 0, 4096),
+        term(1211, IOT, BA, LEADER),
+    ]
+    res = correlate(ev, O_HEADER)
+    a = res.spans[0]
+    assert [(p.name, p.dur_ns) for p in a.phases] == [
+        ("submit", 5), ("O", 5), ("replication", 40), ("callback", 2), ("handoff", 98), ("run", 5), ("ack", 5),
+    ]
+    assert a.dur_ns == 160 and a.hop_done_ns == 1050
+    (h,) = a.handoffs
+    assert (h.signal, h.from_tid, h.ready_ns, h.resumed_ns) == ("co.schedule", REMOTE, 1052, 1150)
+    assert h.instead_ns["spawned"] == 89  # B of C: 1052-1141
+    assert h.instead_top[0].co == BC and h.instead_top[0].role == "B" and h.instead_top[0].request == 2
+    (child,) = a.children
+    assert (child.co, child.role, child.offset, child.start_ns, child.end_ns) == (BA, "B", 0, 1012, 1210)
+
+
+def test_a_kick_no_request_took_is_not_charged_to_a_later_one():
+    VCPU = 400
+    header = {"target": {"threads": [*HEADER["target"]["threads"], {"tid": VCPU, "role": "vcpu"}]}}
+    A, C = 0xA, 0xC
+    ev = [
+        E("notify", 1000, VCPU, 0x5E),  # the guest kicks ...
+        E("kick.read", 1010, IOT, 0x5E),  # ... the iothread reads it, submits A
+        *_request(1020, A),
+        term(1030, IOT, A, LEADER),
+        E("notify", 2000, VCPU, 0x5E),  # a kick that brings nothing new
+        E("kick.read", 2010, IOT, 0x5E),
+        E("loop.poll", 2020, IOT),  # back to the event loop
+        *_request(9000, C),  # much later, C arrives by polling
+        term(9010, IOT, C, LEADER),
+    ]
+    a, c = correlate(ev, header).spans
+    assert [p.name for p in a.phases][0] == "kick" and a.start_ns == 1000
+    assert c.start_ns == 9000 and c.phases[0].name == "submit"
+
+
+def test_sampling_windows_keep_whole_requests_and_drop_the_cut_ones(real):
+    """The real stream, as BPF would store it with sampling: events only inside open windows.
+
+    Spans well inside an open window are exactly those of the full stream; requests a
+    closing window cuts are counted as sampled out, never emitted half-made.
+    """
+    rec, _guest, full = real
+    events = sorted(rec.events, key=lambda e: e.ts_ns)
+    t0, t1 = min(s.start_ns for s in full.spans), max(s.end_ns for s in full.spans)
+    third = (t1 - t0) // 3
+    off_at, on_at = t0 + third, t0 + 2 * third  # open, closed, open again
+    kept = [e for e in events if not off_at <= e.ts_ns < on_at or e.kind == "node.name"]
+    windowed = sorted(kept + [E("trace.window", off_at, 0, 0, 2), E("trace.window", on_at, 0, 1, 2)],
+                      key=lambda e: e.ts_ns)
+    got = correlate(windowed, rec.header)
+
+    def key(s):
+        return (s.op, s.offset, s.start_ns, s.end_ns, tuple((p.name, p.dur_ns) for p in s.phases))
+
+    margin = 2_000_000  # a request starting just after a window opens may have had its guest kick before it
+    inside = [s for s in full.spans if s.end_ns < off_at or s.start_ns > on_at + margin]
+    assert len(inside) > 0.4 * len(full.spans)
+    assert {key(s) for s in inside} <= {key(s) for s in got.spans}
+    # nothing from the closed window, nothing cut by it
+    assert not any(off_at <= s.end_ns and s.start_ns < on_at for s in got.spans)
+    cut = [s for s in full.spans if s.start_ns < off_at <= s.co_end_ns]
+    assert got.stats["sampled_out"] == len(cut) > 0
+
+
+def test_state_stays_bounded_when_events_are_lost(real):
+    """A long lossy stream (the real recording replayed, 30 % of events lost): coroutines whose
+    yield or end went missing are forgotten by the sweeps instead of piling up."""
+    from qspan.correlate import SWEEP_NS, Correlator
+
+    rec, _guest, full = real
+    evs = sorted(rec.events, key=lambda e: e.ts_ns)
+    period = evs[-1].ts_ns - evs[0].ts_ns + 1_000_000
+    rng = random.Random(1)
+    c = Correlator(rec.header)
+    sizes = []
+    reps = 40
+    for rep in range(reps):
+        for e in evs:
+            ts = e.ts_ns + rep * period
+            if rng.random() < 0.3:
+                c.add(Lost(1, ts))
+                continue
+            # each replay its own coroutines, as fresh ones would be
+            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
+            c.add(Event(e.kind, ts, e.tid, args))
+        c.take_spans()
+        sizes.append(len(c.alive) + len(c.co_req) + len(c.co_node) + sum(len(t.stack) for t in c.threads.values()))
+    assert reps * period > 4 * SWEEP_NS  # several sweeps happened
+    assert max(sizes[reps // 2:]) < 3 * max(sizes[: reps // 4]) and c.stats["abandoned"] > 0, sizes
+
+    # the same long replay without losses: nothing is swept, every request is a span
+    c = Correlator(rec.header)
+    for rep in range(reps):
+        for e in evs:
+            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
+            c.add(Event(e.kind, e.ts_ns + rep * period, e.tid, args))
+    res = c.finish()
+    assert res.stats["abandoned"] == 0 and len(res.spans) == reps * len(full.spans)
+
+
+SECOND = 1_000_000_000
+
+
+def test_a_long_wait_survives_the_sweeps_after_an_unrelated_loss():
+    """A flush waiting 20 s while events are lost elsewhere is not taken for a leak, and its
+    coroutine, resumed just after another request's submit, is not bound to that request."""
+    A, B = 0xA, 0xB
+    ev = [
+        *_request(1 * SECOND, A),
+        yield_(1 * SECOND + 10, IOT, A, LEADER),
+        E("loop.poll", 6 * SECOND, IOT),
+        Lost(3, 12 * SECOND),
+        *[E("loop.poll", t * SECOND, IOT) for t in (13, 15, 17, 19)],
+        E("req.submit", 21 * SECOND, IOT, 0xB1, 8192, 4096, 2),
+        E("co.wake", 21 * SECOND + 5, REMOTE, A),
+        enter(21 * SECOND + 10, IOT, LEADER, A),
+        term(21 * SECOND + 20, IOT, A, LEADER),
+        enter(21 * SECOND + 30, IOT, LEADER, B),
+        term(21 * SECOND + 40, IOT, B, LEADER),
+    ]
+    res = correlate(ev, HEADER)
+    assert res.stats["abandoned"] == 0
+    assert [(s.offset, s.dur_ns) for s in res.spans] == [(4096, 20 * SECOND + 20), (8192, 40)]
+
+
+def test_a_coroutine_leaked_by_one_burst_of_losses_is_gone_three_sweeps_later():
+    from qspan.correlate import SWEEP_NS, Correlator
+
+    A = 0xA
+    c = Correlator(HEADER)
+    for e in [*_request(SECOND, A), Lost(2, SECOND + 5)]:  # A's yield and end were lost
+        c.add(e)
+    t = SECOND + 10
+    while t < SECOND + 4 * SWEEP_NS:  # clean traffic afterwards, no more losses
+        c.add(E("loop.poll", t, IOT))
+        t += SECOND // 2
+    assert A not in c.alive and A not in c.co_req and c.stats["abandoned"] == 1

@@ -1,0 +1,68 @@
+"""The Chrome trace-event export, on the real recorded stream (structure Perfetto relies on).
+
+Loading it in Perfetto's own trace processor is not possible here: its binary
+is downloaded from Google's storage at run time, and these machines are offline.
+"""
+
+import json
+from dataclasses import asdict
+
+from helpers import DATA
+from qspan.output import chrome as exporters
+from qspan.output import recording
+from qspan.correlate import Correlator, correlate, in_time_order
+
+
+def _spans():
+    rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
+    c = Correlator(rec.header, capture_timeline=True)
+    for ev in in_time_order(rec.events):
+        c.add(ev)
+    spans, timelines = c.take_spans()
+    return [asdict(s) for s in spans], {k: t.dicts() for k, t in timelines.items()}, rec.header
+
+
+def test_chrome_trace_structure():
+    spans, timelines, header = _spans()
+    doc = json.loads(json.dumps(exporters.chrome_trace(spans, timelines, header)))
+    evs = doc["traceEvents"]
+    assert all(e["ph"] in {"M", "X", "b", "e", "s", "f"} for e in evs)
+    tids = {t["tid"] for t in header["target"]["threads"]}
+    assert {e["tid"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"} == tids
+    # every async begin has its end with the same id and name, not before it
+    opened = {}
+    for e in evs:
+        if e["ph"] == "b":
+            opened.setdefault((e["id"], e["name"]), []).append(e["ts"])
+        elif e["ph"] == "e":
+            assert opened[(e["id"], e["name"])].pop() <= e["ts"]
+    assert all(not v for v in opened.values())
+    assert sum(1 for e in evs if e["ph"] == "b" and e["name"].startswith(("write #", "read #"))) == len(spans) == 200
+    # flows: one start and one finish per handoff, the finish binding to the enclosing slice
+    s = {e["id"]: e for e in evs if e["ph"] == "s"}
+    f = {e["id"]: e for e in evs if e["ph"] == "f"}
+    assert len(s) == len(f) == sum(len(x["handoffs"]) for x in spans)
+    assert all(f[i]["bp"] == "e" and s[i]["ts"] <= f[i]["ts"] for i in s)
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in evs if e["ph"] == "X")
+
+
+def test_spans_document_matches_the_cli_schema():
+    spans, _, header = _spans()
+    doc = exporters.spans_document(spans, header, {"spans": len(spans)})
+    assert doc["schema"] == "qspan.spans/1" and doc["target"]["pid"] == header["target"]["pid"]
+    assert doc["spans"] == spans
+
+
+def test_span_dict_equals_dataclasses_asdict_on_real_spans():
+    from dataclasses import asdict
+
+    from qspan.model.spans import span_dict
+
+    rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
+    spans = correlate(rec.events, rec.header).spans
+    assert spans
+    for s in spans:
+        d = span_dict(s)
+        assert d == asdict(s)
+        d["phases"][0]["dur_ns"] = -1  # a copy, not a view of the span
+        assert s.phases[0].dur_ns != -1
