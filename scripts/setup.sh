@@ -23,13 +23,14 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+step "Debian packages: ${packages[*]}"
 if [ ${#missing[@]} -gt 0 ]; then
-    step "installing Debian packages: ${missing[*]}"
+    echo "setup: installing the ${#missing[@]} missing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
-    step "Debian packages: all present"
+    echo "setup: all present"
 fi
 
 # Tracepoints need tracefs; minimal systems and containers may not mount it.
@@ -38,11 +39,17 @@ if [ ! -d /sys/kernel/tracing/events ]; then
     mount -t tracefs nodev /sys/kernel/tracing
 fi
 
-step "Python environment (.venv)"
+step "Python environment (.venv): qspan with its test extras, and the lab package qspan-lab (lab/), both editable"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e lab
+for cmd in qspan qspan-lab; do
+    if ! .venv/bin/$cmd --help >/dev/null; then
+        echo "setup: .venv/bin/$cmd does not run after pip install (see the errors above)" >&2
+        exit 1
+    fi
+done
 
 step "lab guest (kernel + initramfs + qspan-load)"
 bash lab/guest/build.sh build/guest
@@ -54,3 +61,5 @@ step "QEMU 10.0 from bookworm-backports, unpacked for the lab (not installed)"
 bash lab/qemu10/fetch.sh build/qemu-10.0
 
 step "done"
+echo "setup: .venv/bin/qspan (the tracer) and .venv/bin/qspan-lab (up|down|status|load|demo);"
+echo "setup: run '. .venv/bin/activate' to have both on PATH, then e.g. 'qspan-lab demo'"

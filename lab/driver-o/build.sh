@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build driver "o" (block-o.c) as a shared object for the installed Debian QEMU,
 # against the headers of that exact Debian source package:
-#   apt-get source qemu=<installed version>   (enables deb-src if needed)
+#   apt-get source qemu=<installed version>   (enables deb-src if needed, on the
+#   machine's own mirrors: lab/qspanlab/aptsources.py)
 #   QEMU's configure (block-layer headers do not depend on the feature set)
 #   ninja of the generated qapi/trace headers only (seconds, not a QEMU build)
 # The library embeds the build-id of /usr/bin/qemu-system-x86_64 and refuses to
@@ -27,20 +28,11 @@ tree=${tree%-*}   # qemu-7.2+dfsg
 if [ ! -f "$tree/configure" ]; then
     # grep -c reads all its input: with pipefail, grep -q would fail the pipeline by SIGPIPE.
     if ! apt-cache showsrc qemu 2>/dev/null | grep -c "^Version: $srcver\$" >/dev/null; then
-        echo "driver o: enabling deb-src for bookworm (sources of the installed QEMU)"
-        cat >/etc/apt/sources.list.d/qspan-deb-src.sources <<SRC
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+        # The same mirrors as the machine's own bookworm sources (see lab/qspanlab/aptsources.py).
+        list=/etc/apt/sources.list.d/qspan-deb-src.sources
+        entries=$(python3 -I "$here/../qspanlab/aptsources.py" deb-src --by lab/driver-o/build.sh)
+        echo "driver o: enabling deb-src for bookworm in $list (sources of the installed QEMU, from this machine's mirrors)"
+        printf '%s\n' "$entries" >"$list"
         apt-get update -q
     fi
     echo "driver o: fetching the qemu $srcver source package"

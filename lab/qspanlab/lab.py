@@ -8,6 +8,7 @@ the guest's qspan-load to run a workload and returns what the guest measured;
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -112,10 +113,14 @@ def build_driver_o() -> Path:
 
 
 def replica_path(d: Path) -> Path:
-    # The "fast device": tmpfs when there is one.
+    """Driver O's replica for the lab in `d`: the "fast device", on tmpfs when there is one.
+
+    Named by a digest of d's absolute path, the same in every process (hash() of a str is
+    salted per process), so a later `up` finds and removes what an earlier run left."""
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else d
-    return base / f"qspan-replica-{abs(hash(str(d.resolve()))) % 10**8}.img"
+    digest = hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:16]
+    return base / f"qspan-replica-{digest}.img"
 
 
 def _disk_args(d: Path, scenario: str, knobs: SeedKnobs) -> list[str]:
@@ -148,6 +153,23 @@ def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: Seed
     ]
 
 
+def _clear_stale(lab_dir: Path) -> None:
+    """Remove what a lab that ended without `down` (killed, crashed) left in lab_dir and on tmpfs:
+    its replica, as its lab.json recorded it and as replica_path names it."""
+    state = lab_dir / "lab.json"
+    replicas = {replica_path(lab_dir)}
+    try:
+        recorded = json.loads(state.read_text()).get("replica")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and Path(recorded).name.startswith("qspan-replica-"):
+        replicas.add(Path(recorded))
+    for path in replicas:
+        path.unlink(missing_ok=True)
+    for name in ("console.log", "qemu.pid", "qmp.sock", "cmd.sock", "lab.json"):
+        (lab_dir / name).unlink(missing_ok=True)
+
+
 def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
     state = lab_dir / "lab.json"
     if not state.exists():
@@ -161,11 +183,10 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
        progress=lambda msg: None) -> LabInfo:
     running = status(lab_dir)
     if running:
-        raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan lab down' first")
+        raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan-lab down' first")
     guest = build_guest()
     lab_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("console.log", "qemu.pid", "qmp.sock", "cmd.sock", "lab.json"):
-        (lab_dir / name).unlink(missing_ok=True)
+    _clear_stale(lab_dir)
     disk = lab_dir / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(disk_mb << 20)
@@ -178,7 +199,6 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
         progress("building driver O (first time: fetches the QEMU source package, ~1 min)")
         # LD_PRELOAD reaches QEMU alone: this environment is only for its process.
         env["LD_PRELOAD"] = str(build_driver_o())
-        replica_path(lab_dir).unlink(missing_ok=True)
     wrapper, qemu_prefix = qemu_command(qemu)
     argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs)
     progress(f"starting QEMU {qemu} ({scenario} scenario) in {lab_dir}")

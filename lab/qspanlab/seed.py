@@ -1,7 +1,7 @@
 """Run a seed-scenario experiment on the lab: boot with knobs, trace by PID, drive writes, summarize.
 
 Shared by bench/seed_scenarios.py (prints the table for docs/seed-answer.md)
-and tests/test_seed.py (checks the attribution against the known knobs).
+and tests/e2e/test_seed.py (checks the attribution against the known knobs).
 """
 
 from __future__ import annotations

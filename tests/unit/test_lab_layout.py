@@ -1,0 +1,51 @@
+"""The lab is its own package, qspanlab, with its own command, qspan-lab: nothing in it
+names the old layout (qspan.lab, qspan.paths, qspan.clirun, `qspan lab ...`), every
+`qspan-lab X` it tells the user to run exists, and scripts/setup.sh installs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from helpers import REPO
+from qspanlab import cli
+
+LAB_FILES = sorted((REPO / "lab").glob("qspanlab/*.py")) + sorted((REPO / "lab").glob("*/*.sh"))
+OLD_NAMES = re.compile(r"\bqspan\.(lab|paths|clirun)\b|['\"`]qspan lab\b|\bqspan lab (up|down|status|load|demo)\b")
+
+
+def _subcommands() -> set[str]:
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "cmd")
+    return set(sub.choices)
+
+
+def test_no_file_of_the_lab_names_the_old_layout():
+    hits = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in LAB_FILES
+            for n, line in enumerate(p.read_text().splitlines(), 1) if OLD_NAMES.search(line)]
+    assert not hits, "\n".join(hits)
+
+
+def test_every_qspan_lab_command_it_mentions_exists():
+    known = _subcommands()
+    assert known == {"up", "down", "status", "load", "demo"}
+    mentioned = {(p.name, m) for p in LAB_FILES for m in re.findall(r"qspan-lab (\w+)", p.read_text())}
+    assert mentioned, "the lab's messages name qspan-lab commands"
+    assert {(f, m) for f, m in mentioned if m not in known} == set()
+
+
+def test_qspan_lab_is_installed_as_a_command():
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "qspan-lab"]
+    assert ep.value == "qspanlab.cli:main"
+    exe = Path(sys.executable).parent / "qspan-lab"
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "up" in r.stdout and "demo" in r.stdout, r.stderr
+
+
+def test_setup_installs_the_lab_and_checks_its_command():
+    text = (REPO / "scripts" / "setup.sh").read_text()
+    assert re.search(r"pip install .*-e '\.\[test\]' -e lab\b", text)
+    assert re.search(r"for cmd in qspan qspan-lab; do\n\s+if ! \.venv/bin/\$cmd --help", text)
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup.sh")]).returncode == 0
