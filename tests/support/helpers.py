@@ -1,7 +1,9 @@
 """What tests share besides fixtures: where things are, and how to run qspan and read the guest.
 
 Tests that need root, bpftrace or QEMU call require_tracing() and fail loudly when they
-cannot have them: a skipped e2e test would hide a broken CI machine.
+cannot have them: a skipped e2e test would hide a broken CI machine. Such tests live in
+tests/e2e/; require_tracing() refuses to run for a test under tests/unit/ (conftest.py tells
+it which test is running), so `make unit` never needs root, bpftrace or QEMU.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ SUPPORT = REPO / "tests" / "support"
 DATA = SUPPORT / "data"
 GOLDEN = SUPPORT / "golden"
 OUTPUT = REPO / "test-output"
+UNIT = REPO / "tests" / "unit"
 QSPAN = [sys.executable, "-m", "qspan.cli"]
+
+# The file of the test now running; conftest.py sets it for every test.
+current_test_path: Path | None = None
 
 
 def require_tracing() -> None:
+    if current_test_path is not None and current_test_path.is_relative_to(UNIT):
+        pytest.fail(f"{current_test_path.relative_to(REPO)} is a unit test but needs real tracing: "
+                    "move it to tests/e2e/ (make unit runs without root, bpftrace or QEMU)")
     problems = []
     if os.geteuid() != 0:
         problems.append("not root")
@@ -38,6 +47,16 @@ def require_tracing() -> None:
 def run_qspan(*args: str, timeout: float = 300, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*QSPAN, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env=env or dict(os.environ), **kw)
+
+
+def one_clear_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """qspan failed the way it should: a non-zero exit, one `qspan: error:` line naming `needles`, no traceback."""
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("qspan: error:")]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
 
 
 def guest_requests(text: str) -> dict[tuple[str, int], int]:

@@ -1,10 +1,11 @@
 """The live pipeline's pure parts: reorder buffer and bounded span store, on the real recording."""
 
 import random
+from dataclasses import replace
 
 from helpers import DATA
 from qspan.output import recording
-from qspan.correlate import Correlator, correlate
+from qspan.correlate import Correlator, correlate, in_time_order
 from qspan.live import ReorderBuffer, SpanStore
 
 
@@ -43,15 +44,58 @@ def test_live_pipeline_equals_offline_correlation_despite_cpu_interleaving():
     assert store.timelines, "timelines captured for the drill-down"
 
 
-def test_store_is_bounded():
+def _recorded_spans():
     rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
-    spans = correlate(rec.events, rec.header).spans
+    c = Correlator(rec.header, capture_timeline=True)
+    for ev in in_time_order(rec.events):
+        c.add(ev)
+    return c.take_spans()
+
+
+def test_store_is_bounded():
+    spans, timelines = _recorded_spans()
     store = SpanStore(max_spans=50, max_timelines=10)
-    store.add(spans, {s.id: [{"x": 1}] for s in spans})
+    store.add(spans, timelines)
     assert len(store.spans) == 50
-    assert len(store.timelines) <= 10 + 100
+    # a span leaving the ring takes its timeline with it
+    assert store.timelines and set(store.timelines) <= {s["id"] for s in store.spans}
     assert store.slowest(5)[0]["dur_ns"] == max(s["dur_ns"] for s in store.spans)
     assert store.query(op="read", min_dur_us=0, limit=1000) == [s for s in store.spans if s["op"] == "read"]
+
+
+def test_store_trims_timelines_but_keeps_the_slowest():
+    """More spans with timelines than max_timelines (+ its trim batch of 100): the old fast ones go, the slow stay."""
+    spans, timelines = _recorded_spans()
+    max_timelines, batch = 30, 100
+    slow_us = 10 * max(s.dur_ns for s in spans) // 1000
+    rounds = 8  # 1,600 spans, all kept in the ring: only the timeline bound is at work
+    copies, slow_ids = [], []
+    for r in range(rounds):
+        shift_ns = r * 1_000_000_000  # each round one second after the last, as a live session would see them
+        for s in spans:
+            sid = r * 1_000 + s.id
+            dur_ns = s.dur_ns
+            if r < 2 and s.id % 20 == 7:  # 20 early, much slower requests: what the dashboard drills into
+                dur_ns = (slow_us + len(slow_ids)) * 1000
+                slow_ids.append(sid)
+            copies.append((replace(s, id=sid, start_ns=s.start_ns + shift_ns, end_ns=s.start_ns + shift_ns + dur_ns,
+                                   dur_ns=dur_ns), timelines[s.id]))
+    assert len(slow_ids) == 20  # the store keeps the slowest 20 spans' timelines: exactly these
+    store = SpanStore(max_spans=len(copies), max_timelines=max_timelines)
+    peak = 0
+    for i in range(0, len(copies), 64):  # in the live path's batches
+        chunk = copies[i:i + 64]
+        store.add([s for s, _ in chunk], {s.id: t for s, t in chunk})
+        peak = max(peak, len(store.timelines))
+    assert len(store.spans) == len(copies)
+    assert peak <= max_timelines + batch, "the timelines outgrew their bound"
+    kept = set(store.timelines)
+    assert set(slow_ids) <= kept, "the slowest requests' timelines were dropped"
+    assert [s["id"] for s in store.slowest(len(slow_ids))] == slow_ids[::-1]
+    old_fast = [s.id for s, _ in copies[:len(spans)] if s.id not in slow_ids]
+    assert not kept & set(old_fast), "the oldest fast requests' timelines should be the first to go"
+    assert copies[-1][0].id in kept, "the newest request keeps its timeline"
+    assert all(store.timelines[sid] is timelines[sid % 1_000] for sid in kept)
 
 
 def test_a_dump_watermark_releases_events_before_the_lag_would():
