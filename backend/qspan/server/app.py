@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -13,25 +13,42 @@ from fastapi.staticfiles import StaticFiles
 
 from qspan import __version__
 from qspan import resources
-from .api import router
+from qspan.errors import QspanError
+from . import api, exports, ws
+from .deps import token_ok
 from .sessions import SessionManager
 from .settings import Settings
 
+log = logging.getLogger("qspan.server")
+
 # pip installs packages as plain directories, so the resource is a real path StaticFiles can serve.
 FRONTEND = Path(str(resources.frontend()))
+TICK_S = 0.1
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+async def qspan_error(request: Request, err: QspanError) -> JSONResponse:
+    """Every QspanError a route lets through: {"detail": str(err)} with the error's own HTTP status."""
+    status = err.http_status
+    # expected: one line, no traceback; the ones the host must fix (no bpftrace, not root) louder
+    log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s: %d %s",
+            request.method, request.url.path, status, err)
+    return JSONResponse({"detail": str(err)}, status_code=status)
+
+
+def create_app(settings: Settings | None = None, manager: SessionManager | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.check()
-    manager = SessionManager(settings)
+    manager = manager or SessionManager(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async def ticker():
             while True:
-                await asyncio.to_thread(manager.tick)
-                await asyncio.sleep(0.1)
+                try:
+                    await asyncio.to_thread(manager.tick)
+                except Exception:  # a dead ticker would stop every session's correlation and pruning
+                    log.exception("session manager tick failed")
+                await asyncio.sleep(TICK_S)
 
         task = asyncio.create_task(ticker())
         try:
@@ -44,16 +61,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Live per-request latency tracing for QEMU block I/O.")
     app.state.settings = settings
     app.state.manager = manager
+    app.add_exception_handler(QspanError, qspan_error)
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
         if settings.token and request.url.path.startswith("/api"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ") or request.query_params.get("token", "")
-            if not hmac.compare_digest(given, settings.token):
+            if not token_ok(given, settings):
                 return JSONResponse({"detail": "token required"}, status_code=401)
         return await call_next(request)
 
-    app.include_router(router)
+    app.include_router(api.processes_router)
+    app.include_router(api.sessions_router)
+    app.include_router(exports.router)
+    app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 
 from qspan.server.settings import Settings
@@ -10,6 +11,17 @@ from qspan.server.settings import Settings
 
 def _progress(msg: str) -> None:
     print(f"qspan: {msg}", file=sys.stderr, flush=True)
+
+
+def _log_to_stderr(level: int = logging.WARNING) -> None:
+    """The "qspan" loggers to stderr, one line each (uvicorn's own config leaves them alone)."""
+    logger = logging.getLogger("qspan")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("qspan: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # no second copy through a root handler someone else configured
 
 
 def serve(settings: Settings, attach_pid: int | None = None) -> None:
@@ -24,6 +36,7 @@ def serve(settings: Settings, attach_pid: int | None = None) -> None:
     gc.freeze()
     gc.set_threshold(200_000, 20, 100)
 
+    _log_to_stderr()
     app = create_app(settings)
     if attach_pid is not None:
         session = app.state.manager.attach(attach_pid, None)

@@ -25,10 +25,16 @@ class Settings:
     sampling: str = "auto"
     # each session's raw recording stops growing here (~2.5 MB/s at full rate unsampled)
     record_max_mb: int = 2048
+    # Ended (detached or failed) sessions are forgotten, their spans with them, once more
+    # than this many have ended or this long after they ended; their recordings stay on disk.
+    keep_ended_sessions: int = 32
+    ended_session_ttl_s: float = 3600.0
 
     def check(self) -> None:
         if self.record_max_mb < 0:
             raise QspanError(f"--record-max-mb must be 0 (no limit) or more, not {self.record_max_mb}")
+        if self.keep_ended_sessions < 0 or self.ended_session_ttl_s < 0:
+            raise QspanError("keep_ended_sessions and ended_session_ttl_s must be 0 or more")
         if not is_loopback(self.host) and not self.token:
             raise QspanError(
                 f"refusing to serve on {self.host}: a non-loopback address needs --token "

@@ -15,7 +15,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from qspan.errors import TargetError
+from qspan.errors import NoSuchProcess, NotQemu, TargetError
 from qspan.target.qmp import QMPClient, QMPError
 
 PROC = Path("/proc")
@@ -102,7 +102,7 @@ def _read(path: Path) -> str:
 def _check_pid(pid: int) -> Path:
     proc = PROC / str(pid)
     if pid <= 0 or not proc.is_dir():
-        raise TargetError(f"no process with PID {pid}")
+        raise NoSuchProcess(f"no process with PID {pid}")
     return proc
 
 
@@ -114,8 +114,8 @@ def _exe_of(pid: int) -> str:
         raise TargetError(f"PID {pid}: permission denied reading /proc/{pid}/exe (run qspan as root)") from err
     except FileNotFoundError as err:
         if not proc.is_dir():
-            raise TargetError(f"no process with PID {pid} (it exited)") from err
-        raise TargetError(f"PID {pid} is a kernel thread, not QEMU") from err
+            raise NoSuchProcess(f"no process with PID {pid} (it exited)") from err
+        raise NotQemu(f"PID {pid} is a kernel thread, not QEMU") from err
 
 
 def looks_like_qemu(exe: str) -> bool:
@@ -262,7 +262,7 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
     """Everything qspan needs to know about QEMU process `pid` before tracing it."""
     exe = _exe_of(pid)
     if not looks_like_qemu(exe):
-        raise TargetError(f"PID {pid} is not QEMU (its binary is {exe})")
+        raise NotQemu(f"PID {pid} is not QEMU (its binary is {exe})")
     notes = []
     if exe.endswith(" (deleted)"):
         exe = exe.removesuffix(" (deleted)")

@@ -1,0 +1,57 @@
+"""The live WebSocket: a session's frame a few times a second, then an end message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from .deps import AppSettings, Manager, token_ok
+from .sessions import ENDED
+
+log = logging.getLogger("qspan.server")
+
+router = APIRouter(prefix="/api/sessions", tags=["live"])
+
+
+@router.websocket("/{sid}/live")
+async def live(ws: WebSocket, sid: str, manager: Manager, settings: AppSettings) -> None:
+    origin = ws.headers.get("origin")
+    if origin is not None and origin not in settings.allowed_origins:
+        await ws.close(code=1008, reason="origin not allowed")
+        return
+    # browsers cannot set headers on a WebSocket: the token comes in the query string
+    if not token_ok(ws.query_params.get("token"), settings):
+        await ws.close(code=1008, reason="token required")
+        return
+    s = manager.find(sid)
+    if s is None:
+        await ws.close(code=1008, reason=f"no session {sid}")
+        return
+    await ws.accept()
+    # One frame in flight per client, built fresh each tick: a slow client gets fewer frames,
+    # never a queue; one that cannot take a frame within send_timeout_s is dropped.
+    try:
+        next_tick = time.monotonic()
+        while True:
+            data = manager.frame(s)
+            await asyncio.wait_for(ws.send_text(data), timeout=settings.send_timeout_s)
+            if s.state in ENDED:
+                await ws.send_text(json.dumps({"type": "end", "status": s.status()}))
+                await ws.close()
+                return
+            # a fixed cadence, not "interval after the last send": a busy server keeps its rate
+            next_tick = max(next_tick + settings.frame_interval_s, time.monotonic() - settings.frame_interval_s)
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+    except WebSocketDisconnect:
+        return
+    except asyncio.TimeoutError:
+        log.info("session %s: dropped a live client that took no frame in %.0f s", sid, settings.send_timeout_s)
+    except Exception:
+        log.exception("session %s: live frames failed", sid)
+        with contextlib.suppress(Exception):
+            await ws.close(code=1011, reason="internal error")
