@@ -1,13 +1,17 @@
 """The correlator on a real recorded stream and on hand-built tricky cases."""
 
+import hashlib
+import json
+import os
 import random
 from dataclasses import asdict
 
 import pytest
 
-from helpers import DATA, guest_requests
+from helpers import DATA, GOLDEN, guest_requests
 from qspan.output import recording
-from qspan.correlate import correlate
+from qspan.correlate import Correlator, correlate, in_time_order
+from qspan.model.spans import span_dict
 from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event, Lost
 
 IOT, MAIN, WORKER, REMOTE = 100, 99, 200, 300
@@ -82,6 +86,47 @@ def test_deterministic_under_shuffled_input(real):
     random.Random(7).shuffle(events)
     again = correlate(events, rec.header)
     assert [asdict(s) for s in again.spans] == [asdict(s) for s in res.spans]
+
+
+def _digest(doc) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_real_stream_gives_the_recorded_spans_stats_and_timelines(real):
+    """Byte for byte what the correlator gave this recording when the digest was taken:
+    every phase, handoff (instead_ns, instead_top), node, pool hop and child, the stats,
+    and, through the live path (take_spans with capture_timeline), each span's timeline.
+    A refactoring must not move it; rerun with QSPAN_REGEN=1 only for an intended change."""
+    rec, _guest, res = real
+    offline = _digest({"spans": [span_dict(s) for s in res.spans], "stats": res.stats})
+    c = Correlator(rec.header, capture_timeline=True)
+    for ev in in_time_order([*rec.events, *rec.lost]):
+        c.add(ev)
+    spans, timelines = c.take_spans()
+    live = _digest({"spans": [span_dict(s) for s in spans], "stats": c.stats,
+                    "timelines": {str(sid): tl.dicts() for sid, tl in sorted(timelines.items())}})
+    assert len(spans) == len(timelines) == len(res.spans)
+    # and the same stream replayed with 5 % of it lost: the sweeps, abandoned and incomplete requests
+    evs = sorted(rec.events, key=lambda e: e.ts_ns)
+    period = evs[-1].ts_ns - evs[0].ts_ns + 1_000_000
+    rng = random.Random(1)
+    c = Correlator(rec.header)
+    for rep in range(4):
+        for e in evs:
+            ts = e.ts_ns + rep * period
+            if rng.random() < 0.05:
+                c.add(Lost(1, ts))
+                continue
+            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
+            c.add(Event(e.kind, ts, e.tid, args))
+    lossy_res = c.finish()
+    assert lossy_res.stats["abandoned"] > 0 and lossy_res.stats["incomplete"] > 0
+    lossy = _digest({"spans": [span_dict(s) for s in lossy_res.spans], "stats": lossy_res.stats})
+    got = f"offline {offline}\nlive {live}\nlossy {lossy}\n"
+    golden = GOLDEN / "correlate-stock-qd4-w100.sha256"
+    if os.environ.get("QSPAN_REGEN") == "1":
+        golden.write_text(got)
+    assert got == golden.read_text(), "the correlator's output changed; rerun with QSPAN_REGEN=1 if intended"
 
 
 def _request(ts, co, offset=4096):

@@ -1,0 +1,298 @@
+"""The Correlator: what each event means for the requests, coroutines and threads in flight.
+
+How a request is followed is told in the package's docstring (qspan/correlate/__init__.py).
+Here coroutine, request and driver-profile events are bound to the request they
+concern; thread-level events (scheduler, pool workers, guest kicks) are handled in
+threads.py, mixed in. The rules that cut one request's time into phases are in
+request.py, thread timelines in timeline.py, thread-pool matching in pool.py and
+loss sweeping in sweep.py.
+"""
+
+from __future__ import annotations
+
+from qspan.correlate.config import CorrelatorConfig
+from qspan.correlate.pool import ThreadPool
+from qspan.correlate.request import _Req
+from qspan.correlate.sweep import LossSweep
+from qspan.correlate.threads import GuestKicks, ThreadEvents, _Thread
+from qspan.correlate.timeline import Timeline
+from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event, Lost
+from qspan.model.spans import Child, Handoff, NodeVisit, Result, Span
+
+
+class Correlator(ThreadEvents):
+    """Feed events in timestamp order with add(); take spans with finish()."""
+
+    def __init__(self, header: dict, capture_timeline: bool = False):
+        # capture_timeline: keep, per span, its thread's timeline around it (the dashboard's view)
+        self.capture_timeline = capture_timeline
+        self.timelines: dict[int, Timeline] = {}
+        self.config = CorrelatorConfig.from_header(header)
+        self.watched = self.config.watched  # asked for every scheduler event
+        self.roles = self.config.roles
+        self._forget_flow()
+        self.node_names: dict[int, tuple[str, str]] = {}
+        self.next_id = 1
+        self.spans: list[Span] = []
+        # sampled_out: requests in flight when a sampling window closed (dropped, not spans)
+        # abandoned: requests forgotten by a sweep after losses (never finished, no span)
+        self.stats = {"events": 0, "lost_events": 0, "unbound_submits": 0, "unmatched_io": 0, "incomplete": 0,
+                      "sampled_out": 0, "abandoned": 0}
+        self.last_ts = 0
+        self._events = 0  # counted apart from stats: a dict update per event costs more
+        self.sampling_off = False  # a trace.window closed and the next has not opened
+        self.handlers = {
+            "co.switch": self._co_switch, "co.schedule": self._co_signal, "co.wake": self._co_signal,
+            "req.submit": self._req_submit, "req.ack": self._req_ack,
+            "node.io": self._node_io, "node.name": self._node_name,
+            "notify": self._notify, "kick.read": self._kick_read, "loop.poll": self._loop_poll,
+            "pool.submit": self._pool_submit, "sys.io": self._sys_io, "sys.io_done": self._sys_io_done,
+            "sched.switch": self._sched_switch, "sched.wakeup": self._sched_wakeup,
+            "drv.enter": self._drv_enter, "drv.hop": self._drv_hop, "drv.hop_done": self._drv_hop_done,
+            "drv.ack": self._drv_ack, "drv.spawn": self._drv_spawn, "drv.spawn_done": self._drv_spawn_done,
+            "trace.window": self._window,
+        }
+        # handled while a sampling window is closed: the window itself, and names (printed once)
+        self._always = {self.handlers["trace.window"], self.handlers["node.name"]}
+
+    def _forget_flow(self) -> None:
+        """What the correlator knows of requests, coroutines and threads in flight (reset by sampling)."""
+        self.kicks = GuestKicks(self.config.vcpus)
+        self.children: dict[int, Child] = {}  # live child coroutine -> its record
+        self.threads: dict[int, _Thread] = {}
+        self.alive: set[int] = set()  # coroutines entered and not yet terminated
+        self.co_req: dict[int, _Req] = {}
+        self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
+        self.pool = ThreadPool(self.config.not_workers)
+        self.loss_sweep = LossSweep()
+
+    # -- plumbing -------------------------------------------------------------
+
+    def add(self, ev: Event | Lost) -> None:
+        if type(ev) is Lost:
+            self.stats["lost_events"] += ev.count
+            self.loss_sweep.after_loss()
+            # Anything in flight may have missed an event: say so on its span.
+            for req in {id(r): r for r in self.co_req.values()}.values():
+                req.complete = False
+            for t in self.threads.values():
+                if t.pending_submit:
+                    t.pending_submit.complete = False
+            return
+        self._events += 1
+        ts = self.last_ts = ev.ts_ns
+        if ts >= self.loss_sweep.next_ns:
+            self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.children,
+                                                           self.threads.values())
+        handler = self.handlers.get(ev.kind)
+        if handler is not None and (not self.sampling_off or handler in self._always):
+            handler(ev)
+
+    def _window(self, ev: Event) -> None:
+        """A sampling window opens or closes: what follows starts afresh, as at attach."""
+        if ev.args[0] == 0:
+            # a request is in flight until its own coroutine ends (children may outlive it)
+            in_flight = sum(1 for co, r in self.co_req.items() if r.co == co)
+            self.stats["sampled_out"] += in_flight + sum(1 for t in self.threads.values() if t.pending_submit)
+        self._forget_flow()
+        self.sampling_off = ev.args[0] == 0
+
+    def _who(self, co: int) -> tuple[str, int | None, int]:
+        """What coroutine co works for, for its thread's timeline: role, request id, node."""
+        req = self.co_req.get(co)
+        if req is None:
+            return "", None, self.co_node.get(co, 0)
+        role = "request" if req.co == co else self.children[co].role if co in self.children else "nested"
+        return role, req.id, self.co_node.get(co, 0)
+
+    def _name(self, bs: int) -> tuple[str, str]:
+        return self.node_names.get(bs, (f"0x{bs:x}", ""))
+
+    # -- coroutines -----------------------------------------------------------
+
+    def _co_switch(self, ev: Event) -> None:
+        from_co, to_co, action = ev.args[0], ev.args[1], ev.args[2]
+        touched = self.loss_sweep.touched
+        touched.add(from_co)
+        touched.add(to_co)
+        ts = ev.ts_ns
+        t = self.thread(ev.tid)
+        stack = t.stack
+        if t.timeline is not None:
+            t.timeline.mark(ts, stack[-1] if stack else 0)
+        if action == CO_ENTER:
+            if to_co not in self.alive:
+                self.alive.add(to_co)
+                if to_co not in self.co_req:  # not already linked by drv.spawn
+                    self._bind_new(t, to_co, stack[-1] if stack else 0, ts)
+            stack.append(to_co)
+            req = self.co_req.get(to_co)
+            if req is not None and req.co == to_co and req.wait is not None:
+                self._resume(req, t, ts)
+        elif action in (CO_YIELD, CO_TERMINATE):
+            if stack and stack[-1] == from_co:
+                stack.pop()
+            elif from_co in stack:  # events were lost: resynchronise on what we know
+                del stack[stack.index(from_co):]
+            req = self.co_req.get(from_co)
+            if req is not None and req.co == from_co:
+                if action == CO_YIELD:
+                    req.yielded(ts)
+                else:
+                    self._finish(req, ts)
+            if action == CO_TERMINATE:
+                child = self.children.pop(from_co, None)
+                if child is not None and child.end_ns is None:
+                    child.end_ns = ts
+                self.alive.discard(from_co)
+                self.co_req.pop(from_co, None)
+                self.co_node.pop(from_co, None)
+
+    def _bind_new(self, t: _Thread, co: int, parent: int, ts: int) -> None:
+        req = t.pending_submit
+        if req is not None:
+            t.pending_submit = None
+            req.co = co
+            self.co_req[co] = req
+            return
+        parent_req = self.co_req.get(parent) if parent else None
+        if parent_req is not None:
+            self._link_child(parent_req, co, "nested", None, None, ts)
+
+    def _link_child(self, req: _Req, co: int, role: str, offset: int | None, nbytes: int | None, ts: int) -> None:
+        child = Child(co, role, offset, nbytes, ts, None)
+        self.co_req[co] = req
+        self.children[co] = child
+        req.children.append(child)
+
+    def _co_signal(self, ev: Event) -> None:
+        co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
+        self.loss_sweep.touched.add(co)
+        req = self.co_req.get(co)
+        if req is not None and req.co == co:
+            req.signalled(ev.ts_ns, ev.kind, ev.tid, self.thread(ev.tid).current == co)
+
+    # -- phases ---------------------------------------------------------------
+
+    def _resume(self, req: _Req, t: _Thread, ts: int) -> None:
+        w = req.resumed(ts, self.roles["hop"])
+        if w.ready_ns is not None:
+            # Ready before it was resumed: it waited for thread t, which did something else instead.
+            ready = min(max(w.ready_ns, w.yield_ns), ts)
+            if t.timeline is None:
+                instead, top = {}, []
+            else:
+                instead, top = t.timeline.instead(ready, ts, lambda bs: self._name(bs)[0])
+            req.handoffs.append(
+                Handoff(req.co, w.signal, w.from_tid, t.tid, ready, ts, ts - ready, w.from_tid != t.tid, instead, top)
+            )
+
+    def _finish(self, req: _Req, ts: int) -> None:
+        span = req.ended(ts)
+        if not req.complete:
+            self.stats["incomplete"] += 1
+        if self.capture_timeline:
+            t = self.threads.get(req.tid)
+            timeline = t.timeline if t is not None else None
+            self.timelines[req.id] = (timeline.around(span.start_ns, ts) if timeline is not None
+                                      else Timeline(req.tid, ()))
+        self.spans.append(span)
+
+    # -- requests -------------------------------------------------------------
+
+    def _req_submit(self, ev: Event) -> None:
+        blk, offset, nbytes, op = ev.args
+        t = self.thread(ev.tid)
+        if t.pending_submit is not None:
+            self.stats["unbound_submits"] += 1
+        req = _Req(self.next_id, op, blk, offset, nbytes, ev.tid, ev.ts_ns, cursor_ns=ev.ts_ns)
+        kick = self.kicks.take(ev.tid, ev.ts_ns)
+        if kick is not None:
+            req.kicked(kick)
+        self.next_id += 1
+        t.pending_submit = req
+
+    def _node_io(self, ev: Event) -> None:
+        bs, offset, nbytes, _op = ev.args
+        t = self.thread(ev.tid)
+        req = self.co_req.get(t.current)
+        name, driver = self._name(bs)
+        self.co_node[t.current] = bs
+        if req is not None:
+            req.nodes.append(NodeVisit(name, driver, bs, offset, nbytes, ev.ts_ns, t.current))
+
+    def _node_name(self, ev: Event) -> None:
+        self.node_names[ev.args[0]] = (str(ev.args[1]), str(ev.args[2]))
+
+    def _req_ack(self, ev: Event) -> None:
+        req = self.co_req.get(self.thread(ev.tid).current)
+        if req is not None and req.ack_ns is None:
+            req.ack_ns = ev.ts_ns
+
+    # -- driver events (profiles) ----------------------------------------------
+
+    def _root_req(self, ev: Event) -> _Req | None:
+        co = self.thread(ev.tid).current
+        req = self.co_req.get(co)
+        return req if req is not None and req.co == co else None
+
+    def _drv_enter(self, ev: Event) -> None:
+        req = self._root_req(ev)
+        if req is not None:
+            req.run_as(self.roles["driver"], ev.ts_ns)
+
+    def _drv_ack(self, ev: Event) -> None:
+        req = self._root_req(ev)
+        if req is not None:
+            req.run_as("ack", ev.ts_ns)
+
+    def _drv_hop(self, ev: Event) -> None:
+        req = self._root_req(ev)
+        if req is not None:
+            req.hop_handed(ev.ts_ns)
+
+    def _drv_hop_done(self, ev: Event) -> None:
+        co = ev.args[3]  # named by the hop's thread: the coroutine is not running
+        self.loss_sweep.touched.add(co)
+        req = self.co_req.get(co)
+        if req is not None and req.co == co:
+            req.hop_finished(ev.ts_ns)
+
+    def _drv_spawn(self, ev: Event) -> None:
+        req = self.co_req.get(self.thread(ev.tid).current)
+        if req is not None:
+            self._link_child(req, ev.args[2], self.roles["spawn"], ev.args[0], ev.args[1], ev.ts_ns)
+
+    def _drv_spawn_done(self, ev: Event) -> None:
+        child = self.children.get(self.thread(ev.tid).current)
+        if child is not None:
+            child.end_ns = ev.ts_ns
+
+    # -- results --------------------------------------------------------------
+
+    def _name_nodes(self, spans: list[Span]) -> None:
+        # node.name is printed by the probe after node.io of the same call: nodes are named late.
+        for s in spans:
+            for n in s.nodes:
+                n.node, n.driver = self._name(n.bs)
+
+    def take_spans(self) -> tuple[list[Span], dict[int, Timeline]]:
+        """Spans finished since the last call (live use: the correlator keeps none)."""
+        spans, self.spans = self.spans, []
+        timelines, self.timelines = self.timelines, {}
+        self._name_nodes(spans)
+        self.pool.expire(self.last_ts)
+        return spans, timelines
+
+    def counters(self, spans_taken: int = 0) -> dict:
+        """A spans document's `stats`; `spans_taken`: spans already handed out by take_spans (live)."""
+        unfinished = {id(r): r for r in self.co_req.values() if r.co}
+        pending = [t.pending_submit for t in self.threads.values() if t.pending_submit]
+        return dict(self.stats, events=self._events, spans=len(self.spans) + spans_taken,
+                    unfinished=len(unfinished) + len(pending))
+
+    def finish(self) -> Result:
+        stats = self.counters()
+        self._name_nodes(self.spans)
+        spans = sorted(self.spans, key=lambda s: (s.start_ns, s.id))
+        return Result(spans, stats)

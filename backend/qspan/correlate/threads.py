@@ -1,0 +1,144 @@
+"""The threads around the requests: their records, and what they do outside coroutines.
+
+Each thread's record holds its coroutine stack, a request it submitted whose
+coroutine is not entered yet, and its timeline if its scheduling is watched.
+The Correlator's handlers for thread-level events live here, mixed into it:
+the scheduler switching a watched thread (its timeline), pool workers'
+syscalls (matched in pool.py), and vCPUs kicking the guest's queues, which
+an event loop then reads (GuestKicks).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qspan.correlate.timeline import ThreadTimeline, Who
+from qspan.model.events import Event
+
+if TYPE_CHECKING:
+    from qspan.correlate.pool import ThreadPool
+    from qspan.correlate.request import _Req
+
+
+class _Thread:
+    """What one thread is doing: its coroutine stack and, if watched, its timeline."""
+
+    __slots__ = ("tid", "timeline", "stack", "pending_submit")
+
+    def __init__(self, tid: int, timeline: ThreadTimeline | None):
+        self.tid = tid
+        self.timeline = timeline  # None: the thread's scheduling is not traced
+        self.stack: list[int] = []
+        self.pending_submit: _Req | None = None  # submitted, its coroutine not entered yet
+
+    @property
+    def current(self) -> int:
+        return self.stack[-1] if self.stack else 0
+
+
+class GuestKicks:
+    """Guest kicks not yet charged to a request.
+
+    A vCPU setting an EventNotifier may be a guest kick (TCG's ioeventfd path); it is one
+    when an event loop then reads that notifier as a virtqueue's host notifier, and the
+    first request that thread submits after the read waited for it since the kick.
+    """
+
+    __slots__ = ("vcpus", "unread", "read_by", "last_submit_ns")
+
+    def __init__(self, vcpus: frozenset[int]):
+        self.vcpus = vcpus
+        self.unread: dict[int, int] = {}  # notifier -> earliest vCPU kick not yet read
+        self.read_by: dict[int, int] = {}  # thread -> a kick it read and no request has taken yet
+        self.last_submit_ns: dict[int, int] = {}  # thread -> its last req.submit
+
+    def notify(self, tid: int, notifier: int, ts: int) -> None:
+        if tid in self.vcpus:
+            self.unread.setdefault(notifier, ts)
+
+    def read(self, tid: int, notifier: int) -> None:
+        # Only the first request submitted after the read gets the kick phase: requests that came
+        # without a kick of their own (batched, or picked up by polling) are under- rather than
+        # over-reported.
+        kick = self.unread.pop(notifier, None)
+        # A kick older than the thread's last submission was already served (by polling).
+        if kick is not None and kick >= self.last_submit_ns.get(tid, 0):
+            self.read_by[tid] = kick
+
+    def polled(self, tid: int) -> None:
+        # Back to polling: the handler run that read a kick is over. A kick no request took
+        # (a spurious one) must not be charged to whatever request comes next, maybe much later.
+        self.read_by.pop(tid, None)
+
+    def take(self, tid: int, ts: int) -> int | None:
+        """Thread tid submits a request at ts: the kick it has waited for since, if any."""
+        self.last_submit_ns[tid] = ts
+        return self.read_by.pop(tid, None)
+
+
+class ThreadEvents:
+    """The Correlator's handlers of thread-level events (a mixin: the state is the Correlator's)."""
+
+    # The Correlator's state that these handlers use (see Correlator._forget_flow):
+    watched: frozenset[int]
+    threads: dict[int, _Thread]
+    co_req: dict[int, _Req]
+    kicks: GuestKicks
+    pool: ThreadPool
+    stats: dict[str, int]
+    _who: Who  # what a coroutine works for, asked by the thread's timeline
+
+    def thread(self, tid: int) -> _Thread:
+        t = self.threads.get(tid)
+        if t is None:
+            timeline = ThreadTimeline(tid, self._who) if tid in self.watched else None
+            t = self.threads[tid] = _Thread(tid, timeline)
+        return t
+
+    # -- guest kicks ----------------------------------------------------------
+
+    def _notify(self, ev: Event) -> None:
+        self.kicks.notify(ev.tid, ev.args[0], ev.ts_ns)
+
+    def _kick_read(self, ev: Event) -> None:
+        self.kicks.read(ev.tid, ev.args[0])
+
+    def _loop_poll(self, ev: Event) -> None:
+        self.kicks.polled(ev.tid)
+
+    # -- thread pool ----------------------------------------------------------
+
+    def _pool_submit(self, ev: Event) -> None:
+        co = self.thread(ev.tid).current
+        req = self.co_req.get(co)
+        if req is not None:
+            self.pool.submit(req, co, ev.ts_ns)
+
+    def _sys_io(self, ev: Event) -> None:
+        _fd, pos, _nbytes, op = ev.args
+        if not self.pool.io_start(ev.tid, ev.ts_ns, pos, op):
+            self.stats["unmatched_io"] += 1
+
+    def _sys_io_done(self, ev: Event) -> None:
+        self.pool.io_done(ev.tid, ev.ts_ns)
+
+    # -- scheduler ------------------------------------------------------------
+
+    def _sched_switch(self, ev: Event) -> None:
+        # The hot path with co.switch: half of a stock stream's events (hence no t.current here).
+        prev, nxt, prev_state = ev.args[0], ev.args[1], ev.args[2]
+        watched = self.watched
+        if prev in watched:
+            t = self.thread(prev)
+            stack = t.stack
+            # TASK_RUNNING (0) or only the preemption marker bit: still runnable
+            t.timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "asleep" if prev_state & 0x7F else "runnable")
+        if nxt in watched:
+            t = self.thread(nxt)
+            stack = t.stack
+            t.timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "on")
+
+    def _sched_wakeup(self, ev: Event) -> None:
+        t = self.thread(ev.args[0])
+        if t.timeline is not None:
+            t.timeline.woken(ev.ts_ns)
