@@ -80,3 +80,15 @@ def test_malformed_profile_names_file_and_line(tmp_path, profile, message):
     (d / "profiles" / "p.txt").write_text(profile)
     with pytest.raises(CatalogueError, match=message):
         catalogue.load(d)
+
+
+def test_every_event_probed_is_read_by_the_correlator():
+    # A probe whose event nothing reads costs QEMU a hit (and a map store) for nothing:
+    # loop.wake (sys_exit_ppoll on every watched thread) was one.
+    from qspan.correlate import Correlator
+
+    cat = catalogue.load()
+    handled = set(Correlator({}).handlers)
+    probed = {p.event for p in cat.probes} | {p.event for prof in cat.profiles.values() for p in prof.probes}
+    assert probed - handled == set()
+    assert {name for name in cat.events if name.startswith("trace.")} <= handled
