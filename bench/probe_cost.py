@@ -28,9 +28,9 @@ import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "backend"))
 
-from qspan import catalogue, program, tracer  # noqa: E402
+from qspan import catalogue, program  # noqa: E402
+from qspan.transport import bpftrace as tracer  # noqa: E402
 from qspan.catalogue import ProbeSpec, VersionMatch  # noqa: E402
 
 
@@ -59,15 +59,16 @@ def program_text(exe: Path, pid: int, site: str, action: str) -> str:
     else:
         attach, flt, args = f"uprobe:{exe}:cal_{site}", f"pid == {pid}", ("arg0", "arg1", "arg2", "0")
     probe = ProbeSpec("co.switch", "uprobe", VersionMatch("*", (0, 0)), site, "proc", args, "bench")
-    body = "" if action == "empty" else program._action(probe, spec, action)
-    out = [program.begin_probe("maps" if action == "maps" else "printf"), f"{attach} /{flt}/ {{ {body} }}"]
+    backend = program.transport_module("maps" if action == "maps" else "printf")
+    body = "" if action == "empty" else backend.store(probe, spec)
+    out = [backend.begin(), f"{attach} /{flt}/ {{ {body} }}"]
     if action == "maps":
-        out += program._flush_probes(cat.events[program.WINDOW_EVENT].code, clear_named=False)
+        out += backend.end(cat, named=False)
     return "\n".join(out) + "\n"
 
 
 def traced_ns(t: Target, exe: Path, site: str, action: str, n: int, gap_ns: int) -> tuple[float, int, int]:
-    transport = "maps" if action == "maps" else "printf"
+    transport = program.transport_module("maps" if action == "maps" else "printf").TRANSPORT
     session = tracer.TraceSession(program_text(exe, t.pid, site, action), t.pid, transport=transport)
     attached = threading.Event()
     got = {"lines": 0}

@@ -3,6 +3,7 @@
 import gzip
 
 from helpers import DATA
+from qspan.output import histogram
 from qspan.program import aggregate
 from qspan import catalogue
 from qspan import program
@@ -25,20 +26,20 @@ def test_program_has_two_hits_per_request_and_no_per_event_output():
 
 def test_histograms_from_real_bpftrace_output():
     # bpftrace 0.17 printing lhist() maps (tests/data: captured, not written by hand)
-    reader = aggregate.HistogramReader()
+    reader = histogram.HistogramReader()
     done = None
     with gzip.open(DATA / "aggregate-lhist.txt.gz", "rt") as f:
         for line in f:
             got = reader.line(line.rstrip("\n"))
             done = got if got is not None else done
     assert done == {"read": {50: 1}, "write": {120: 2, **{lo: 0 for lo in range(130, 10000, 10) if lo != 480}, 480: 1, 10000: 1}}
-    s = aggregate.summary(done["write"])
+    s = histogram.summary(done["write"])
     assert s["requests"] == 4 and s["p50_us"] == 125 and s["p99_us"] == 10000  # the >= 10 ms bucket
 
 
 def test_merge_and_empty_summary():
     total = {}
-    aggregate.merge(total, {"write": {120: 2}})
-    aggregate.merge(total, {"write": {120: 1, 130: 1}, "read": {50: 1}})
+    histogram.merge(total, {"write": {120: 2}})
+    histogram.merge(total, {"write": {120: 1, 130: 1}, "read": {50: 1}})
     assert total == {"write": {120: 3, 130: 1}, "read": {50: 1}}
-    assert aggregate.summary({}) == {"requests": 0}
+    assert histogram.summary({}) == {"requests": 0}

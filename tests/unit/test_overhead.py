@@ -6,7 +6,8 @@ import pytest
 
 from helpers import REPO
 from qspan.output import overhead
-from qspan import target
+from qspan.program import hitkind
+from qspan.target import elf
 from qspan.catalogue import costs
 from qspan.errors import CatalogueError
 
@@ -22,7 +23,7 @@ from qspan.errors import CatalogueError
     (b"", "stepped"),
 ], ids=lambda v: v.hex() or "empty" if isinstance(v, bytes) else v)
 def test_first_instruction_kind(code, kind):
-    assert overhead.first_instruction_kind(code) == kind
+    assert hitkind.first_instruction_kind(code) == kind
 
 
 def test_costs_file_parses_and_rejects_garbage(tmp_path):
@@ -48,7 +49,7 @@ def test_estimate_per_request():
 def test_entry_bytes_read_the_binary(tmp_path):
     exe = tmp_path / "probe_target"
     subprocess.run(["gcc", "-O2", "-rdynamic", "-o", str(exe), str(REPO / "bench" / "probe_target.c")], check=True)
-    code = target.entry_bytes(str(exe), {"cal_push", "cal_sub", "nonexistent"})
+    code = elf.entry_bytes(str(exe), {"cal_push", "cal_sub", "nonexistent"})
     assert set(code) == {"cal_push", "cal_sub"}
-    assert overhead.first_instruction_kind(code["cal_push"]) == "emulated"
-    assert overhead.first_instruction_kind(code["cal_sub"]) == "stepped"
+    assert hitkind.first_instruction_kind(code["cal_push"]) == "emulated"
+    assert hitkind.first_instruction_kind(code["cal_sub"]) == "stepped"

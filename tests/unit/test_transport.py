@@ -2,7 +2,8 @@
 
 import pytest
 
-from qspan.transport.text import MalformedLine, MapDumpDecoder, parse_flush_mark
+from qspan.transport.decode import MapDumpDecoder
+from qspan.transport.text import MalformedLine, parse_flush_mark
 
 
 def _e(ts, cpu, seq, tid=7, code=1, args=(1, 2, 3, 0)):

@@ -1,8 +1,11 @@
 """Run bpftrace against a QEMU process: the subprocess edge of the pipeline.
 
 `TraceSession` starts bpftrace on a generated program, waits until the probes
-are attached, then hands every event line to a callback until the duration
-ends, the caller stops it, or QEMU exits. bpftrace's chatter on stderr (the
+are attached, then hands the events on until the duration ends, the caller
+stops it, or QEMU exits. What bpftrace prints goes to one of two outputs,
+chosen by the program's transport: `LineOutput` (printf: every event is a
+line) or `MapOutput` (maps: flush marks say which map to drain; the entries
+are decoded and handed on in time order). bpftrace's chatter on stderr (the
 RLIMIT_MEMLOCK warning on this kind of machine) is tolerated; its errors
 become one TracerError message. "Lost N events" lines are counted, never hidden.
 """
@@ -22,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qspan.errors import TracerError
-from qspan.transport.bpfmaps import EventMaps
-from qspan.transport.text import LOST_RE, MapDumpDecoder, parse_flush_mark
-from qspan.program import BEGIN_MARK, FLUSH_MARK, MAP_CAPACITY, MAP_SIDES, SKIP_MAP
+from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.target import process_alive
+from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, MapOutput, WatermarkCallback
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
 PERF_RB_PAGES = "1024"
@@ -53,23 +55,27 @@ class TraceResult:
 
 
 def bpftrace_path() -> str:
+    from qspan.errors import TracerUnavailable
+
     path = shutil.which("bpftrace")
     if not path:
-        raise TracerError("bpftrace not found on PATH: install it (apt-get install bpftrace)")
+        raise TracerUnavailable("bpftrace not found on PATH: install it (apt-get install bpftrace)")
     return path
 
 
 def check_can_trace() -> None:
-    """Fail early, with one clear line, when tracing is impossible here."""
+    """Fail early, with one clear line (TracerUnavailable), when tracing is impossible here."""
+    from qspan.errors import TracerUnavailable
+
     bpftrace_path()
     if os.geteuid() != 0:
-        raise TracerError("tracing needs root (BPF and uprobes): run qspan as root")
+        raise TracerUnavailable("tracing needs root (BPF and uprobes): run qspan as root")
     if not (TRACEFS / "events").is_dir():
         # Tracepoints need tracefs; a minimal system may not have it mounted.
         try:
             subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as err:
-            raise TracerError(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {err}") from err
+            raise TracerUnavailable(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {err}") from err
 
 
 def _pump(stream, chunks: "queue.SimpleQueue[bytes]") -> None:
@@ -94,7 +100,7 @@ def stderr_errors(stderr: str) -> str:
 
 
 class TraceSession:
-    def __init__(self, program_text: str, pid: int, attach_timeout_s: float = 120.0, transport: str = "maps",
+    def __init__(self, program_text: str, pid: int, transport: Transport, attach_timeout_s: float = 120.0,
                  all_lines: bool = False, sample_every: int = 1):
         self.program_text = program_text
         self.transport = transport
@@ -105,8 +111,12 @@ class TraceSession:
         self._stop_requested = False
         # maps transport: one sampling window in this many is traced (program.WINDOW_MS)
         self.sample_every = sample_every
-        self.sampling_error: str | None = None
+        self._output: LineOutput | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="qspan-")
+
+    @property
+    def sampling_error(self) -> str | None:
+        return self._output.sampling_error if self._output else None
 
     def stop(self) -> None:
         """Ask the session to end (safe from a signal handler or another thread)."""
@@ -118,169 +128,110 @@ class TraceSession:
             raise ValueError(f"sampling factor must be >= 1, not {every}")
         self.sample_every = every
 
-    def run(self, on_line: Callable[[str], None], duration_s: float | None = None,
+    def run(self, on_line: LineCallback, duration_s: float | None = None,
             on_attached: Callable[[], None] | None = None,
-            on_watermark: Callable[[int], None] | None = None,
-            on_batch: Callable[[int, list[tuple]], None] | None = None) -> TraceResult:
+            on_watermark: WatermarkCallback | None = None,
+            on_batch: BatchCallback | None = None) -> TraceResult:
         """Trace until done; `on_line` gets every event line (and "Lost N events" lines).
 
-        With the maps transport, `on_watermark(ts_ns)` is called after each dump:
-        all events stamped before ts_ns (less a moment) have then been handed out.
-        If `on_batch(lost, entries)` is given, the maps transport hands it each
-        dump's entries instead, as (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) tuples
-        in time order, held back so that successive batches stay in order (no text
-        in between: the live path's fast lane); `on_line` then gets the rest.
+        With the maps transport, see MapOutput for `on_batch` and `on_watermark`.
         """
         check_can_trace()
         if not process_alive(self.pid):
             raise TracerError(f"QEMU PID {self.pid} is not running")
+        out = self._output = (MapOutput(on_line, on_batch, on_watermark) if self.transport.batched
+                              else LineOutput(on_line, self.all_lines))
+        proc = self._proc = self._spawn()
+        t0 = time.monotonic()
+        try:
+            reason, attached_at = self._follow(proc, out, t0, duration_s, on_attached)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            out.close()
+            self._errf.seek(0)
+            stderr = self._errf.read()
+            self._errf.close()
+            self._dir.cleanup()
+        end = time.monotonic()
+        if attached_at is None:
+            raise self._attach_failure(reason, stderr)
+        if reason == "tracer-died":
+            reason = "qemu-exited" if not process_alive(self.pid) else "tracer-died"
+        return TraceResult(reason, out.lines, out.lost, attached_at - t0, end - attached_at, stderr)
+
+    def _spawn(self) -> subprocess.Popen:
         prog = Path(self._dir.name) / "qspan.bt"
         prog.write_text(self.program_text)
-        errf = open(Path(self._dir.name) / "stderr", "w+")
+        self._errf = open(Path(self._dir.name) / "stderr", "w+")
         env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES, BPFTRACE_MAP_KEYS_MAX=str(MAP_CAPACITY))
-        t0 = time.monotonic()
         # -p: uprobes are attached to this process only, so other QEMUs running the
         # same binary never hit them (the /pid == N/ filters alone would still trap there).
-        self._proc = subprocess.Popen(
-            [bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+        return subprocess.Popen(
+            [bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
+            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
-        attached_at = None
-        lines = lost = 0
-        decoder = MapDumpDecoder()
 
-        def emit(line: str) -> None:
-            nonlocal lines, lost
-            if line[:1].isdigit():
-                lines += 1
-                on_line(line)
-            else:
-                m = LOST_RE.search(line)
-                if m:
-                    lost += int(m.group(1))
-                    on_line(line)
-                elif self.all_lines:
-                    on_line(line)
+    def _should_stop(self, now: float, t0: float, attached_at: float | None, duration_s: float | None) -> str | None:
+        if attached_at is None and now - t0 > self.attach_timeout_s:
+            return "attach-timeout"
+        if self._stop_requested:
+            return "stopped"
+        if attached_at is not None and duration_s is not None and now - attached_at >= duration_s:
+            return "duration"
+        if not process_alive(self.pid):
+            return "qemu-exited"
+        return None
 
-        maps: EventMaps | None = None
-        skip_set = 0  # what the program's @qspan_skip holds
-
-        def deliver(watermark_ns: int, hold_ns: int) -> None:
-            nonlocal lines, lost
-            if on_batch is None:
-                for out in decoder.flush(watermark_ns):
-                    emit(out)
-                return
-            n_lost, entries = decoder.release(watermark_ns, hold_ns)
-            lines += len(entries)
-            lost += n_lost
-            if n_lost or entries:
-                on_batch(n_lost, entries)
-
-        def handle(line: str) -> None:
-            if line.startswith("@qspan_ev"):
-                return  # bpftrace printing what is left in a map as it exits: we read the maps ourselves
-            if line.startswith(FLUSH_MARK):
-                ts, side = parse_flush_mark(line)
-                if maps is not None:
-                    decoder.add(maps.drain(side))
-                deliver(ts, hold_ns=2_000_000)
-                if on_watermark:
-                    on_watermark(decoder.watermark_ns)
-            else:
-                emit(line)
-
-        reason = "tracer-died"
-        buf = b""
-        assert self._proc.stdout is not None
+    def _follow(self, proc: subprocess.Popen, out: LineOutput, t0: float, duration_s: float | None,
+                on_attached: Callable[[], None] | None) -> tuple[str, float | None]:
+        """Read bpftrace's output until it exits; returns (why it ended, when the probes were attached)."""
+        assert proc.stdout is not None
         # A thread only moves bpftrace's output into memory, so bpftrace never waits
         # on a full pipe while we correlate: it would stop draining its perf buffers
         # and the maps it prints and clears, and events would be lost.
         chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        pump = threading.Thread(target=_pump, args=(self._proc.stdout, chunks), name="qspan-bpftrace-out", daemon=True)
-        pump.start()
-        eof = False
-        stopping_since = None
-        try:
-            while True:
-                now = time.monotonic()
-                if stopping_since is None:
-                    if attached_at is None and now - t0 > self.attach_timeout_s:
-                        reason = "attach-timeout"
-                        stopping_since = self._interrupt(now)
-                    elif self._stop_requested:
-                        reason = "stopped"
-                        stopping_since = self._interrupt(now)
-                    elif attached_at is not None and duration_s is not None and now - attached_at >= duration_s:
-                        reason = "duration"
-                        stopping_since = self._interrupt(now)
-                    elif not process_alive(self.pid):
-                        reason = "qemu-exited"
-                        stopping_since = self._interrupt(now)
-                elif now - stopping_since > 10:
-                    self._proc.kill()
-                if maps is not None and stopping_since is None and self.sample_every - 1 != skip_set:
-                    skip_set = self.sample_every - 1
-                    try:
-                        maps.set_skip(skip_set)
-                    except TracerError as err:  # sampling is a relief valve: tracing goes on without it
-                        self.sampling_error = str(err)
-                parts: list[bytes] = []
-                try:
-                    parts.append(chunks.get(timeout=0.1))
-                    while parts[-1]:  # take everything already read, then split once
-                        parts.append(chunks.get_nowait())
-                except queue.Empty:
-                    pass
-                eof = eof or (bool(parts) and not parts[-1])
-                chunk = b"".join(parts)
-                if chunk:
-                    buf += chunk
-                    *complete, buf = buf.split(b"\n")
-                    for raw in complete:
-                        line = raw.decode("utf-8", "replace")
-                        if line == BEGIN_MARK:
-                            attached_at = time.monotonic()
-                            if self.transport == "maps":
-                                maps = EventMaps.of_process(self._proc.pid, MAP_SIDES, SKIP_MAP)
-                                if self.sample_every > 1:  # before anyone is told "attached": from the first window on
-                                    skip_set = self.sample_every - 1
-                                    maps.set_skip(skip_set)
-                            if on_attached:
-                                on_attached()
-                        else:
-                            handle(line)
-                if eof:
-                    for raw in buf.split(b"\n"):
-                        handle(raw.decode("utf-8", "replace"))
-                    if maps is not None:
-                        # bpftrace is gone; our descriptors kept its maps: take what is left.
-                        self._proc.wait()
-                        decoder.add(maps.drain_all())
-                        deliver(1 << 62, hold_ns=0)  # everything: nothing more can come
-                    break
-        finally:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            if maps is not None:
-                maps.close()
-            errf.seek(0)
-            stderr = errf.read()
-            errf.close()
-            self._dir.cleanup()
-        end = time.monotonic()
-        if attached_at is None:
-            if reason == "attach-timeout":
-                raise TracerError(f"bpftrace did not attach within {self.attach_timeout_s:.0f} s: {stderr_errors(stderr)}")
-            if not process_alive(self.pid):
-                raise TracerError(f"QEMU PID {self.pid} exited before the probes were attached")
-            rc = self._proc.returncode
-            how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
-            raise TracerError(f"bpftrace failed ({how}): {stderr_errors(stderr)}")
-        if reason == "tracer-died":
-            reason = "qemu-exited" if not process_alive(self.pid) else "tracer-died"
-        return TraceResult(reason, lines, lost, attached_at - t0, end - attached_at, stderr)
+        threading.Thread(target=_pump, args=(proc.stdout, chunks), name="qspan-bpftrace-out", daemon=True).start()
+        reason, attached_at, stopping_since = "tracer-died", None, None
+        buf = b""
+        while True:
+            now = time.monotonic()
+            if stopping_since is None:
+                why = self._should_stop(now, t0, attached_at, duration_s)
+                if why:
+                    reason, stopping_since = why, self._interrupt(now)
+                else:
+                    out.set_sample_every(self.sample_every)
+            elif now - stopping_since > 10:
+                proc.kill()
+            chunk, eof = _take(chunks)
+            if chunk:
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
+                    line = raw.decode("utf-8", "replace")
+                    if line == BEGIN_MARK:
+                        attached_at = time.monotonic()
+                        out.attached(proc.pid, self.sample_every)
+                        if on_attached:
+                            on_attached()
+                    else:
+                        out.handle(line)
+            if eof:
+                for raw in buf.split(b"\n"):
+                    out.handle(raw.decode("utf-8", "replace"))
+                out.finish(proc)
+                return reason, attached_at
+
+    def _attach_failure(self, reason: str, stderr: str) -> TracerError:
+        if reason == "attach-timeout":
+            return TracerError(f"bpftrace did not attach within {self.attach_timeout_s:.0f} s: {stderr_errors(stderr)}")
+        if not process_alive(self.pid):
+            return TracerError(f"QEMU PID {self.pid} exited before the probes were attached")
+        rc = self._proc.returncode if self._proc else None
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
+        return TracerError(f"bpftrace failed ({how}): {stderr_errors(stderr)}")
 
     def _interrupt(self, now: float) -> float:
         # SIGINT makes bpftrace run END, flush its buffers and exit cleanly.
@@ -290,3 +241,15 @@ class TraceSession:
             except ProcessLookupError:
                 pass
         return now
+
+
+def _take(chunks: "queue.SimpleQueue[bytes]") -> tuple[bytes, bool]:
+    """What the pump has read (waiting up to 0.1 s for something), and whether the pipe ended."""
+    parts: list[bytes] = []
+    try:
+        parts.append(chunks.get(timeout=0.1))
+        while parts[-1]:  # take everything already read, then split once
+            parts.append(chunks.get_nowait())
+    except queue.Empty:
+        pass
+    return b"".join(parts), bool(parts) and not parts[-1]

@@ -1,15 +1,21 @@
-"""Turn the tracer's text lines into typed records (a generator over any iterable of lines)."""
+"""The event line format: text lines into typed records, and map entries into lines.
+
+A recording, the printf transport and node names all carry one line per event,
+`CODE TS_NS TID ARG0 ARG1 ARG2 ARG3` (program/__init__.py); `parse_lines` is a
+generator over any iterable of such lines.
+"""
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
-from operator import itemgetter
 from collections.abc import Iterable, Iterator
 
 from qspan.model.events import Event, Lost
 
 LOST_RE = re.compile(r"Lost (\d+) events")
+# Events whose lines carry strings (ARG1, ARG2). A recording's header names them
+# ("string_events", from the catalogue's str: arguments); older ones had only node.name.
+DEFAULT_STRING_KINDS = frozenset({"node.name"})
 
 
 class MalformedLine(ValueError):
@@ -18,7 +24,7 @@ class MalformedLine(ValueError):
         self.lineno = lineno
 
 
-def parse_line(line: str, codes: dict[int, str], string_kinds: frozenset[str] = frozenset({"node.name"}),
+def parse_line(line: str, codes: dict[int, str], string_kinds: frozenset[str] = DEFAULT_STRING_KINDS,
                lineno: int = 0, last_ts: int = 0) -> Event | Lost | None:
     """One tracer line: an Event, a Lost, None for a blank line; MalformedLine otherwise."""
     parts = line.split()
@@ -46,7 +52,7 @@ def parse_line(line: str, codes: dict[int, str], string_kinds: frozenset[str] = 
     raise MalformedLine(lineno, line, "not an event line")
 
 
-def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: frozenset[str] = frozenset({"node.name"}),
+def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: frozenset[str] = DEFAULT_STRING_KINDS,
                 first_lineno: int = 1) -> Iterator[Event | Lost]:
     """Yield an Event per event line and a Lost per "Lost N events" line.
 
@@ -64,136 +70,6 @@ def parse_lines(lines: Iterable[str], codes: dict[int, str], string_kinds: froze
         yield rec
 
 
-_by_ts = itemgetter(0)
-
-
-class MapDumpDecoder:
-    """Turn the "maps" transport's dumps back into event lines (pure; see program.py).
-
-    A dump is a list of map entries, (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3)
-    tuples in no particular order (bpfmaps.EventMaps.drain). At each flush the
-    collected events come out in time order.
-
-    Loss is told by per-CPU sequence numbers, but a gap is not a loss at once:
-    a probe preempted between taking its number and storing its event (the
-    kernel may preempt a uprobe's BPF program) stores it into a map that was
-    already emptied, and it arrives one rotation later. A number still missing
-    LATE_NS after its gap was seen is lost. `watermark_ns` is the flip time of
-    the last flush: every event stamped more than a moment before it has been
-    handed out.
-    """
-
-    LATE_NS = 500_000_000
-
-    def __init__(self):
-        self._pending: list[tuple] = []
-        self._next: dict[int, int] = {}  # cpu -> next sequence number expected
-        # cpu -> gaps [first missing seq, one past the last, stamp of the event that showed it]:
-        # ranges, not one entry per number: a full map makes gaps of thousands
-        self._missing: dict[int, list[list[int]]] = {}
-        self._released_upto = 0  # release(): nothing stamped before this will be handed out in order any more
-        self.lost = 0  # missing for longer than LATE_NS
-        self.late = 0  # arrived after events stamped later had been released in order (dropped there)
-        self.watermark_ns = 0
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def add(self, entries: list[tuple]) -> None:
-        # A map dump comes in hash order: taken in time order instead, each CPU's
-        # numbers ascend but for a probe preempted between taking its number and
-        # stamping its event; the gap that one opens is filled a few entries later
-        # (gap ranges stay sorted: found by bisection). The sorted run also makes
-        # release()'s sort a cheap merge.
-        events = [e for e in entries if e[0] != 0]  # e[0] == 0: the flush's sentinel (see program.py)
-        events.sort(key=_by_ts)
-        nxt, missing = self._next, self._missing
-        for e in events:
-            cpu, seq = e[1], e[2]
-            expect = nxt.get(cpu, 1)
-            if seq >= expect:
-                if seq > expect:
-                    missing.setdefault(cpu, []).append([expect, seq, e[0]])
-                nxt[cpu] = seq + 1
-            elif cpu in missing:
-                # a late one, or a number taken twice (a preempted probe wrote its
-                # stale count back): neither is lost, and neither costs a scan
-                _fill(missing[cpu], seq)
-        self._pending.extend(events)
-
-    def _expire(self) -> int:
-        # Gaps are appended as they are seen, so their stamps (nearly) ascend: take
-        # expired ones off the front and stop at the first that is not (a gap stamped a
-        # moment later than one behind it just waits for the next release).
-        cutoff = self.watermark_ns - self.LATE_NS
-        lost = 0
-        for gaps in self._missing.values():
-            k = 0
-            while k < len(gaps) and gaps[k][2] < cutoff:
-                lost += gaps[k][1] - gaps[k][0]
-                k += 1
-            if k:
-                del gaps[:k]
-        self.lost += lost
-        return lost
-
-    def flush(self, watermark_ns: int) -> list[str]:
-        """The collected events as lines in time order (a Lost line first if any were lost)."""
-        lost, events = self.release(watermark_ns, hold_ns=0, in_order=False)
-        out = [f"Lost {lost} events"] if lost else []
-        out += [entry_line(e) for e in events]
-        return out
-
-    def release(self, watermark_ns: int, hold_ns: int = 2_000_000, in_order: bool = True) -> tuple[int, list[tuple]]:
-        """(newly lost events, entries stamped before watermark_ns - hold_ns in time order).
-
-        An event stamped just before a flip can land in the next map (it read the
-        clock before the flip and the side after it): holding back the last
-        `hold_ns` keeps what is released in order across dumps. With `in_order`,
-        an entry older than what was already released is dropped and counted as
-        lost (the live correlator must see time move forward); without, it comes
-        out with the rest (recordings are sorted when read).
-        """
-        self.watermark_ns = max(self.watermark_ns, watermark_ns)
-        lost = self._expire()
-        self._pending.sort(key=_by_ts)  # (ts, cpu) is unique; ties across CPUs are harmless
-        limit = self.watermark_ns - hold_ns
-        if not self._pending or self._pending[-1][0] < limit:
-            events, self._pending = self._pending, []
-        else:
-            cut = bisect_left(self._pending, limit, key=_by_ts)
-            events, self._pending = self._pending[:cut], self._pending[cut:]
-        if in_order and events and events[0][0] < self._released_upto:
-            cut = bisect_left(events, self._released_upto, key=_by_ts)
-            self.late += cut
-            lost += cut
-            self.lost += cut
-            events = events[cut:]
-        if events:
-            self._released_upto = max(self._released_upto, events[-1][0])
-        return lost, events
-
-
-def entry_line(e: tuple) -> str:
-    """A map entry (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) as the event line recordings hold."""
-    return "%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8])
-
-
-def _fill(gaps: list[list[int]], seq: int) -> None:
-    """Take `seq` out of the gap range that holds it, if any (ranges sorted, disjoint)."""
-    i = bisect_right(gaps, seq, key=_gap_start) - 1
-    if i < 0:
-        return
-    lo, hi, t = gaps[i]
-    if seq >= hi:
-        return
-    gaps[i:i + 1] = [[a, b, t] for a, b in ((lo, seq), (seq + 1, hi)) if a < b]
-
-
-_gap_start = itemgetter(0)
-
-
 def parse_flush_mark(line: str) -> tuple[int, int]:
     """ "QSPAN-FLUSH TS_NS SIDE" -> (TS_NS, SIDE)."""
     try:
@@ -201,3 +77,8 @@ def parse_flush_mark(line: str) -> tuple[int, int]:
         return int(ts), int(side)
     except ValueError:
         raise MalformedLine(0, line, "bad flush mark") from None
+
+
+def entry_line(e: tuple) -> str:
+    """A map entry (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) as the event line recordings hold."""
+    return "%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8])

@@ -1,0 +1,46 @@
+"""What the program generator takes (ProgramInput) and gives (Program)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qspan.catalogue import ProbeSpec
+
+
+@dataclass(frozen=True)
+class ProgramInput:
+    """What the generator needs to know about a target; built from target.Target (program_input)."""
+
+    pid: int
+    probe_path: str
+    version: tuple[int, int]
+    version_text: str
+    symbols: frozenset[str]
+    usdt: bool
+    watched_tids: tuple[int, ...]
+    library_path: str | None = None  # the profile's shared object, as bpftrace opens it
+    # uprobe targets -> "emulated" or "stepped": how the kernel runs their first instruction
+    entry_kinds: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How events leave the kernel: a program module (maps.py, printf.py) describes itself with one.
+
+    `batched`: events come in map dumps, each with a watermark (the runner drains
+    the maps; the live path needs no reorder buffer for them). `sampling`:
+    windows can be opened and closed in BPF (`--sample-every`).
+    """
+
+    name: str
+    batched: bool
+    sampling: bool
+
+
+@dataclass(frozen=True)
+class Program:
+    text: str
+    probes: tuple[ProbeSpec, ...]
+    skipped: tuple[str, ...]  # why catalogue lines were left out (symbol not exported, ...)
+    transport: Transport
+    probe_kinds: dict[str, list[str]] = field(default_factory=dict)  # event -> costs.txt hit kinds of its probes

@@ -1,0 +1,76 @@
+"""The parts of a program every transport shares: which probes, where they attach, what they filter.
+
+Only entry probes are used: never uretprobes, since QEMU coroutines switch
+stacks (the kernel kills QEMU with SIGILL once two requests are in flight).
+"""
+
+from __future__ import annotations
+
+from qspan.catalogue import Catalogue, EventSpec, ProbeSpec
+from qspan.errors import TracerError
+from qspan.program.model import ProgramInput
+
+BEGIN_MARK = "QSPAN-ATTACHED"
+# Events without which there are no request spans.
+REQUIRED_EVENTS = ("co.switch", "req.submit")
+
+
+def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], list[str]]:
+    """The catalogue's probes for this target, and why the others were left out."""
+    sources = ("usdt", "uprobe", "tracepoint") if inp.usdt else ("uprobe", "tracepoint")
+    chosen, skipped = [], []
+    candidates = cat.select(inp.version, sources)
+    # A USDT probe of an event replaces the uprobes of the same event.
+    usdt_events = {p.event for p in candidates if p.source == "usdt"}
+    for p in candidates:
+        if p.source == "uprobe" and p.event in usdt_events:
+            continue
+        if p.source == "uprobe" and p.target not in inp.symbols:
+            skipped.append(f"{p.where}: {p.event}: {p.target} is not exported by this binary")
+            continue
+        chosen.append(p)
+    have = {p.event for p in chosen}
+    missing = [e for e in REQUIRED_EVENTS if e not in have]
+    if missing:
+        raise TracerError(
+            f"QEMU {inp.version_text}: no usable probe for {', '.join(missing)}; "
+            "this build cannot be traced (see tracers/probes.txt)"
+        )
+    return chosen, skipped
+
+
+def predicate(kind: str, inp: ProgramInput) -> str:
+    """The bpftrace filter of a probe's FILTER column (catalogue.FILTERS)."""
+    watched = inp.watched_tids or (inp.pid,)
+    if kind == "proc":
+        return f"pid == {inp.pid}"
+    if kind == "watched":
+        return " || ".join(f"tid == {t}" for t in watched)
+    if kind == "switch":
+        return " || ".join(f"args->prev_pid == {t} || args->next_pid == {t}" for t in watched)
+    if kind == "wakee":
+        return " || ".join(f"args->pid == {t}" for t in watched)
+    if kind == "workers":
+        return f"pid == {inp.pid}" + "".join(f" && tid != {t}" for t in watched)
+    raise ValueError(kind)
+
+
+def attach_point(p: ProbeSpec, inp: ProgramInput, in_library: bool = False) -> str:
+    if in_library:
+        return f"usdt:{inp.library_path}:{p.target}"
+    if p.source == "uprobe":
+        return f"uprobe:{inp.probe_path}:{p.target}"
+    if p.source == "usdt":
+        return f"usdt:{inp.probe_path}:qemu:{p.target}"
+    return f"tracepoint:{p.target}"
+
+
+def print_once(p: ProbeSpec, spec: EventSpec) -> str:
+    """An event with strings (a node's name) is printed, once per key (ARG0), by every transport."""
+    key = p.args[0]
+    fmt = ["%d", "%llu", "%d", "%lld"] + ["%s" if a.startswith("str:") else "%lld" for a in p.args[1:]]
+    vals = ["nsecs", "tid", "$k"] + [f"str({a[4:]})" if a.startswith("str:") else a for a in p.args[1:]]
+    return (
+        f"$k = {key}; if (@qspan_named[$k] == 0) {{ @qspan_named[$k] = 1; "
+        f'printf("{" ".join(fmt)}\\n", {spec.code}, {", ".join(vals)}); }}'
+    )

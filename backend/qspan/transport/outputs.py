@@ -1,0 +1,130 @@
+"""What bpftrace prints, turned into events: one output class per transport.
+
+`LineOutput` (printf: every event is a line on stdout) and `MapOutput` (maps:
+stdout carries flush marks; the events are drained from BPF maps and decoded).
+The runner (bpftrace.py) picks one by the program's transport.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from typing import Optional
+
+from qspan.errors import TracerError
+from qspan.program import FLUSH_MARK, MAP_SIDES, SKIP_MAP
+from qspan.transport.bpfmaps import EventMaps
+from qspan.transport.decode import MapDumpDecoder
+from qspan.transport.text import LOST_RE, parse_flush_mark
+
+# What a run hands on: event lines (and "Lost N events"), or with the maps transport
+# and a batch callback, each dump's entries (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3).
+LineCallback = Callable[[str], None]
+BatchCallback = Callable[[int, list[tuple]], None]
+WatermarkCallback = Callable[[int], None]
+# An event stamped just before a flip can land in the next map: hold back this much.
+HOLD_NS = 2_000_000
+
+
+class LineOutput:
+    """printf transport: bpftrace's stdout is the event stream."""
+
+    def __init__(self, on_line: LineCallback, all_lines: bool):
+        self.on_line = on_line
+        self.all_lines = all_lines  # aggregate mode: its histograms are lines too
+        self.lines = 0
+        self.lost = 0
+        self.sampling_error: str | None = None
+
+    def attached(self, bpftrace_pid: int, sample_every: int) -> None:
+        pass
+
+    def set_sample_every(self, every: int) -> None:
+        pass  # no sampling windows in this transport
+
+    def handle(self, line: str) -> None:
+        if line[:1].isdigit():
+            self.lines += 1
+            self.on_line(line)
+            return
+        m = LOST_RE.search(line)
+        if m:
+            self.lost += int(m.group(1))
+            self.on_line(line)
+        elif self.all_lines:
+            self.on_line(line)
+
+    def finish(self, bpftrace: subprocess.Popen) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MapOutput(LineOutput):
+    """maps transport: stdout carries flush marks (and node names); the events are in BPF maps.
+
+    With `on_batch`, each dump's entries go there in time order, held back
+    HOLD_NS so that successive batches stay in order (the live path's fast
+    lane); without, they become event lines for `on_line` (recordings).
+    `on_watermark(ts_ns)` follows each dump: everything stamped before ts_ns
+    (less a moment) has then been handed on.
+    """
+
+    def __init__(self, on_line: LineCallback, on_batch: Optional[BatchCallback], on_watermark: Optional[WatermarkCallback]):
+        super().__init__(on_line, all_lines=False)
+        self.on_batch = on_batch
+        self.on_watermark = on_watermark
+        self.decoder = MapDumpDecoder()
+        self.maps: EventMaps | None = None
+        self.skip = 0  # what the program's @qspan_skip holds
+
+    def attached(self, bpftrace_pid: int, sample_every: int) -> None:
+        self.maps = EventMaps.of_process(bpftrace_pid, MAP_SIDES, SKIP_MAP)
+        if sample_every > 1:  # before anyone is told "attached": from the first window on
+            self.skip = sample_every - 1
+            self.maps.set_skip(self.skip)
+
+    def set_sample_every(self, every: int) -> None:
+        if self.maps is None or every - 1 == self.skip:
+            return
+        self.skip = every - 1
+        try:
+            self.maps.set_skip(self.skip)
+        except TracerError as err:  # sampling is a relief valve: tracing goes on without it
+            self.sampling_error = str(err)
+
+    def handle(self, line: str) -> None:
+        if line.startswith("@qspan_ev"):
+            return  # bpftrace printing what is left in a map as it exits: we read the maps ourselves
+        if not line.startswith(FLUSH_MARK):
+            super().handle(line)
+            return
+        ts, side = parse_flush_mark(line)
+        if self.maps is not None:
+            self.decoder.add(self.maps.drain(side))
+        self._deliver(ts, HOLD_NS)
+        if self.on_watermark:
+            self.on_watermark(self.decoder.watermark_ns)
+
+    def _deliver(self, watermark_ns: int, hold_ns: int) -> None:
+        if self.on_batch is None:
+            for out in self.decoder.flush(watermark_ns):
+                super().handle(out)
+            return
+        lost, entries = self.decoder.release(watermark_ns, hold_ns)
+        self.lines += len(entries)
+        self.lost += lost
+        if lost or entries:
+            self.on_batch(lost, entries)
+
+    def finish(self, bpftrace: subprocess.Popen) -> None:
+        if self.maps is not None:
+            # bpftrace is gone; our descriptors kept its maps: take what is left.
+            bpftrace.wait()
+            self.decoder.add(self.maps.drain_all())
+            self._deliver(1 << 62, hold_ns=0)  # everything: nothing more can come
+
+    def close(self) -> None:
+        if self.maps is not None:
+            self.maps.close()
