@@ -10,8 +10,9 @@ COPY pyproject.toml README.md ./
 COPY backend ./backend
 COPY tracers ./tracers
 COPY frontend ./frontend
+# a plain (non-editable) install: the catalogue and the dashboard ship inside the wheel
 RUN python3 -m venv /opt/qspan/.venv && /opt/qspan/.venv/bin/pip install --no-cache-dir .
-ENV QSPAN_HOME=/opt/qspan PATH=/opt/qspan/.venv/bin:$PATH
+ENV PATH=/opt/qspan/.venv/bin:$PATH
 # Inside the container's own network namespace 0.0.0.0 is how the published port reaches
 # qspan: compose publishes it on the host's 127.0.0.1 only, and a token is still required.
 EXPOSE 8321

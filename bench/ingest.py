@@ -5,7 +5,7 @@ Replays a real recording (default: the test stream; pass a bigger one from
 until each has run for --seconds, and prints events/s and spans/s for:
 
 - decode: map entries as the kernel hands them over (packed bytes) to ordered
-  tuples (bpfmaps' struct layout + parse.MapDumpDecoder), the maps transport;
+  tuples (bpfmaps' struct layout + transport.decode.MapDumpDecoder), the maps transport;
 - parse: text lines to events (recordings, the printf transport);
 - correlate: events to spans (the pure correlator alone);
 - live (maps): decoded tuples to events, correlated with thread timelines,
@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "backend"))
 
-from qspan import recording  # noqa: E402
+from qspan.output import recording  # noqa: E402
 from qspan.transport.bpfmaps import KEY, VALUE  # noqa: E402
 from qspan.correlate import Correlator, in_time_order  # noqa: E402
 from qspan.model.events import Event  # noqa: E402
 from qspan.live import SpanStore  # noqa: E402
-from qspan.transport.text import MapDumpDecoder, parse_lines  # noqa: E402
+from qspan.transport.decode import MapDumpDecoder  # noqa: E402
+from qspan.transport.text import parse_lines  # noqa: E402
 
 
 def raw_lines(path: Path) -> list[str]:
@@ -42,7 +41,7 @@ def raw_lines(path: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recording", nargs="?", default=str(REPO / "tests/data/stock-qd4-w100.qspan.gz"))
+    ap.add_argument("recording", nargs="?", default=str(REPO / "tests/support/data/stock-qd4-w100.qspan.gz"))
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     path = Path(args.recording)

@@ -35,9 +35,8 @@ from pathlib import Path
 import websockets
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "backend"))
 
-from qspan import lab  # noqa: E402
+from qspanlab import lab  # noqa: E402
 from qspanlab.harness import ServerProcess  # noqa: E402
 from qspan.output.report import percentile  # noqa: E402
 

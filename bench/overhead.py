@@ -32,9 +32,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "backend"))
 
-from qspan import lab, program, recording  # noqa: E402
+from qspan import program  # noqa: E402
+from qspan.output import recording  # noqa: E402
+from qspanlab import lab  # noqa: E402
 from qspanlab.harness import start_traced  # noqa: E402
 
 

@@ -17,9 +17,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "backend"))
 
-from qspan import lab  # noqa: E402
+from qspanlab import lab  # noqa: E402
 from qspanlab.seed import run_case  # noqa: E402
 
 CASES = [

@@ -8,18 +8,15 @@ import json
 from dataclasses import asdict
 
 from helpers import DATA
+from qspan import pipeline
 from qspan.output import chrome as exporters
 from qspan.output import recording
-from qspan.correlate import Correlator, correlate, in_time_order
 
 
 def _spans():
     rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
-    c = Correlator(rec.header, capture_timeline=True)
-    for ev in in_time_order(rec.events):
-        c.add(ev)
-    spans, timelines = c.take_spans()
-    return [asdict(s) for s in spans], {k: t.dicts() for k, t in timelines.items()}, rec.header
+    corr = pipeline.correlate_recording(rec, timelines=True)
+    return [asdict(s) for s in corr.spans], {k: t.dicts() for k, t in corr.timelines.items()}, rec.header
 
 
 def test_chrome_trace_structure():
@@ -46,20 +43,13 @@ def test_chrome_trace_structure():
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in evs if e["ph"] == "X")
 
 
-def test_spans_document_matches_the_cli_schema():
-    spans, _, header = _spans()
-    doc = exporters.spans_document(spans, header, {"spans": len(spans)})
-    assert doc["schema"] == "qspan.spans/1" and doc["target"]["pid"] == header["target"]["pid"]
-    assert doc["spans"] == spans
-
-
 def test_span_dict_equals_dataclasses_asdict_on_real_spans():
     from dataclasses import asdict
 
     from qspan.model.spans import span_dict
 
     rec = recording.read(DATA / "stock-qd4-w100.qspan.gz")
-    spans = correlate(rec.events, rec.header).spans
+    spans = pipeline.correlate_recording(rec).spans
     assert spans
     for s in spans:
         d = span_dict(s)

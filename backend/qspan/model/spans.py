@@ -114,17 +114,10 @@ class Span:
 
 @dataclass
 class Result:
+    """All spans of a finished event stream, in start order, and the correlator's counters."""
+
     spans: list[Span]
     stats: dict
-
-    def to_json(self, header: dict) -> dict:
-        return {
-            "schema": SCHEMA,
-            "target": header.get("target", {}),
-            "trace": {k: header[k] for k in ("started_ns", "tool") if k in header},
-            "stats": self.stats,
-            "spans": [span_dict(s) for s in self.spans],
-        }
 
 
 def _handoff_dict(h: Handoff) -> dict:

@@ -1,4 +1,4 @@
-"""Exports of spans: the versioned spans JSON and a Chrome trace-event JSON for Perfetto.
+"""Spans as Chrome trace-event JSON, which Perfetto and chrome://tracing open.
 
 Plain functions from span dicts to documents; writing them is the caller's job.
 """
@@ -6,17 +6,6 @@ Plain functions from span dicts to documents; writing them is the caller's job.
 from __future__ import annotations
 
 from qspan.model.spans import SCHEMA
-
-
-def spans_document(spans: list[dict], header: dict, stats: dict) -> dict:
-    """The same document as `qspan spans` writes (schema qspan.spans/1, docs/spans-schema.md)."""
-    return {
-        "schema": SCHEMA,
-        "target": header.get("target", {}),
-        "trace": {k: header[k] for k in ("tool", "recorded_at", "profile") if k in header},
-        "stats": stats,
-        "spans": spans,
-    }
 
 
 def _us(ns: int, origin: int) -> float:

@@ -22,7 +22,7 @@ from typing import IO
 
 from qspan.errors import RecordingError
 from qspan.model.events import Event, Lost
-from qspan.transport.text import MalformedLine, parse_lines
+from qspan.transport.text import DEFAULT_STRING_KINDS, MalformedLine, parse_lines
 
 MAGIC = "#qspan-recording 1"
 
@@ -38,6 +38,15 @@ class Recording:
     @property
     def codes(self) -> dict[int, str]:
         return {int(k): v for k, v in self.header["codes"].items()}
+
+    @property
+    def string_kinds(self) -> frozenset[str]:
+        return string_kinds(self.header)
+
+
+def string_kinds(header: dict) -> frozenset[str]:
+    """The events whose lines carry strings, as the recording's header says."""
+    return frozenset(header["string_events"]) if "string_events" in header else DEFAULT_STRING_KINDS
 
 
 class RecordingWriter:
@@ -104,7 +113,8 @@ def make_header(t, cat, prof, prog) -> dict:
         "codes": {str(e.code): e.name for e in cat.events.values()},
         "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
         "skipped_probes": list(prog.skipped),
-        "transport": prog.transport,
+        "transport": prog.transport.name,
+        "string_events": sorted(e.name for e in cat.events.values() if e.has_strings),
     }
 
 
@@ -124,16 +134,26 @@ def _body(f: IO[str], start_lineno: int, state: dict) -> Iterator[str]:
         yield line
 
 
-def read(path: str | Path, allow_truncated: bool = False) -> Recording:
-    path = Path(path)
+def _open(path: Path) -> IO[str]:
     try:
         if path.suffix == ".gz":  # recordings compress ~10x; tests keep theirs gzipped
-            f = gzip.open(path, "rt", encoding="utf-8", errors="strict")
-        else:
-            f = open(path, encoding="utf-8", errors="strict")
+            return gzip.open(path, "rt", encoding="utf-8", errors="strict")
+        return open(path, encoding="utf-8", errors="strict")
     except OSError as err:
         raise RecordingError(f"{path}: cannot open recording: {err.strerror}") from err
-    with f:
+
+
+def body_lines(path: str | Path) -> Iterator[str]:
+    """A recording's event lines as written, for replaying them as a tracer's output (read() checks it first)."""
+    with _open(Path(path)) as f:
+        f.readline()
+        f.readline()
+        yield from _body(f, 3, {"path": path})
+
+
+def read(path: str | Path, allow_truncated: bool = False) -> Recording:
+    path = Path(path)
+    with _open(path) as f:
         try:
             first = f.readline()
             if first.rstrip("\n") != MAGIC:
@@ -150,7 +170,7 @@ def read(path: str | Path, allow_truncated: bool = False) -> Recording:
             events: list[Event] = []
             lost: list[Lost] = []
             try:
-                for rec in parse_lines(_body(f, 3, state), codes, first_lineno=3):
+                for rec in parse_lines(_body(f, 3, state), codes, string_kinds(header), first_lineno=3):
                     (events if isinstance(rec, Event) else lost).append(rec)
             except MalformedLine as err:
                 # lineno counts body lines from 3; comments were skipped, so say "near"

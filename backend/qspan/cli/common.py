@@ -1,0 +1,65 @@
+"""What the CLI's commands share: progress lines, the parent parsers of shared options, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qspan import program
+
+
+def progress(msg: str) -> None:
+    print(f"qspan: {msg}", file=sys.stderr, flush=True)
+
+
+def write_json(path: str | Path, doc: dict, indent: int | None = 1) -> None:
+    Path(path).write_text(json.dumps(doc, indent=indent) + "\n")
+
+
+def _parent(*adders) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    for add in adders:
+        add(p)
+    return p
+
+
+def _pid(p) -> None:
+    p.add_argument("--pid", type=int, required=True, help="PID of the running QEMU")
+
+
+def _profile(p) -> None:
+    p.add_argument("--profile", help="profile from tracers/profiles (default: the one whose library QEMU has loaded, else stock)")
+
+
+def _transport(p) -> None:
+    p.add_argument("--transport", default=program.DEFAULT_TRANSPORT, choices=program.TRANSPORTS,
+                   help=f"maps: events batched in BPF maps, dumped every {program.FLUSH_MS} ms (default); "
+                        "printf: one print per event")
+
+
+def _duration(p) -> None:
+    p.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default %(default)s)")
+
+
+def _sample_every(p) -> None:
+    p.add_argument("--sample-every", type=int, default=1, metavar="N",
+                   help=f"trace one {program.WINDOW_MS} ms window in N (whole requests; default 1: everything)")
+
+
+def _print_program(p) -> None:
+    # bcc's --ebpf: see exactly what would be attached, attach nothing
+    p.add_argument("--print-program", action="store_true", help="print the generated bpftrace program and exit")
+
+
+def _recording(p) -> None:
+    p.add_argument("recording", help="a recording (.qspan, or .qspan.gz)")
+    p.add_argument("--allow-truncated", action="store_true", help="analyse a recording that has no end marker")
+
+
+TARGET = _parent(_pid)
+GENERATE = _parent(_pid, _profile, _transport)  # what chooses the program
+TRACE = _parent(_duration, _sample_every, _print_program)  # what running it takes
+PRINT = _parent(_print_program)
+RECORDING = _parent(_recording)

@@ -1,0 +1,29 @@
+"""qspan serve: the live dashboard."""
+
+from __future__ import annotations
+
+from qspan import program
+
+
+def cmd_serve(args) -> int:
+    from qspan.server.run import serve
+    from qspan.server.settings import Settings
+
+    settings = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling,
+                        record_max_mb=args.record_max_mb)
+    settings.check()
+    serve(settings)
+    return 0
+
+
+def add(sub, parents) -> None:
+    s = sub.add_parser("serve", help="serve the live dashboard (FastAPI) on 127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s; others need --token)")
+    s.add_argument("--port", type=int, default=8321, help="listen port (default %(default)s)")
+    s.add_argument("--token", default="", help="bearer token required by the API (and ?token= for the WebSocket)")
+    s.add_argument("--sampling", default="auto", choices=("auto", "off"),
+                   help="auto (default): when the server falls behind, trace fewer "
+                        f"{program.WINDOW_MS} ms windows, each whole; off: trace everything, lose events when behind")
+    s.add_argument("--record-max-mb", type=int, default=2048,
+                   help="stop each session's raw recording at this size; tracing goes on (0: no limit; default %(default)s)")
+    s.set_defaults(fn=cmd_serve)

@@ -1,0 +1,78 @@
+"""A recording fed through the live path, as its tracer once handed it over.
+
+A `ReplaySession` looks to the server like an ended LiveSession: its spans
+come from the same LiveFeed, store and document builder, so a recording taken
+on a production host can be looked at in the dashboard elsewhere, and a test
+can check that the server and the CLI make the same document of it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from qspan.live.feed import LiveFeed
+from qspan.output import recording
+from qspan.output.document import spans_document
+
+
+class ReplaySession:
+    def __init__(self, session_id: str, path: str | Path):
+        self.id = session_id
+        self.path = Path(path)
+        rec = recording.read(self.path, allow_truncated=True)  # a clear RecordingError before anything else
+        self.header = rec.header
+        self.end = rec.end or None
+        self.truncated = rec.truncated
+        target = self.header.get("target", {})
+        self.pid = target.get("pid", 0)
+        self.profile_name = self.header.get("profile", {}).get("name")
+        self.feed = LiveFeed(self.header)
+        self.state = "attaching"
+        self.error: str | None = None
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self):
+        return self.feed.store
+
+    def start(self) -> None:
+        """Feed every line, then drain: synchronous (a recording is done when it is read)."""
+        with self._lock:
+            for line in recording.body_lines(self.path):
+                self.feed.line(line)
+            self.feed.drain()
+        self.state = "detached"
+        self.ended_at = time.time()
+
+    def tick(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def locked(self):
+        return self._lock
+
+    def document(self, spans: list[dict]) -> dict:
+        with self._lock:
+            counters = self.feed.counters()
+        return spans_document(self.header, spans, counters, self.end, self.truncated)
+
+    def status(self) -> dict:
+        feed = self.feed
+        return {
+            "id": self.id, "pid": self.pid, "profile": self.profile_name, "state": self.state, "error": self.error,
+            "reason": (self.end or {}).get("reason"), "events": feed.lines, "events_per_s": 0.0,
+            "lost_events": feed.lost, "malformed_lines": feed.malformed, "spans": feed.store.requests,
+            "started_at": self.started_at, "attached_at": None, "ended_at": self.ended_at,
+            "recording": str(self.path), "replay": True,
+            "qemu_version": self.header.get("target", {}).get("version"),
+            "newest_end_ns": feed.store.spans[-1]["end_ns"] if feed.store.spans else None,
+        }

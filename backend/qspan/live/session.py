@@ -1,0 +1,225 @@
+"""One attached tracer (the I/O edge of the live path): bpftrace in a thread, its stream recorded and fed live.
+
+`LiveSession.start` plans synchronously (inspection and generation errors
+reach the caller: the API turns them into HTTP errors), then traces in a
+thread: every line goes to the session's recording and to a LiveFeed
+(feed.py), whose store the server reads under `locked()`. With the maps
+transport and `sampling="auto"`, a LoadShedder traces fewer sampling windows
+when the server falls behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from qspan import pipeline, program
+from qspan.catalogue import costs
+from qspan.errors import QspanError
+from qspan.live.feed import LiveFeed
+from qspan.live.shedder import LoadShedder
+from qspan.output import overhead, recording
+from qspan.output.document import spans_document
+from qspan.target import Target
+from qspan.transport.bpftrace import TraceSession, check_can_trace
+from qspan.transport.text import entry_line
+
+log = logging.getLogger("qspan.live")
+
+
+class LiveSession:
+    """One attached tracer; `status()` and the store under `locked()` are what the server reads."""
+
+    def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto",
+                 record_max_bytes: int | None = None):
+        self.id = session_id
+        self.pid = pid
+        self.profile_name = profile
+        # Unique per server and session: two servers on one host share the default
+        # directory and both number their sessions s1, s2, ... (opened with "x" below).
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.record_path = record_dir / f"{stamp}-pid{pid}-{session_id}-{os.getpid()}.qspan"
+        self.record_max_bytes = record_max_bytes
+        self._writer: recording.RecordingWriter | None = None
+        self.state = "attaching"  # attaching, attached, detached, failed
+        self.error: str | None = None
+        self.reason: str | None = None
+        self.end: dict | None = None  # the recording's end marker, once tracing stopped
+        self.started_at = time.time()
+        self.attached_at: float | None = None
+        self.ended_at: float | None = None
+        self._lock = threading.Lock()
+        self._rate: deque[tuple[float, int]] = deque(maxlen=20)
+        self._thread: threading.Thread | None = None
+        self._session: TraceSession | None = None
+        self.feed: LiveFeed | None = None
+        # sampling "auto": shed whole windows when behind (maps transport); "off": trace everything
+        self.sampling = sampling
+        self._shedder = LoadShedder() if sampling == "auto" else None
+        self._busy_s = 0.0  # CPU time spent handling dumps (correlating, recording)
+        self._lost_since_check = 0
+        self._busy_marks: deque[tuple[float, float]] = deque(maxlen=64)
+        self._lags: deque[tuple[float, int]] = deque()  # (when, lag) of the dumps of the last second
+        self.lag_ns = 0  # how old the newest dump was when handled
+        self.busy = 0.0
+        self.target: Target | None = None
+        self.header: dict = {}
+        self._event_us: dict[str, float] = {}
+
+    @property
+    def store(self):
+        return self.feed.store if self.feed else None
+
+    def start(self) -> None:
+        """Plan synchronously (errors reach the caller), trace in a thread."""
+        check_can_trace()
+        plan = pipeline.plan(self.pid, self.profile_name)
+        self.target, self.profile_name, self.header = plan.target, plan.profile.name, plan.header
+        self._event_us = overhead.event_costs(plan.program.probe_kinds, plan.program.transport.name, costs.load())
+        self.feed = LiveFeed(self.header)
+        self._session = pipeline.session(plan)
+        self._thread = threading.Thread(target=self._run, name=f"qspan-{self.id}", daemon=True)
+        self._thread.start()
+
+    def _attached(self) -> None:
+        self.state = "attached"
+        self.attached_at = time.time()
+
+    def _run(self) -> None:
+        assert self._session is not None and self.feed is not None
+        try:
+            with open(self.record_path, "x") as f:
+                writer = self._writer = recording.RecordingWriter(f, self.header, self.record_max_bytes)
+                batched = self._session.transport.batched
+                result = self._session.run(lambda line: self._line(writer, line), None, on_attached=self._attached,
+                                           on_watermark=self._watermark,
+                                           on_batch=(lambda lost, entries: self._batch(writer, lost, entries)) if batched else None)
+                writer.end(result.summary())
+            self.reason = result.reason
+            with self._lock:
+                self.end = result.summary()
+                self.feed.drain()
+            if result.reason == "qemu-exited":
+                self.error = f"QEMU PID {self.pid} exited; {result.event_lines} events kept in {self.record_path.name}"
+            self.state = "detached"
+        except QspanError as err:
+            log.warning("session %s (PID %d) failed: %s", self.id, self.pid, err)
+            self.error = str(err)
+            self.state = "failed"
+        except Exception as err:  # never let a tracer thread die silently
+            log.exception("session %s (PID %d): internal error", self.id, self.pid)
+            self.error = f"internal error: {err!r}"
+            self.state = "failed"
+        finally:
+            self.ended_at = time.time()
+
+    def _line(self, writer: recording.RecordingWriter, line: str) -> None:
+        writer.line(line)
+        with self._lock:
+            self.feed.line(line)
+
+    def _batch(self, writer: recording.RecordingWriter, lost: int, entries: list[tuple]) -> None:
+        # maps transport: events arrive as tuples, in time order, batch after batch
+        t = time.thread_time()  # CPU time: waiting for the lock or the GIL is not work
+        with self._lock:
+            self.feed.batch(lost, entries)  # spans first: the dashboard waits on them, the file does not
+        if lost:
+            writer.line(f"Lost {lost} events")
+        writer.lines([entry_line(e) for e in entries])
+        self._busy_s += time.thread_time() - t
+        self._lost_since_check += lost
+
+    def _watermark(self, ts_ns: int) -> None:
+        with self._lock:
+            self.feed.watermark(ts_ns)
+        self._shed(ts_ns)
+
+    def _shed(self, dump_ts_ns: int) -> None:
+        """After each dump: how far behind are we, and should fewer windows be traced?"""
+        now = time.monotonic()
+        self.lag_ns = time.monotonic_ns() - dump_ts_ns  # bpftrace's nsecs is CLOCK_MONOTONIC too
+        lags = self._lags
+        lags.append((now, self.lag_ns))
+        while now - lags[0][0] > 1.0:
+            lags.popleft()
+        marks = self._busy_marks
+        if marks and now - marks[-1][0] < 0.25:
+            return
+        marks.append((now, self._busy_s))
+        while len(marks) > 2 and now - marks[1][0] >= 2.0:
+            marks.popleft()  # busy: over the last ~2 s
+        if len(marks) >= 2 and now > marks[0][0]:
+            self.busy = (marks[-1][1] - marks[0][1]) / (now - marks[0][0])
+        if self._shedder is None or self._session is None:
+            return
+        lost, self._lost_since_check = self._lost_since_check, 0
+        # Behind means a backlog that does not clear: the smallest lag of the last second.
+        # (A dump holding a busy window's events is slow to handle; that alone is no backlog.)
+        backlog_ns = min(lag for _, lag in lags)
+        every = self._shedder.update(time.monotonic_ns(), backlog_ns, self.busy, lost)
+        if every != self._session.sample_every:
+            self._session.set_sample_every(every)
+
+    def tick(self) -> None:
+        """Correlate what is old enough even when few lines arrive (called by the server)."""
+        if self.feed is None:
+            return
+        with self._lock:
+            self.feed.clock(time.monotonic_ns())
+        self._rate.append((time.monotonic(), self.feed.lines))
+
+    def locked(self):
+        """Hold this while reading the store: the tracer thread writes it."""
+        return self._lock
+
+    def stop(self) -> None:
+        if self._session:
+            self._session.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def document(self, spans: list[dict]) -> dict:
+        """The qspan.spans/1 document of these spans of this session (the same builder as the CLI's)."""
+        with self._lock:
+            counters = self.feed.counters() if self.feed else {}
+            end = self.end
+        return spans_document(self.header, spans, counters, end)
+
+    def status(self) -> dict:
+        rate = 0.0
+        if len(self._rate) >= 2:
+            (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+            rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        feed = self.feed
+        with self._lock:
+            spans = feed.store.requests if feed else 0
+            newest = feed.store.spans[-1]["end_ns"] if feed and feed.store.spans else None
+            counts = dict(feed.event_counts) if feed else {}
+            sampled_out = feed.correlator.stats["sampled_out"] if feed else 0
+        return {
+            "id": self.id, "pid": self.pid, "profile": self.profile_name, "state": self.state,
+            "error": self.error, "reason": self.reason, "events": feed.lines if feed else 0,
+            "events_per_s": round(rate, 1), "lost_events": feed.lost if feed else 0,
+            "malformed_lines": feed.malformed if feed else 0, "spans": spans,
+            "started_at": self.started_at, "attached_at": self.attached_at, "ended_at": self.ended_at,
+            "recording": str(self.record_path),
+            # the recording stops growing at the server's --record-max-mb; tracing goes on
+            "recording_bytes": self._writer.written if self._writer else 0,
+            "recording_capped": bool(self._writer and self._writer.capped),
+            "qemu_version": self.target.version if self.target else None,
+            "newest_end_ns": newest,
+            # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)
+            "overhead": overhead.estimate(counts, self._event_us, spans),
+            "sampling": {
+                "mode": self.sampling, "every": self._session.sample_every if self._session else 1,
+                "window_ms": program.WINDOW_MS, "sampled_out": sampled_out,
+                "lag_ms": round(self.lag_ns / 1e6, 1), "busy": round(self.busy, 3),
+                "error": self._session.sampling_error if self._session else None,
+            },
+        }

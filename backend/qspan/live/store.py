@@ -1,0 +1,112 @@
+"""The live session's spans: the most recent ones, per-second percentiles, running breakdowns (pure, bounded)."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import deque
+
+from qspan.correlate import Timeline
+from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_dict
+from qspan.output.report import percentile
+
+HIST_EDGES_US = [2 ** i for i in range(0, 18)]  # 1 us .. 131 ms, log2 buckets
+
+
+class SpanStore:
+    """The most recent spans, per-second latency percentiles, and running breakdowns. Bounded."""
+
+    def __init__(self, max_spans: int = 5_000, max_seconds: int = 600, max_timelines: int = 300):
+        # Memory is bounded by these: the full stream is in the session's recording.
+        self.spans: deque[dict] = deque(maxlen=max_spans)
+        self.max_timelines = max_timelines
+        self.timelines: dict[int, Timeline] = {}  # span id -> its thread timeline, most recent only
+        self.seconds: deque[dict] = deque(maxlen=max_seconds * 3)  # one row per op per second
+        self._open: dict[tuple[int, str], list[int]] = {}  # (second, op) -> durations in ns
+        self.totals: dict[str, dict] = {}
+
+    def add(self, spans: list[Span], timelines: dict[int, Timeline]) -> None:
+        for s in spans:
+            d = span_dict(s)
+            if len(self.spans) == self.spans.maxlen:
+                self.timelines.pop(self.spans[0]["id"], None)
+            self.spans.append(d)
+            if s.id in timelines:
+                self.timelines[s.id] = timelines[s.id]
+                self._trim_timelines()
+            sec = s.end_ns // 1_000_000_000
+            self._open.setdefault((sec, s.op), []).append(s.dur_ns)
+            self._account(d)
+        if spans:
+            self._close_seconds(spans[-1].end_ns // 1_000_000_000 - 1)
+
+    def _trim_timelines(self) -> None:
+        if len(self.timelines) <= self.max_timelines + 100:  # trim in batches: slowest() sorts the ring
+            return
+        # keep the slowest requests' timelines (what the dashboard drills into) and the newest
+        keep = {s["id"] for s in self.slowest(20)}
+        for sid in list(self.timelines):
+            if len(self.timelines) <= self.max_timelines:
+                break
+            if sid not in keep:
+                del self.timelines[sid]
+
+    def _account(self, d: dict) -> None:
+        t = self.totals.setdefault(d["op"], {"requests": 0, "dur_ns": 0, "phases_ns": {}, "instead_ns": dict.fromkeys(INSTEAD_CATEGORIES, 0),
+                                             "histogram": [0] * (len(HIST_EDGES_US) + 1)})
+        t["requests"] += 1
+        t["dur_ns"] += d["dur_ns"]
+        for p in d["phases"]:
+            t["phases_ns"][p["name"]] = t["phases_ns"].get(p["name"], 0) + p["dur_ns"]
+        for h in d["handoffs"]:
+            for k, v in h["instead_ns"].items():
+                t["instead_ns"][k] = t["instead_ns"].get(k, 0) + v
+        us = d["dur_ns"] / 1000
+        t["histogram"][bisect_right(HIST_EDGES_US, us)] += 1  # bucket i: edges[i-1] <= us < edges[i]
+
+    def _close_seconds(self, upto_sec: int) -> None:
+        for key in sorted(k for k in self._open if k[0] <= upto_sec):
+            durs = sorted(self._open.pop(key))
+            self.seconds.append({
+                "t_s": key[0], "op": key[1], "requests": len(durs),
+                "p50_us": percentile(durs, 50) / 1000, "p90_us": percentile(durs, 90) / 1000,
+                "p99_us": percentile(durs, 99) / 1000, "max_us": durs[-1] / 1000,
+            })
+
+    @property
+    def requests(self) -> int:
+        """Spans added since the start (the ring keeps only the newest)."""
+        return sum(t["requests"] for t in self.totals.values())
+
+    def flush(self) -> None:
+        self._close_seconds(1 << 62)
+
+    def slowest(self, n: int = 10, since_ns: int = 0) -> list[dict]:
+        cands = [s for s in self.spans if s["end_ns"] >= since_ns]
+        return sorted(cands, key=lambda s: -s["dur_ns"])[:n]
+
+    def query(self, since_ns: int = 0, until_ns: int | None = None, op: str | None = None,
+              min_dur_us: float = 0, limit: int = 1000) -> list[dict]:
+        out = []
+        for s in self.spans:
+            if s["end_ns"] < since_ns or (until_ns is not None and s["start_ns"] > until_ns):
+                continue
+            if (op and s["op"] != op) or s["dur_ns"] < min_dur_us * 1000:
+                continue
+            out.append(s)
+        return out[-limit:]
+
+    def get(self, span_id: int) -> dict | None:
+        return next((s for s in self.spans if s["id"] == span_id), None)
+
+    def breakdown(self) -> dict:
+        out = {}
+        for op, t in self.totals.items():
+            n = t["requests"] or 1
+            out[op] = {
+                "requests": t["requests"],
+                "mean_us": t["dur_ns"] / n / 1000,
+                "phase_mean_us": {k: v / n / 1000 for k, v in t["phases_ns"].items()},
+                "instead_mean_us": {k: v / n / 1000 for k, v in t["instead_ns"].items()},
+                "histogram": {"edges_us": HIST_EDGES_US, "counts": t["histogram"]},
+            }
+        return out

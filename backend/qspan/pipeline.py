@@ -1,0 +1,166 @@
+"""qspan's one pipeline: plan, run, correlate, document.
+
+    plan(pid)              target -> catalogue -> profile -> program -> recording header
+    record(plan, out)      bpftrace -> decoded event lines -> a recording file
+    correlate(events, hdr) events -> spans, counters (and thread timelines on request)
+    document(rec, corr)    the qspan.spans/1 document
+
+The CLI, the live server (live/session.py), the benchmarks and the tests call
+these; nothing else wires the stages together. I/O stays at the edges: `plan`
+reads /proc and the ELF, `record` runs bpftrace and writes a file; correlating
+and building documents are pure.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qspan import catalogue, program, target
+from qspan.catalogue import Catalogue, Profile
+from qspan.correlate import Correlator, Timeline, in_time_order
+from qspan.errors import QspanError, TracerError
+from qspan.model.events import Event, Lost
+from qspan.model.spans import Span, span_dict
+from qspan.output import document as spans_doc
+from qspan.output.recording import Recording, RecordingWriter, make_header
+from qspan.program import Program
+from qspan.program import aggregate as aggregate_program
+from qspan.target import Target
+from qspan.transport.bpftrace import TraceResult, TraceSession, check_can_trace
+
+Progress = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before a probe is attached: printable, nothing running yet."""
+
+    target: Target
+    catalogue: Catalogue
+    profile: Profile
+    program: Program
+    header: dict  # the recording header: what makes the stream replayable
+
+    @property
+    def codes(self) -> dict[int, str]:
+        return {e.code: e.name for e in self.catalogue.events.values()}
+
+    @property
+    def string_kinds(self) -> frozenset[str]:
+        return frozenset(e.name for e in self.catalogue.events.values() if e.has_strings)
+
+
+def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_TRANSPORT) -> Plan:
+    """Inspect QEMU `pid` and generate its program (errors: TargetError, TracerError, CatalogueError)."""
+    t = target.inspect(pid)
+    cat = catalogue.load()
+    prof = program.choose_profile(cat, t, profile)
+    prog = program.generate(cat, program.program_input(t, prof, cat), prof, transport)
+    return Plan(t, cat, prof, prog, make_header(t, cat, prof, prog))
+
+
+def session(p: Plan, sample_every: int = 1) -> TraceSession:
+    """A tracer for the plan, not yet started (TraceSession.run starts it)."""
+    if sample_every < 1:
+        raise QspanError(f"--sample-every must be 1 or more, not {sample_every}")
+    if sample_every > 1 and not p.program.transport.sampling:
+        raise QspanError(f"--sample-every needs a transport with sampling windows (maps), not {p.program.transport.name}")
+    return TraceSession(p.program.text, p.target.pid, transport=p.program.transport, sample_every=sample_every)
+
+
+@contextmanager
+def _sigint_stops(s: TraceSession) -> Iterator[None]:
+    """Ctrl-C ends the trace early (and cleanly) when tracing runs in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: s.stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progress: Progress = _quiet) -> TraceResult:
+    """Trace for `duration_s` seconds into recording `out`; the recording ends with why tracing stopped."""
+    check_can_trace()
+    s = session(p, sample_every)
+    sampled = f", one {program.WINDOW_MS} ms window in {sample_every}" if sample_every > 1 else ""
+    with _sigint_stops(s), open(out, "w") as f:
+        writer = RecordingWriter(f, p.header)
+        progress(f"attaching {len(p.program.probes)} probes to QEMU {p.target.version} "
+                 f"(PID {p.target.pid}, profile {p.profile.name}) ...")
+        result = s.run(writer.line, duration_s,
+                       on_attached=lambda: progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"))
+        writer.end(result.summary())
+    msg = f"{result.event_lines} events in {result.traced_s:.1f} s"
+    if result.lost_events:
+        msg += f", {result.lost_events} EVENTS LOST (spans touching them are marked incomplete)"
+    progress(msg)
+    return result
+
+
+def check_ended(result: TraceResult, pid: int, kept_in: Path) -> None:
+    """A trace that ended because QEMU or bpftrace went away is an error, after its events were saved."""
+    if result.reason == "qemu-exited":
+        raise TracerError(f"QEMU PID {pid} exited during the trace; the {result.event_lines} events seen are saved in {kept_in}")
+    if result.reason == "tracer-died":
+        from qspan.transport.bpftrace import stderr_errors
+
+        raise TracerError(f"bpftrace stopped unexpectedly: {stderr_errors(result.stderr)}; events so far are in {kept_in}")
+
+
+@dataclass
+class Correlation:
+    """What the correlator made of a stream: spans in start order, its counters, timelines if asked."""
+
+    spans: list[Span]
+    stats: dict
+    timelines: dict[int, Timeline] = field(default_factory=dict)  # span id -> its thread's timeline
+
+
+def correlate(events: Iterable[Event | Lost], header: dict, timelines: bool = False) -> Correlation:
+    """All spans of a finished event stream (sorted into time order first: per-CPU buffers interleave)."""
+    c = Correlator(header, capture_timeline=timelines)
+    for ev in in_time_order(events):
+        c.add(ev)
+    captured = dict(c.timelines)
+    result = c.finish()
+    return Correlation(result.spans, result.stats, captured)
+
+
+def correlate_recording(rec: Recording, timelines: bool = False) -> Correlation:
+    return correlate([*rec.events, *rec.lost], rec.header, timelines)
+
+
+def document(rec: Recording, corr: Correlation) -> dict:
+    """The qspan.spans/1 document of a correlated recording."""
+    return spans_doc.spans_document(rec.header, [span_dict(s) for s in corr.spans], corr.stats, rec.end or None,
+                                    rec.truncated)
+
+
+# -- aggregate-only mode --------------------------------------------------------
+
+
+def aggregate_plan(pid: int, interval_s: int = 1) -> tuple[Target, str]:
+    """The target and its aggregate-mode program (tracers/aggregate.txt)."""
+    t = target.inspect(pid)
+    return t, aggregate_program.generate(program.program_input(t), interval_s)
+
+
+def run_aggregate(pid: int, text: str, duration_s: float, on_line: Callable[[str], None],
+                  on_attached: Callable[[], None] | None = None) -> TraceResult:
+    """Run an aggregate program; `on_line` gets every line bpftrace prints (histograms and marks)."""
+    check_can_trace()
+    s = TraceSession(text, pid, transport=aggregate_program.TRANSPORT, all_lines=True)
+    with _sigint_stops(s):
+        return s.run(on_line, duration_s, on_attached=on_attached)
