@@ -18,25 +18,19 @@ until each has run for --seconds, and prints events/s and spans/s for:
 from __future__ import annotations
 
 import argparse
-import gzip
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from qspan.output import recording  # noqa: E402
-from qspan.transport.bpfmaps import KEY, VALUE  # noqa: E402
-from qspan.correlate import Correlator, in_time_order  # noqa: E402
-from qspan.model.events import Event  # noqa: E402
-from qspan.live import SpanStore  # noqa: E402
-from qspan.transport.decode import MapDumpDecoder  # noqa: E402
-from qspan.transport.text import parse_lines  # noqa: E402
-
-
-def raw_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        return [ln for ln in f if not ln.startswith("#")]
+from qspan import pipeline
+from qspan.correlate import in_time_order
+from qspan.live import LiveFeed
+from qspan.model.events import Event
+from qspan.output import recording
+from qspan.transport.bpfmaps import KEY, VALUE
+from qspan.transport.decode import MapDumpDecoder
+from qspan.transport.text import parse_lines
 
 
 def main() -> None:
@@ -46,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     path = Path(args.recording)
     rec = recording.read(path)
-    lines = raw_lines(path)
+    lines = list(recording.body_lines(path))
     events = in_time_order([*rec.events, *rec.lost])
 
     def timed(fn) -> tuple[float, int, int]:
@@ -59,13 +53,10 @@ def main() -> None:
         return time.perf_counter() - t0, n_ev, n_sp
 
     def parse_only():
-        return sum(1 for _ in parse_lines(lines, rec.codes)), 0
+        return sum(1 for _ in parse_lines(lines, rec.codes, rec.string_kinds)), 0
 
     def correlate_only():
-        c = Correlator(rec.header)
-        for ev in events:
-            c.add(ev)
-        return len(events), len(c.finish().spans)
+        return len(events), len(pipeline.correlate(events, rec.header).spans)
 
     # The recording's events as the kernel would hand them over: packed (key, value) arrays,
     # one dump per 1,000 events; node names (strings) travel as text and are left out.
@@ -93,30 +84,25 @@ def main() -> None:
         return out, 0
 
     def live_maps():
-        c = Correlator(rec.header, capture_timeline=True)
-        store = SpanStore()
-        codes = rec.codes
+        # what LiveSession does per dump: node names come as text lines, events as batches
+        feed = LiveFeed(rec.header)
         for ev in names:
-            c.add(ev)
+            feed.line("%d %d %d %d %s %s %d" % (code_of[ev.kind], ev.ts_ns, ev.tid, *ev.args))
         d = MapDumpDecoder()
-        n_sp = 0
         for keys, vals, n, mark in dumps:
             d.add([k + v for k, v in zip(KEY.iter_unpack(keys), VALUE.iter_unpack(vals))])
-            for e in d.release(mark, hold_ns=0)[1]:
-                c.add(Event(codes[e[4]], e[0], e[3], (e[5], e[6], e[7], e[8])))
-            spans, timelines = c.take_spans()
-            store.add(spans, timelines)
-            n_sp += len(spans)
-        return len(ints), n_sp
+            feed.batch(*d.release(mark, hold_ns=0))
+            feed.watermark(mark)
+        feed.drain()
+        return len(ints), feed.store.requests
 
     def live_text():
-        c = Correlator(rec.header, capture_timeline=True)
-        store = SpanStore()
-        for ev in in_time_order(parse_lines(lines, rec.codes)):
-            c.add(ev)
-        spans, timelines = c.take_spans()
-        store.add(spans, timelines)
-        return len(lines), len(spans)
+        # what ReplaySession does (and the printf transport's live path): text lines, reordered
+        feed = LiveFeed(rec.header)
+        for line in lines:
+            feed.line(line)
+        feed.drain()
+        return len(lines), feed.store.requests
 
     print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events; one core, {args.seconds:g} s each")
     for name, fn in (("decode (maps transport)", decode), ("parse (text)", parse_only), ("correlate", correlate_only),

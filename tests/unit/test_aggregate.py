@@ -25,7 +25,7 @@ def test_program_has_two_hits_per_request_and_no_per_event_output():
 
 
 def test_histograms_from_real_bpftrace_output():
-    # bpftrace 0.17 printing lhist() maps (tests/data: captured, not written by hand)
+    # bpftrace 0.17 printing lhist() maps (tests/support/data: captured, not written by hand)
     reader = histogram.HistogramReader()
     done = None
     with gzip.open(DATA / "aggregate-lhist.txt.gz", "rt") as f:

@@ -2,7 +2,7 @@
 
 Units are in the field names: `_ns` are CLOCK_MONOTONIC nanoseconds (the
 tracer's clock), `_us` microseconds. docs/spans-schema.md documents every
-field; tests/test_docs.py fails when a field here is not documented there.
+field; tests/unit/test_docs.py fails when a field here is not documented there.
 """
 
 from __future__ import annotations

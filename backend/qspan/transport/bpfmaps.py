@@ -9,7 +9,7 @@ only, like tracing itself) and empties one with BPF_MAP_LOOKUP_AND_DELETE_BATCH
 struct. Holding our own file descriptors also keeps the maps alive after
 bpftrace exits, so the last events are read after the probes are gone.
 
-The map layout is program.py's: key (TS_NS u64, CPU u64), value (SEQ u64, TID,
+The map layout is program/maps.py's: key (TS_NS u64, CPU u64), value (SEQ u64, TID,
 CODE, ARG0..ARG3 as s64).
 """
 

@@ -53,7 +53,7 @@ class MapDumpDecoder:
         # stamping its event; the gap that one opens is filled a few entries later
         # (gap ranges stay sorted: found by bisection). The sorted run also makes
         # release()'s sort a cheap merge.
-        events = [e for e in entries if e[0] != 0]  # e[0] == 0: the flush's sentinel (see program.py)
+        events = [e for e in entries if e[0] != 0]  # e[0] == 0: the flush's sentinel (see program/maps.py)
         events.sort(key=_by_ts)
         nxt, missing = self._next, self._missing
         for e in events:
