@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from qspan.errors import QspanError
+from qspan.cli.common import run
 from qspan.server.run import serve
 from qspan.server.settings import Settings
 from qspanlab import lab
@@ -116,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if load_args:
         args.load_args = load_args
-    try:
-        return args.fn(args)
-    except QspanError as err:
-        print(f"qspan-lab: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("qspan-lab: interrupted", file=sys.stderr)
-        return 130
+    return run(args.fn, args, prog="qspan-lab")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,12 @@ def test_attach_spans_match_the_guest(vm, output_dir):
         (h,) = x["handoffs"]
         assert sum(h["instead_ns"].values()) == h["delay_ns"]
         if x["op"] == "write":
-            assert x["dur_ns"] <= guest[("write", x["offset"])]
+            # The guest times a request with its own clock, which under TCG is QEMU's virtual
+            # clock, not the host's: a host span was once 1.7 us (0.5 %) longer than the guest's
+            # latency for it (CI, 1 span in 1,000). Allowed: 1 % + 5 us; a span that started too
+            # early or ended too late (a misattributed kick, a late ack) is off by far more.
+            lat = guest[("write", x["offset"])]
+            assert x["dur_ns"] <= lat + lat // 100 + 5_000, (x["id"], x["dur_ns"], lat)
 
     # QEMU and its guest are unharmed once the tracer has detached.
     assert lab.status(Path(vm.dir)) is not None
@@ -162,3 +167,18 @@ def test_aggregate_mode_counts_every_guest_write(vm, tmp_path):
     # host-side latency (first block node -> ack) is part of what the guest measured
     guest_p50_us = sorted(guest_requests(res.output).values())[200] / 1000
     assert 0 < total["p50_us"] <= guest_p50_us + 10, (total, guest_p50_us)
+
+
+def test_print_program_shows_what_each_command_would_attach_and_attaches_nothing(vm):
+    shown = run_qspan("tracer", "--pid", str(vm.pid), "--print")
+    assert shown.returncode == 0, shown.stderr
+    for cmd in ("record", "attach"):
+        r = run_qspan(cmd, "--pid", str(vm.pid), "--print-program", timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == shown.stdout, f"{cmd} --print-program differs from tracer --print"
+        assert "attach" not in r.stderr  # nothing was attached, no "attaching ..." progress
+    agg = run_qspan("aggregate", "--pid", str(vm.pid), "--print-program", timeout=60)
+    assert agg.returncode == 0 and "aggregate-only mode" in agg.stdout and "uprobe:" in agg.stdout, agg.stderr
+    # without --print-program, record needs somewhere to write
+    r = run_qspan("record", "--pid", str(vm.pid), timeout=60)
+    assert r.returncode != 0 and "--out is required" in r.stderr

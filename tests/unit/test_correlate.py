@@ -88,6 +88,25 @@ def test_deterministic_under_shuffled_input(real):
     assert [asdict(s) for s in again.spans] == [asdict(s) for s in res.spans]
 
 
+def _lossy_replays(events, reps: int, loss: float, seed: int = 1):
+    """The recorded events replayed `reps` times back to back, a `loss` share of them lost
+    (a Lost in their place): per replay, its records in time order. Each replay gets its
+    own coroutines, as fresh ones would be."""
+    evs = sorted(events, key=lambda e: e.ts_ns)
+    period = evs[-1].ts_ns - evs[0].ts_ns + 1_000_000
+    rng = random.Random(seed)
+    for rep in range(reps):
+        out = []
+        for e in evs:
+            ts = e.ts_ns + rep * period
+            if rng.random() < loss:
+                out.append(Lost(1, ts))
+                continue
+            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
+            out.append(Event(e.kind, ts, e.tid, args))
+        yield out
+
+
 def _digest(doc) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -107,18 +126,10 @@ def test_real_stream_gives_the_recorded_spans_stats_and_timelines(real):
                     "timelines": {str(sid): tl.dicts() for sid, tl in sorted(timelines.items())}})
     assert len(spans) == len(timelines) == len(res.spans)
     # and the same stream replayed with 5 % of it lost: the sweeps, abandoned and incomplete requests
-    evs = sorted(rec.events, key=lambda e: e.ts_ns)
-    period = evs[-1].ts_ns - evs[0].ts_ns + 1_000_000
-    rng = random.Random(1)
     c = Correlator(rec.header)
-    for rep in range(4):
-        for e in evs:
-            ts = e.ts_ns + rep * period
-            if rng.random() < 0.05:
-                c.add(Lost(1, ts))
-                continue
-            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
-            c.add(Event(e.kind, ts, e.tid, args))
+    for replay in _lossy_replays(rec.events, reps=4, loss=0.05):
+        for r in replay:
+            c.add(r)
     lossy_res = c.finish()
     assert lossy_res.stats["abandoned"] > 0 and lossy_res.stats["incomplete"] > 0
     lossy = _digest({"spans": [span_dict(s) for s in lossy_res.spans], "stats": lossy_res.stats})
@@ -339,32 +350,22 @@ def test_state_stays_bounded_when_events_are_lost(real):
     from qspan.correlate import SWEEP_NS, Correlator
 
     rec, _guest, full = real
-    evs = sorted(rec.events, key=lambda e: e.ts_ns)
-    period = evs[-1].ts_ns - evs[0].ts_ns + 1_000_000
-    rng = random.Random(1)
     c = Correlator(rec.header)
     sizes = []
     reps = 40
-    for rep in range(reps):
-        for e in evs:
-            ts = e.ts_ns + rep * period
-            if rng.random() < 0.3:
-                c.add(Lost(1, ts))
-                continue
-            # each replay its own coroutines, as fresh ones would be
-            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
-            c.add(Event(e.kind, ts, e.tid, args))
+    for replay in _lossy_replays(rec.events, reps, loss=0.3):
+        for r in replay:
+            c.add(r)
         c.take_spans()
         sizes.append(len(c.alive) + len(c.co_req) + len(c.co_node) + sum(len(t.stack) for t in c.threads.values()))
-    assert reps * period > 4 * SWEEP_NS  # several sweeps happened
+    assert c.last_ts - min(e.ts_ns for e in rec.events) > 4 * SWEEP_NS  # several sweeps happened
     assert max(sizes[reps // 2:]) < 3 * max(sizes[: reps // 4]) and c.stats["abandoned"] > 0, sizes
 
     # the same long replay without losses: nothing is swept, every request is a span
     c = Correlator(rec.header)
-    for rep in range(reps):
-        for e in evs:
-            args = tuple(a + rep * 10**9 if e.kind.startswith("co.") and a > 10**12 else a for a in e.args)
-            c.add(Event(e.kind, e.ts_ns + rep * period, e.tid, args))
+    for replay in _lossy_replays(rec.events, reps, loss=0.0):
+        for r in replay:
+            c.add(r)
     res = c.finish()
     assert res.stats["abandoned"] == 0 and len(res.spans) == reps * len(full.spans)
 

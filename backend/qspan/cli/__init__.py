@@ -11,7 +11,6 @@ import sys
 
 from qspan import __version__
 from qspan.cli import common, inspect, offline, serve, trace
-from qspan.errors import QspanError
 
 EXAMPLES = """\
 examples:
@@ -42,16 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except QspanError as err:
-        print(f"qspan: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("qspan: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    return common.run(args.fn, args)
 
 
 if __name__ == "__main__":

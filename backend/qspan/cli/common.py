@@ -8,6 +8,21 @@ import sys
 from pathlib import Path
 
 from qspan import program
+from qspan.errors import QspanError
+
+
+def run(fn, args, prog: str = "qspan") -> int:
+    """Run a command: a QspanError is one line on stderr and its exit code, never a traceback."""
+    try:
+        return fn(args)
+    except QspanError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `qspan ... | head`
+        return 0
 
 
 def progress(msg: str) -> None:
