@@ -68,12 +68,17 @@ def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_
     return Plan(t, cat, prof, prog, make_header(t, cat, prof, prog))
 
 
-def session(p: Plan, sample_every: int = 1) -> TraceSession:
-    """A tracer for the plan, not yet started (TraceSession.run starts it)."""
+def check_sampling(sample_every: int, transport: str) -> None:
+    """--sample-every N is 1 or more, and more than 1 only where windows open and close in BPF."""
     if sample_every < 1:
         raise QspanError(f"--sample-every must be 1 or more, not {sample_every}")
-    if sample_every > 1 and not p.program.transport.sampling:
-        raise QspanError(f"--sample-every needs a transport with sampling windows (maps), not {p.program.transport.name}")
+    if sample_every > 1 and not program.transport_module(transport).TRANSPORT.sampling:
+        raise QspanError(f"--sample-every needs a transport with sampling windows (maps), not {transport}")
+
+
+def session(p: Plan, sample_every: int = 1) -> TraceSession:
+    """A tracer for the plan, not yet started (TraceSession.run starts it)."""
+    check_sampling(sample_every, p.program.transport.name)
     return TraceSession(p.program.text, p.target.pid, transport=p.program.transport, sample_every=sample_every)
 
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from qspan.cli.common import run
+from qspan.cli.serve import add_server_options, settings_from
 from qspan.server.run import serve
-from qspan.server.settings import Settings
 from qspanlab import lab
 
 EXAMPLES = """\
@@ -32,8 +32,7 @@ def _progress(msg: str) -> None:
 
 def cmd_demo(args) -> int:
     """Lab up, a steady guest workload, the server attached to it: the README's first command."""
-    settings = Settings(host=args.host, port=args.port, token=args.token or None)
-    settings.check()
+    settings = settings_from(args)
     d = Path(args.dir)
     info = lab.status(d) or lab.up(d, scenario=args.scenario, progress=_progress)
     lab.send_command(info, f"loop --op write --qd 4 --duration 5 --rate {args.rate} --verify")
@@ -97,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld = sub.add_parser("load", help="run qspan-load in the guest, e.g. --op write --qd 4 --count 2000 --verify")
     ld.set_defaults(fn=cmd_load, load_args=[])  # everything after "load" goes to qspan-load verbatim (see main)
     d = sub.add_parser("demo", help="boot the seed lab, drive guest writes, serve the dashboard attached to it")
-    d.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s; others need --token)")
-    d.add_argument("--port", type=int, default=8321)
-    d.add_argument("--token", default="", help="bearer token required by the API")
+    add_server_options(d)
     d.add_argument("--scenario", default="seed", choices=lab.SCENARIOS)
     d.add_argument("--rate", type=int, default=300, help="guest writes per second (default %(default)s)")
     d.set_defaults(fn=cmd_demo)

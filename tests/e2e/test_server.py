@@ -142,7 +142,7 @@ def test_websocket_from_a_foreign_origin_is_refused(server, session):
 def test_non_loopback_needs_a_token():
     r = subprocess.run([sys.executable, "-m", "qspan.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
                        cwd=REPO, capture_output=True, text=True, timeout=60,
-                       env={"PYTHONPATH": str(REPO / "backend"), "PATH": "/usr/bin:/bin"})
+                       env={"PATH": "/usr/bin:/bin"})
     assert r.returncode != 0 and "needs --token" in r.stderr and "Traceback" not in r.stderr
     s = Server("--token", "s3cret").wait_ready(headers={"Authorization": "Bearer s3cret"})
     try:

@@ -60,6 +60,11 @@ def _write(tmp: Path, events: str, probes: str) -> Path:
         ("co.switch a,b,c,d x\n", "co.switch uprobe 7.x f proc - - - -\n", r"probes.txt:1: bad QEMU version"),
         ("co.switch a,b,c,d x\n", "co.switch uprobe * f proc - -\n", r"probes.txt:1: expected EVENT"),
         ("co.switch a,b,c,d x\nco.wake a,b,c,d y\n", "co.switch uprobe * f proc - - - -\n", r"events.txt:2: event co.wake has no probe"),
+        # the event line carries strings in ARG1 and ARG2 only (transport/text.py parses them there)
+        ("node.name a,b,c,d x\n", "node.name uprobe * f proc arg0 str:arg1 - str:arg2\n", r"probes.txt:1: string arguments go in ARG1 and ARG2"),
+        ("node.name a,b,c,d x\n", "node.name uprobe * f proc str:arg0 - - -\n", r"probes.txt:1: string arguments go in ARG1 and ARG2"),
+        ("node.name a,b,c,d x\n", "node.name uprobe * f proc arg0 str:a - -\nnode.name uprobe * g proc arg0 b - -\n",
+         r"probes.txt:2: node.name has string arguments here but not at probes.txt:1"),
     ],
 )
 def test_malformed_catalogue_names_file_and_line(tmp_path, events, probes, message):

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from helpers import DATA, REPO, one_clear_error, run_qspan
+from helpers import DATA, one_clear_error, run_qspan
 
 
 def test_pid_that_does_not_exist():
@@ -26,7 +26,7 @@ def test_program_for_a_pid_that_is_not_qemu():
 
 
 def test_bpftrace_missing(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO / "backend"), PATH=str(tmp_path))  # no bpftrace here
+    env = dict(os.environ, PATH=str(tmp_path))  # no bpftrace here
     r = subprocess.run([sys.executable, "-m", "qspan.cli", "record", "--pid", "1", "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, env=env, timeout=60)
     one_clear_error(r, "bpftrace not found")

@@ -47,3 +47,36 @@ def test_live_spans_equal_offline_spans_on_a_recorded_stream():
     from qspan.model.spans import span_dict
 
     assert [live[s.id] for s in offline.spans] == [span_dict(s) for s in offline.spans]
+
+
+def test_the_maps_transport_path_gives_the_offline_spans():
+    """What a live session does per dump (node names as text lines, events as decoded batches
+    with a watermark after each) gives the spans `qspan spans` gives for the same events."""
+    from qspan.model.spans import span_dict
+    from qspan.transport.bpfmaps import KEY, VALUE
+    from qspan.transport.decode import MapDumpDecoder
+
+    rec = recording.read(RECORDING)
+    code_of = {v: int(k) for k, v in rec.header["codes"].items()}
+    events = sorted(rec.events, key=lambda e: e.ts_ns)
+    ints = [e for e in events if e.kind not in rec.string_kinds]
+    feed = LiveFeed(rec.header)
+    for e in events:
+        if e.kind in rec.string_kinds:  # printed once per node, ahead of the dumps
+            feed.line("%d %d %d %d %s %s %d" % (code_of[e.kind], e.ts_ns, e.tid, *e.args))
+    decoder, seq = MapDumpDecoder(), [0, 0]
+    for i in range(0, len(ints), 500):  # a dump every 500 events, as the kernel hands them over
+        chunk, entries = ints[i:i + 500], []
+        for j, e in enumerate(chunk):
+            cpu = j % 2
+            seq[cpu] += 1
+            entries.append(KEY.unpack(KEY.pack(e.ts_ns, cpu)) + VALUE.unpack(VALUE.pack(seq[cpu], e.tid, code_of[e.kind], *e.args)))
+        decoder.add(entries[::-1])  # hash order, not time order
+        feed.batch(*decoder.release(chunk[-1].ts_ns + 1, hold_ns=0))
+        feed.watermark(chunk[-1].ts_ns + 1)
+    feed.drain()
+    offline = pipeline.correlate_recording(rec)
+    live = {s["id"]: s for s in feed.store.spans}
+    assert feed.lost == 0 and len(live) == len(offline.spans) > 0
+    assert [live[s.id] for s in offline.spans] == [span_dict(s) for s in offline.spans]
+    assert feed.counters() == offline.stats

@@ -93,10 +93,11 @@ def test_a_capped_recording_stops_growing_and_still_reads_back(tmp_path):
         for ln in body[100:]:
             w.line(ln)
         assert w.capped and w.written <= cap
-        w.end({"reason": "stopped"})
+        written_end = w.end({"reason": "stopped"})
     assert out.stat().st_size <= cap + 1024  # the #end line comes on top
     rec = recording.read(out)
     assert rec.end["capped"]["max_bytes"] == cap and rec.end["reason"] == "stopped"
+    assert written_end == rec.end  # what a live session's export says is what the file says
     n = len(rec.events)
     assert 100 < n < len(body)
     assert rec.end["capped"]["first_line_dropped"] == body[n]  # nothing skipped before the cap, nothing after

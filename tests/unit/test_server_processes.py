@@ -118,3 +118,16 @@ def test_start_time_is_field_22_of_proc_stat():
         child.kill()
         child.wait()
     assert targets.process_identity(child.pid) is None
+
+
+def test_an_entry_is_inspected_again_once_it_is_old(host):
+    # QEMU may load a profile's library after it started: the listing must not say "stock" for ever.
+    now = [0.0]
+    cache = targets.TargetCache(max_age_s=30, clock=lambda: now[0])
+    cache.rows()
+    now[0] = 29.0
+    cache.rows()
+    assert host.inspected == [PID]
+    now[0] = 31.0
+    cache.rows()
+    assert host.inspected == [PID, PID]

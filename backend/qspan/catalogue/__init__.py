@@ -165,10 +165,9 @@ def _probe(where: str, parts: list[str], events: dict[str, EventSpec], in_profil
     if source != "tracepoint" and not in_profile and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", target):
         raise CatalogueError(f"{where}: bad symbol or probe name {target!r}")
     exprs = tuple("0" if a == "-" else a for a in args)
-    if any(a.startswith("str:") for a in exprs[1:]) and not exprs[1].startswith("str:"):
-        raise CatalogueError(f"{where}: a string event names its key first (ARG0), then its strings")
-    if exprs[0].startswith("str:"):
-        raise CatalogueError(f"{where}: ARG0 of an event is its key, never a string")
+    if exprs[0].startswith("str:") or exprs[3].startswith("str:"):
+        # the event line's layout (transport/text.py): ARG0 is the key, strings only in ARG1 and ARG2
+        raise CatalogueError(f"{where}: string arguments go in ARG1 and ARG2 only (ARG0 is the event's key)")
     return ProbeSpec(event, source, VersionMatch.parse(qemu, where), target, filt, exprs, where)
 
 

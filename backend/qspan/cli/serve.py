@@ -5,19 +5,8 @@ from __future__ import annotations
 from qspan import program
 
 
-def cmd_serve(args) -> int:
-    from qspan.server.run import serve
-    from qspan.server.settings import Settings
-
-    settings = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling,
-                        record_max_mb=args.record_max_mb)
-    settings.check()
-    serve(settings)
-    return 0
-
-
-def add(sub, parents) -> None:
-    s = sub.add_parser("serve", help="serve the live dashboard (FastAPI) on 127.0.0.1")
+def add_server_options(s) -> None:
+    """What the server takes: shared by `qspan serve` and `qspan-lab demo`."""
     s.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s; others need --token)")
     s.add_argument("--port", type=int, default=8321, help="listen port (default %(default)s)")
     s.add_argument("--token", default="", help="bearer token required by the API (and ?token= for the WebSocket)")
@@ -26,4 +15,26 @@ def add(sub, parents) -> None:
                         f"{program.WINDOW_MS} ms windows, each whole; off: trace everything, lose events when behind")
     s.add_argument("--record-max-mb", type=int, default=2048,
                    help="stop each session's raw recording at this size; tracing goes on (0: no limit; default %(default)s)")
+
+
+def settings_from(args):
+    """The server's Settings from add_server_options' arguments, checked (QspanError if unsafe)."""
+    from qspan.server.settings import Settings
+
+    settings = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling,
+                        record_max_mb=args.record_max_mb)
+    settings.check()
+    return settings
+
+
+def cmd_serve(args) -> int:
+    from qspan.server.run import serve
+
+    serve(settings_from(args))
+    return 0
+
+
+def add(sub, parents) -> None:
+    s = sub.add_parser("serve", help="serve the live dashboard (FastAPI) on 127.0.0.1")
+    add_server_options(s)
     s.set_defaults(fn=cmd_serve)

@@ -16,14 +16,15 @@ from qspan.output import histogram, recording
 
 def _plan(args) -> pipeline.Plan | None:
     """The plan, or None once --print-program printed it."""
-    if not args.print_program:
+    if not args.print_program:  # what can be told without touching QEMU first
+        if not args.out:
+            raise QspanError(f"qspan {args.cmd}: --out is required (or --print-program to only show the program)")
+        pipeline.check_sampling(args.sample_every, args.transport)
         check_can_trace()  # before inspecting: "not root" is the clearer first error
     p = pipeline.plan(args.pid, args.profile, args.transport)
     if args.print_program:
         print_program(p)
         return None
-    if not args.out:
-        raise QspanError(f"qspan {args.cmd}: --out is required (or --print-program to only show the program)")
     return p
 
 
@@ -86,6 +87,7 @@ def cmd_aggregate(args) -> int:
     if args.print or args.print_program:
         sys.stdout.write(text)
         return 0
+    check_can_trace()
     out = _AggregatePrinter()
     progress(f"aggregate mode on QEMU {t.version} (PID {args.pid}): per-op latency, {histogram.BUCKET_US} us buckets")
     result = pipeline.run_aggregate(args.pid, text, args.duration, out.line, lambda: out.attached(args.duration))

@@ -98,10 +98,10 @@ class LiveSession:
                 result = self._session.run(lambda line: self._line(writer, line), None, on_attached=self._attached,
                                            on_watermark=self._watermark,
                                            on_batch=(lambda lost, entries: self._batch(writer, lost, entries)) if batched else None)
-                writer.end(result.summary())
+                end = writer.end(result.summary())
             self.reason = result.reason
             with self._lock:
-                self.end = result.summary()
+                self.end = end  # what the recording's #end says, --record-max-mb's cap included
                 self.feed.drain()
             if result.reason == "qemu-exited":
                 self.error = f"QEMU PID {self.pid} exited; {result.event_lines} events kept in {self.record_path.name}"
@@ -189,7 +189,8 @@ class LiveSession:
         with self._lock:
             counters = self.feed.counters() if self.feed else {}
             end = self.end
-        return spans_document(self.header, spans, counters, end)
+        # a failed session's recording has no end marker: `qspan spans` calls it truncated too
+        return spans_document(self.header, spans, counters, end, truncated=self.state == "failed")
 
     def status(self) -> dict:
         rate = 0.0

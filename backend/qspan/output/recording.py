@@ -92,11 +92,13 @@ class RecordingWriter:
     def capped(self) -> bool:
         return self.capped_at_line is not None
 
-    def end(self, summary: dict) -> None:
+    def end(self, summary: dict) -> dict:
+        """Close the recording with why tracing stopped; returns the end marker as written."""
         if self.capped:
             summary = dict(summary, capped={"max_bytes": self.max_bytes, "first_line_dropped": self.capped_at_line})
         self.f.write("#end " + json.dumps(summary, sort_keys=True) + "\n")
         self.f.flush()
+        return summary
 
 
 def make_header(t, cat, prof, prog) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from qspan import catalogue, program, target
 from qspan.errors import QspanError
@@ -42,12 +43,15 @@ class TargetCache:
     inspected again; entries of PIDs that are gone are dropped. Errors are
     cached like results. What is cached is what the listing shows (binary,
     version, QMP socket, probe source, the profile auto would choose); attaching
-    always inspects afresh.
+    always inspects afresh. An entry older than `max_age_s` is inspected again:
+    QEMU may load a profile's library (or become inspectable) after it started.
     """
 
-    def __init__(self):
-        self._entries: dict[int, tuple[Identity, dict]] = {}
+    def __init__(self, max_age_s: float = 30.0, clock=time.monotonic):
+        self._entries: dict[int, tuple[Identity, dict, float]] = {}
         self._lock = threading.Lock()  # two refreshes at once inspect a new process once
+        self.max_age_s = max_age_s
+        self._clock = clock
 
     def rows(self) -> list[dict]:
         """One row per QEMU process: {"pid", "exe", "version", "qmp", "probe_source", "profile"} or {"pid", "error"}."""
@@ -59,8 +63,9 @@ class TargetCache:
                 if key is None:
                     continue  # exited since it was listed
                 hit = self._entries.get(pid)
-                if hit is None or hit[0] != key:
-                    hit = self._entries[pid] = (key, _describe(pid))
+                now = self._clock()
+                if hit is None or hit[0] != key or now - hit[2] > self.max_age_s:
+                    hit = self._entries[pid] = (key, _describe(pid), now)
                 out.append(dict(hit[1]))
             listed = {row["pid"] for row in out}
             for pid in [p for p in self._entries if p not in listed]:
