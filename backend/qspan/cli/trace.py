@@ -81,6 +81,17 @@ class _AggregatePrinter:
         print(f"{row['t_s']:>7.1f} s  " + ("; ".join(ops) or "no requests"), flush=True)
 
 
+    def finish(self, t, result) -> dict:
+        """Print the totals; the JSON document `--out` writes."""
+        total = {op: histogram.summary(b) for op, b in sorted(self.totals.items())}
+        for op, s in total.items():
+            print(f"total {op}: {s['requests']} requests, p50 {s.get('p50_us', 0):.0f} us, "
+                  f"p90 {s.get('p90_us', 0):.0f} us, p99 {s.get('p99_us', 0):.0f} us")
+        return {"mode": "aggregate", "qemu": t.version, "pid": t.pid, "end": result.summary(),
+                "intervals": self.intervals, "total": total,
+                "histograms_us": {op: dict(sorted(b.items())) for op, b in self.totals.items()}}
+
+
 def cmd_aggregate(args) -> int:
     """Always-on latency histograms: two probe hits per request, no spans."""
     t, text = pipeline.aggregate_plan(args.pid, args.interval)
@@ -91,14 +102,9 @@ def cmd_aggregate(args) -> int:
     out = _AggregatePrinter()
     progress(f"aggregate mode on QEMU {t.version} (PID {args.pid}): per-op latency, {histogram.BUCKET_US} us buckets")
     result = pipeline.run_aggregate(args.pid, text, args.duration, out.line, lambda: out.attached(args.duration))
-    total = {op: histogram.summary(b) for op, b in sorted(out.totals.items())}
-    for op, s in total.items():
-        print(f"total {op}: {s['requests']} requests, p50 {s.get('p50_us', 0):.0f} us, "
-              f"p90 {s.get('p90_us', 0):.0f} us, p99 {s.get('p99_us', 0):.0f} us")
+    doc = out.finish(t, result)
     if args.out:
-        write_json(args.out, {"mode": "aggregate", "qemu": t.version, "pid": args.pid, "end": result.summary(),
-                              "intervals": out.intervals, "total": total,
-                              "histograms_us": {op: dict(sorted(b.items())) for op, b in out.totals.items()}})
+        write_json(args.out, doc)
     pipeline.check_ended(result, args.pid, Path(args.out or "-"))
     return 0
 
