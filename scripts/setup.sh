@@ -10,9 +10,11 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages: QEMU (stock 7.2), bpftrace, the guest's kernel and busybox,
-# a C toolchain for the static guest workload, Python's venv.
-packages=(qemu-system-x86 qemu-utils bpftrace busybox-static linux-image-cloud-amd64
+# Debian packages: QEMU (stock 7.2), bpftrace, busybox for the guest, a C toolchain
+# for the static guest workload, Python's venv. The guest's kernel is not among them:
+# lab/guest/build.sh downloads Debian's cloud kernel package and unpacks it under
+# build/, so the host gets no new kernel, initramfs or bootloader entry.
+packages=(qemu-system-x86 qemu-utils bpftrace busybox-static
           cpio gzip kmod gcc libc6-dev make python3 python3-venv procps util-linux binutils
           dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev
           chromium fonts-dejavu-core docker-compose)

@@ -49,3 +49,15 @@ def test_setup_installs_the_lab_and_checks_its_command():
     assert re.search(r"pip install .*-e '\.\[test\]' -e lab\b", text)
     assert re.search(r"for cmd in qspan qspan-lab; do\n\s+if ! \.venv/bin/\$cmd --help", text)
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup.sh")]).returncode == 0
+
+
+def test_setup_leaves_the_host_kernel_and_boot_alone():
+    """The guest's kernel is downloaded and unpacked under build/, never installed on the host."""
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    packages = re.search(r"^packages=\((.*?)\)", setup, re.M | re.S).group(1).split()
+    assert not [p for p in packages if p.startswith(("linux-image", "linux-headers", "grub", "systemd-boot"))], packages
+    guest = (REPO / "lab" / "guest" / "build.sh").read_text()
+    assert "apt-get install" not in guest and "dpkg -i" not in guest
+    assert re.search(r'^kernel="\$kroot/boot/vmlinuz-\$kver"$', guest, re.M)  # the unpacked copy, not the host's /boot
+    assert "/boot/vmlinuz-*" not in guest
+    assert 'modprobe -d "$kroot"' in guest  # modules from the unpacked package, not the host's /lib/modules
