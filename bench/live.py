@@ -54,18 +54,19 @@ def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
     The same correlator as the server's, offline: the server's store keeps only
     the newest spans, and fetching them all while measuring would load the server.
     """
-    from qspan.correlate import correlate
+    from qspan import pipeline
+    from qspan.output import recording
     from qspan.transport.text import parse_line
 
     with open(path) as f:
         f.readline()
         header = json.loads(f.readline()[len("#header "):])
-        codes = {int(k): v for k, v in header["codes"].items()}
+        codes, strings = recording.codes(header), recording.string_kinds(header)
         events, t0 = [], None
         for line in f:
             if line.startswith("#"):
                 continue
-            ev = parse_line(line, codes)
+            ev = parse_line(line, codes, strings)
             ts = getattr(ev, "ts_ns", None)
             if ts is None:
                 continue
@@ -73,7 +74,7 @@ def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
             if ts - t0 > to_s * 1e9:
                 break
             events.append(ev)
-    return {s.end_ns for s in correlate(events, header).spans if s.end_ns >= t0 + from_s * 1e9}
+    return {s.end_ns for s in pipeline.correlate(events, header).spans if s.end_ns >= t0 + from_s * 1e9}
 
 
 def main() -> None:

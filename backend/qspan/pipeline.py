@@ -31,7 +31,7 @@ from qspan.output.recording import Recording, RecordingWriter, make_header
 from qspan.program import Program
 from qspan.program import aggregate as aggregate_program
 from qspan.target import Target
-from qspan.transport.bpftrace import TraceResult, TraceSession, check_can_trace
+from qspan.transport.bpftrace import TraceResult, TraceSession, check_can_trace, stderr_errors
 
 Progress = Callable[[str], None]
 
@@ -49,14 +49,6 @@ class Plan:
     profile: Profile
     program: Program
     header: dict  # the recording header: what makes the stream replayable
-
-    @property
-    def codes(self) -> dict[int, str]:
-        return {e.code: e.name for e in self.catalogue.events.values()}
-
-    @property
-    def string_kinds(self) -> frozenset[str]:
-        return frozenset(e.name for e in self.catalogue.events.values() if e.has_strings)
 
 
 def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_TRANSPORT) -> Plan:
@@ -119,8 +111,6 @@ def check_ended(result: TraceResult, pid: int, kept_in: Path) -> None:
     if result.reason == "qemu-exited":
         raise TracerError(f"QEMU PID {pid} exited during the trace; the {result.event_lines} events seen are saved in {kept_in}")
     if result.reason == "tracer-died":
-        from qspan.transport.bpftrace import stderr_errors
-
         raise TracerError(f"bpftrace stopped unexpectedly: {stderr_errors(result.stderr)}; events so far are in {kept_in}")
 
 

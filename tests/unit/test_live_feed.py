@@ -30,8 +30,7 @@ def test_a_lost_line_marks_the_requests_in_flight_where_it_was_printed():
     marked = 0
     for at in (4000, 6000, 8000):
         header, lines = _lines_with_a_loss(at)
-        codes = {int(k): v for k, v in header["codes"].items()}
-        offline = pipeline.correlate(parse_lines(lines, codes, recording.string_kinds(header)), header)
+        offline = pipeline.correlate(parse_lines(lines, recording.codes(header), recording.string_kinds(header)), header)
         live = _live(header, lines)
         want = {s.id for s in offline.spans if not s.complete}
         assert {sid for sid, s in live.items() if not s["complete"]} == want, f"loss after line {at}"

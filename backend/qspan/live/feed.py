@@ -14,7 +14,7 @@ from qspan.correlate import Correlator
 from qspan.live.reorder import WATERMARK_MARGIN_NS, ReorderBuffer
 from qspan.live.store import SpanStore
 from qspan.model.events import Event, Lost
-from qspan.output.recording import string_kinds
+from qspan.output.recording import codes, string_kinds
 from qspan.transport.text import MalformedLine, parse_line
 
 # Correlate the text path's buffer every this many lines (not every line: a heap pass each).
@@ -24,7 +24,7 @@ PROCESS_EVERY = 64
 class LiveFeed:
     def __init__(self, header: dict, store: SpanStore | None = None):
         self.header = header
-        self.codes = {int(k): v for k, v in header["codes"].items()}
+        self.codes = codes(header)
         self.string_kinds = string_kinds(header)
         self.correlator = Correlator(header, capture_timeline=True)
         self.store = store if store is not None else SpanStore()

@@ -37,11 +37,16 @@ class Recording:
 
     @property
     def codes(self) -> dict[int, str]:
-        return {int(k): v for k, v in self.header["codes"].items()}
+        return codes(self.header)
 
     @property
     def string_kinds(self) -> frozenset[str]:
         return string_kinds(self.header)
+
+
+def codes(header: dict) -> dict[int, str]:
+    """Event code -> event name, from the recording's header (codes change with the catalogue)."""
+    return {int(k): v for k, v in header["codes"].items()}
 
 
 def string_kinds(header: dict) -> frozenset[str]:
@@ -165,14 +170,14 @@ def read(path: str | Path, allow_truncated: bool = False) -> Recording:
                 raise RecordingError(f"{path}:2: missing #header line")
             try:
                 header = json.loads(second[8:])
-                codes = {int(k): v for k, v in header["codes"].items()}
+                code_table = codes(header)
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise RecordingError(f"{path}:2: malformed #header line") from None
             state: dict = {"path": path}
             events: list[Event] = []
             lost: list[Lost] = []
             try:
-                for rec in parse_lines(_body(f, 3, state), codes, string_kinds(header), first_lineno=3):
+                for rec in parse_lines(_body(f, 3, state), code_table, string_kinds(header), first_lineno=3):
                     (events if isinstance(rec, Event) else lost).append(rec)
             except MalformedLine as err:
                 # lineno counts body lines from 3; comments were skipped, so say "near"
