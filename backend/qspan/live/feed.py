@@ -10,10 +10,13 @@ behind the tracer thread; replay.py feeds it a recording.
 
 from __future__ import annotations
 
+import threading
+
 from qspan.correlate import Correlator
 from qspan.live.reorder import WATERMARK_MARGIN_NS, ReorderBuffer
 from qspan.live.store import SpanStore
 from qspan.model.events import Event, Lost
+from qspan.output.document import spans_document
 from qspan.output.recording import codes, string_kinds
 from qspan.transport.text import MalformedLine, parse_line
 
@@ -106,3 +109,36 @@ class LiveFeed:
     def counters(self) -> dict:
         """The correlator's counters, as the spans document carries them."""
         return self.correlator.counters(self.store.requests)
+
+
+class FedSession:
+    """What the server reads of a session whose spans come from a LiveFeed: a live one or a replay.
+
+    Subclasses set `feed` (None until started), `header`, `end` (the recording's
+    end marker once known) and `_lock` (held by whoever writes the feed).
+    """
+
+    feed: LiveFeed | None
+    header: dict
+    end: dict | None
+    _lock: threading.Lock
+
+    @property
+    def store(self) -> SpanStore | None:
+        return self.feed.store if self.feed else None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the session's recording lacks its end marker."""
+        return False
+
+    def locked(self):
+        """Hold this while reading the store: the feed's writer holds it too."""
+        return self._lock
+
+    def document(self, spans: list[dict]) -> dict:
+        """The qspan.spans/1 document of these spans of this session (the CLI's builder)."""
+        with self._lock:
+            counters = self.feed.counters() if self.feed else {}
+            end = self.end
+        return spans_document(self.header, spans, counters, end, self.truncated)

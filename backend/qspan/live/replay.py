@@ -12,19 +12,18 @@ import threading
 import time
 from pathlib import Path
 
-from qspan.live.feed import LiveFeed
+from qspan.live.feed import FedSession, LiveFeed
 from qspan.output import recording
-from qspan.output.document import spans_document
 
 
-class ReplaySession:
+class ReplaySession(FedSession):
     def __init__(self, session_id: str, path: str | Path):
         self.id = session_id
         self.path = Path(path)
         rec = recording.read(self.path, allow_truncated=True)  # a clear RecordingError before anything else
         self.header = rec.header
         self.end = rec.end or None
-        self.truncated = rec.truncated
+        self._truncated = rec.truncated
         target = self.header.get("target", {})
         self.pid = target.get("pid", 0)
         self.profile_name = self.header.get("profile", {}).get("name")
@@ -36,8 +35,8 @@ class ReplaySession:
         self._lock = threading.Lock()
 
     @property
-    def store(self):
-        return self.feed.store
+    def truncated(self) -> bool:
+        return self._truncated
 
     def start(self) -> None:
         """Feed every line, then drain: synchronous (a recording is done when it is read)."""
@@ -56,14 +55,6 @@ class ReplaySession:
 
     def join(self, timeout: float | None = None) -> None:
         pass
-
-    def locked(self):
-        return self._lock
-
-    def document(self, spans: list[dict]) -> dict:
-        with self._lock:
-            counters = self.feed.counters()
-        return spans_document(self.header, spans, counters, self.end, self.truncated)
 
     def status(self) -> dict:
         feed = self.feed

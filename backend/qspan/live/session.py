@@ -20,10 +20,9 @@ from pathlib import Path
 from qspan import pipeline, program
 from qspan.catalogue import costs
 from qspan.errors import QspanError
-from qspan.live.feed import LiveFeed
+from qspan.live.feed import FedSession, LiveFeed
 from qspan.live.shedder import LoadShedder
 from qspan.output import overhead, recording
-from qspan.output.document import spans_document
 from qspan.target import Target
 from qspan.transport.bpftrace import TraceSession, check_can_trace
 from qspan.transport.text import entry_line
@@ -31,8 +30,13 @@ from qspan.transport.text import entry_line
 log = logging.getLogger("qspan.live")
 
 
-class LiveSession:
+class LiveSession(FedSession):
     """One attached tracer; `status()` and the store under `locked()` are what the server reads."""
+
+    @property
+    def truncated(self) -> bool:
+        # a failed session's recording has no end marker: `qspan spans` calls it truncated too
+        return self.state == "failed"
 
     def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto",
                  record_max_bytes: int | None = None):
@@ -69,10 +73,6 @@ class LiveSession:
         self.target: Target | None = None
         self.header: dict = {}
         self._event_us: dict[str, float] = {}
-
-    @property
-    def store(self):
-        return self.feed.store if self.feed else None
 
     def start(self) -> None:
         """Plan synchronously (errors reach the caller), trace in a thread."""
@@ -172,10 +172,6 @@ class LiveSession:
             self.feed.clock(time.monotonic_ns())
         self._rate.append((time.monotonic(), self.feed.lines))
 
-    def locked(self):
-        """Hold this while reading the store: the tracer thread writes it."""
-        return self._lock
-
     def stop(self) -> None:
         if self._session:
             self._session.stop()
@@ -183,14 +179,6 @@ class LiveSession:
     def join(self, timeout: float | None = None) -> None:
         if self._thread:
             self._thread.join(timeout)
-
-    def document(self, spans: list[dict]) -> dict:
-        """The qspan.spans/1 document of these spans of this session (the same builder as the CLI's)."""
-        with self._lock:
-            counters = self.feed.counters() if self.feed else {}
-            end = self.end
-        # a failed session's recording has no end marker: `qspan spans` calls it truncated too
-        return spans_document(self.header, spans, counters, end, truncated=self.state == "failed")
 
     def status(self) -> dict:
         rate = 0.0
