@@ -315,6 +315,30 @@ def test_a_kick_no_request_took_is_not_charged_to_a_later_one():
     assert c.start_ns == 9000 and c.phases[0].name == "submit"
 
 
+def test_a_stale_kick_for_a_request_taken_already_is_not_charged_to_the_next():
+    """The sequence a CI run failed on (recorded, times in us, shifted): the iothread took
+    request A from the ring before A's kick landed; that kick stayed unread until request C,
+    which the guest issued much later and kicked for itself."""
+    VCPU = 400
+    header = {"target": {"threads": [*HEADER["target"]["threads"], {"tid": VCPU, "role": "vcpu"}]}}
+    A, C = 0xA, 0xC
+    ev = [
+        E("loop.poll", 62_825, IOT),
+        E("kick.read", 67_542, IOT, 0x5E),  # an older kick wakes the handler ...
+        *_request(81_773, A, offset=4096),  # ... which finds A in the ring already
+        E("notify", 83_766, VCPU, 0x5E),  # A's own kick lands after A was taken
+        term(90_000, IOT, A, LEADER),
+        E("loop.poll", 222_191, IOT),
+        E("kick.read", 226_197, IOT, 0x5E),  # reads the stale kick ...
+        E("notify", 228_590, VCPU, 0x5E),  # ... while C's own kick lands
+        *_request(231_284, C, offset=8192),
+        term(240_000, IOT, C, LEADER),
+    ]
+    a, c = correlate(ev, header).spans
+    assert a.phases[0].name == "submit"  # A came by the ring, its kick was late
+    assert c.phases[0].name == "kick" and c.start_ns == 228_590
+
+
 def test_sampling_windows_keep_whole_requests_and_drop_the_cut_ones(real):
     """The real stream, as BPF would store it with sampling: events only inside open windows.
 
