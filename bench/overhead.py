@@ -93,11 +93,12 @@ def main() -> None:
     ap.add_argument("--qd", type=int, default=4)
     ap.add_argument("--rate", type=int, default=0, help="guest requests/s (0: as fast as it can)")
     ap.add_argument("--transports", default="maps,printf,aggregate",
-                    help="comma-separated, from: " + ", ".join(program.TRANSPORTS) + ", aggregate (qspan aggregate)")
+                    help="comma-separated, from: " + ", ".join(program.TRANSPORTS) + ", aggregate (qspan aggregate); "
+                         "TRANSPORT-entry: function-entry probes only (record --probe-sites off)")
     args = ap.parse_args()
     transports = [t for t in args.transports.split(",") if t]
     for t in transports:
-        if t not in program.TRANSPORTS and t != "aggregate":
+        if t.removesuffix("-entry") not in program.TRANSPORTS and t != "aggregate":
             ap.error(f"unknown transport {t!r}")
     modes = ["off", *transports]
     load = f"--op write --qd {args.qd} --count {args.count}" + (f" --rate {args.rate}" if args.rate else "")
@@ -123,8 +124,10 @@ def main() -> None:
                         row.update(events_per_req=0.0, lost=row["requests"] - counted)
                     else:
                         rec = Path(tmp) / f"r{r}-{mode}.qspan"
+                        # MODE-entry: the same transport with function-entry probes only (--probe-sites off)
                         proc = start_traced("record", "--pid", str(info.pid), "--duration", "600", "--out", str(rec),
-                                            "--transport", mode)
+                                            "--transport", mode.removesuffix("-entry"),
+                                            "--probe-sites", "off" if mode.endswith("-entry") else "on")
                         row = measure(info, load, proc.pid)
                         proc.send_signal(2)
                         proc.communicate(timeout=120)

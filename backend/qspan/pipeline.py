@@ -51,12 +51,15 @@ class Plan:
     header: dict  # the recording header: what makes the stream replayable
 
 
-def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_TRANSPORT) -> Plan:
-    """Inspect QEMU `pid` and generate its program (errors: TargetError, TracerError, CatalogueError)."""
+def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_TRANSPORT, sites: bool = True) -> Plan:
+    """Inspect QEMU `pid` and generate its program (errors: TargetError, TracerError, CatalogueError).
+
+    `sites`: probe inside functions where tracers/sites.txt knows the code (else entries only).
+    """
     t = target.inspect(pid)
     cat = catalogue.load()
     prof = program.choose_profile(cat, t, profile)
-    prog = program.generate(cat, program.program_input(t, prof, cat), prof, transport)
+    prog = program.generate(cat, program.program_input(t, prof, cat, sites), prof, transport)
     return Plan(t, cat, prof, prog, make_header(t, cat, prof, prog))
 
 
@@ -71,7 +74,8 @@ def check_sampling(sample_every: int, transport: str) -> None:
 def session(p: Plan, sample_every: int = 1) -> TraceSession:
     """A tracer for the plan, not yet started (TraceSession.run starts it)."""
     check_sampling(sample_every, p.program.transport.name)
-    return TraceSession(p.program.text, p.target.pid, transport=p.program.transport, sample_every=sample_every)
+    return TraceSession(p.program.text, p.target.pid, transport=p.program.transport, sample_every=sample_every,
+                        sites=p.program.sites)
 
 
 @contextmanager

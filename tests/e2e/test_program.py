@@ -1,5 +1,6 @@
 """bpftrace's own parser and compiler as a check of the generated program (golden files: tests/unit/test_program.py)."""
 
+import shutil
 import subprocess
 
 import pytest
@@ -25,3 +26,46 @@ def test_bpftrace_compiles_the_generated_program(tmp_path):
     proc = subprocess.run(["bpftrace", "--emit-elf", str(tmp_path / "p.o"), str(src)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.o").stat().st_size > 0
+
+
+def _binary(build: str) -> str:
+    from qspanlab import lab
+
+    _wrapper, argv = lab.qemu_command(build)  # 10.0: fetched and unpacked if it is not yet
+    return shutil.which(argv[0]) or argv[0]
+
+
+@pytest.mark.parametrize("build", ["7.2", "10.0"])
+def test_every_probe_site_matches_the_lab_qemu(build):
+    """sites.txt's patterns match Debian's binaries: else the costliest probes fall back to entries."""
+    from qspan.program import sites
+    from qspan.target.elf import function_code
+
+    cat = catalogue.load()
+    code = function_code(_binary(build), set(cat.sites))
+    found = sites.resolve(cat.sites, code)
+    assert set(found) == set(cat.sites), f"no site matches in QEMU {build}: {sorted(set(cat.sites) - set(found))}"
+
+
+def test_bpftrace_compiles_the_program_with_probe_sites(tmp_path):
+    """The anchor qspan writes is a file bpftrace accepts uprobes on, and reg() reads compile."""
+    require_tracing()
+    from qspan.program import sites
+    from qspan.target.elf import function_code
+    from qspan.transport import sites as site_transport
+
+    cat = catalogue.load()
+    anchor = tmp_path / "anchor.elf"
+    site_transport.write_anchor(str(anchor))
+    found = sites.resolve(cat.sites, function_code(_binary("7.2"), set(cat.sites)))
+    inp = program.ProgramInput(
+        pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2), version_text="7.2.22",
+        symbols=frozenset(p.target for p in cat.probes if p.source == "uprobe"), usdt=False, watched_tids=(4242, 4244),
+        sites=found, anchor_path=str(anchor),
+    )
+    prog = program.generate(cat, inp)
+    assert len(prog.sites) == len(cat.sites)
+    src = tmp_path / "p.bt"
+    src.write_text(prog.text)
+    proc = subprocess.run(["bpftrace", "--emit-elf", str(tmp_path / "p.o"), str(src)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -110,6 +110,7 @@ class Catalogue:
     events: dict[str, EventSpec]
     probes: tuple[ProbeSpec, ...]
     profiles: dict[str, Profile] = field(default_factory=dict)
+    sites: dict[str, tuple] = field(default_factory=dict)  # function -> its sites.SiteSpec patterns
 
     def by_code(self) -> dict[int, EventSpec]:
         return {e.code: e for e in self.events.values()}
@@ -238,4 +239,7 @@ def load(directory: Traversable | Path | None = None) -> Catalogue:
     mapped = {p.event for prof in profiles.values() for p in prof.probes}
     probes = parse_probes(directory / "probes.txt", events, mapped)
     events = _with_strings(events, [*probes, *(p for prof in profiles.values() for p in prof.probes)])
-    return Catalogue(events, probes, profiles)
+    from qspan.catalogue import sites  # here: sites.py uses program.hitkind, whose package imports this one
+
+    site_file = directory / "sites.txt"
+    return Catalogue(events, probes, profiles, sites.load(site_file) if site_file.is_file() else {})

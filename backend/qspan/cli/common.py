@@ -54,6 +54,13 @@ def _transport(p) -> None:
                         "printf: one print per event")
 
 
+def _probe_sites(p) -> None:
+    p.add_argument("--probe-sites", choices=("on", "off"), default="on",
+                   help="on: where tracers/sites.txt knows a function's code, probe an instruction inside it "
+                        "that the kernel emulates rather than an entry it would single-step (default); "
+                        "off: function entries only")
+
+
 def _duration(p) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default %(default)s)")
 
@@ -74,7 +81,7 @@ def _recording(p) -> None:
 
 
 TARGET = _parent(_pid)
-GENERATE = _parent(_pid, _profile, _transport)  # what chooses the program
+GENERATE = _parent(_pid, _profile, _transport, _probe_sites)  # what chooses the program
 TRACE = _parent(_duration, _sample_every, _print_program)  # what running it takes
 PRINT = _parent(_print_program)
 RECORDING = _parent(_recording)

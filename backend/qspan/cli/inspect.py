@@ -42,7 +42,7 @@ def cmd_tracer(args) -> int:
     if not args.print:
         print("nothing to do: use --print", file=sys.stderr)
         return 2
-    return print_program(pipeline.plan(args.pid, args.profile, args.transport))
+    return print_program(pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on"))
 
 
 def add(sub, parents) -> None:

@@ -119,6 +119,8 @@ def make_header(t, cat, prof, prog) -> dict:
         "target": t.header(),
         "codes": {str(e.code): e.name for e in cat.events.values()},
         "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],
+        # probes placed inside their function (tracers/sites.txt): where, and from which line
+        "probe_sites": [{"function": s.function, "offset": s.offset, "where": s.where} for s in prog.sites],
         "skipped_probes": list(prog.skipped),
         "transport": prog.transport.name,
         "string_events": sorted(e.name for e in cat.events.values() if e.has_strings),

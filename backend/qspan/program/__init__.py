@@ -17,14 +17,16 @@ block node by every transport.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import ModuleType
 
 from qspan.catalogue import Catalogue, Profile
 from qspan.errors import TracerError
-from qspan.program import maps, printf
+from qspan.program import maps, printf, sites
 from qspan.program.hitkind import first_instruction_kind, hit_kind
 from qspan.program.maps import FLUSH_MARK, FLUSH_MS, MAP_CAPACITY, MAP_SIDES, SKIP_MAP, WINDOW_EVENT, WINDOW_MS
 from qspan.program.model import Program, ProgramInput, Transport
+from qspan.program.sites import Site, at_site
 from qspan.program.probes import BEGIN_MARK, REQUIRED_EVENTS, attach_point, predicate, print_once, select_probes
 
 __all__ = [
@@ -66,20 +68,30 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
         "",
     ]
     kinds: dict[str, list[str]] = {}
-    for p in probes + extra:
-        kinds.setdefault(p.event, []).append(hit_kind(p.source, inp.entry_kinds.get(p.target)))
+    used_sites: dict[str, Site] = {}
     for p, in_library in [(p, False) for p in probes] + [(p, True) for p in extra]:
         spec = cat.events[p.event]
+        site = inp.sites.get(p.target) if p.source == "uprobe" and not in_library else None
         entry = inp.entry_kinds.get(p.target) if p.source == "uprobe" and not in_library else None
         how = {"emulated": " (first instruction emulated)", "stepped": " (first instruction single-stepped)"}.get(entry or "", "")
+        where = p.where
+        if site is not None:
+            # bpftrace attaches this to the anchor; qspan then attaches the same program at the site
+            used_sites[site.function] = site
+            entry, where = "emulated", f"{p.where} at {site.where}"
+            how = f" (+{site.offset:#x} in {site.function}, emulated; attached there by qspan)"
+            p = replace(p, args=tuple(at_site(a, site, p.where) for a in p.args))
+        kinds.setdefault(p.event, []).append(hit_kind(p.source, entry))
         action = print_once(p, spec) if spec.has_strings else backend.store(p, spec)
-        out.append(f"// {p.event} <- {'profiles/' if in_library else ''}{p.where}{how}")
-        out.append(f"{attach_point(p, inp, in_library)} /{predicate(p.filter, inp)}/ {{ {action} }}")
+        point = f"uprobe:{inp.anchor_path}:{site.anchor_symbol}" if site else attach_point(p, inp, in_library)
+        out.append(f"// {p.event} <- {'profiles/' if in_library else ''}{where}{how}")
+        out.append(f"{point} /{predicate(p.filter, inp)}/ {{ {action} }}")
     out.append("")
     # @qspan_named exists only when a probe names nodes (bpftrace rejects unknown maps)
     out += backend.end(cat, any(cat.events[p.event].has_strings for p in probes + extra))
     out.append("")
-    return Program("\n".join(out), tuple(probes) + tuple(extra), tuple(skipped), backend.TRANSPORT, kinds)
+    return Program("\n".join(out), tuple(probes) + tuple(extra), tuple(skipped), backend.TRANSPORT, kinds,
+                   tuple(used_sites.values()))
 
 
 def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:
@@ -97,13 +109,15 @@ def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:
     return cat.profiles["stock"]
 
 
-def program_input(target, profile: Profile | None = None, cat: Catalogue | None = None) -> ProgramInput:
-    from qspan.target.elf import entry_bytes
+def program_input(target, profile: Profile | None = None, cat: Catalogue | None = None,
+                  use_sites: bool = True) -> ProgramInput:
+    from qspan.target.elf import function_code
 
     names = {p.target for p in (cat.probes if cat else ()) if p.source == "uprobe"}
-    code = entry_bytes(f"/proc/{target.pid}/exe", names) if names else {}
+    code = function_code(f"/proc/{target.pid}/exe", names) if names else {}
     return ProgramInput(
-        entry_kinds={name: first_instruction_kind(b) for name, b in code.items()},
+        entry_kinds={name: first_instruction_kind(b) for name, (_off, b) in code.items()},
+        sites=sites.resolve(cat.sites, code) if cat and use_sites else {},
         library_path=target.library(profile.library) if profile and profile.library else None,
         pid=target.pid,
         probe_path=target.probe_path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qspan.catalogue import ProbeSpec
+from qspan.program.sites import ANCHOR_PATH, Site
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class ProgramInput:
     library_path: str | None = None  # the profile's shared object, as bpftrace opens it
     # uprobe targets -> "emulated" or "stepped": how the kernel runs their first instruction
     entry_kinds: dict[str, str] = field(default_factory=dict)
+    # uprobe targets probed at a site inside them instead (program/sites.py), and the anchor
+    # file bpftrace attaches their programs to first (transport/sites.py writes it)
+    sites: dict[str, Site] = field(default_factory=dict)
+    anchor_path: str = ANCHOR_PATH
 
 
 @dataclass(frozen=True)
@@ -44,3 +49,4 @@ class Program:
     skipped: tuple[str, ...]  # why catalogue lines were left out (symbol not exported, ...)
     transport: Transport
     probe_kinds: dict[str, list[str]] = field(default_factory=dict)  # event -> costs.txt hit kinds of its probes
+    sites: tuple[Site, ...] = ()  # the sites whose anchor probes qspan attaches inside QEMU after bpftrace started

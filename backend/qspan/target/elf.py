@@ -38,9 +38,14 @@ def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
     return frozenset(symbols), usdt, build_id
 
 
-def entry_bytes(path: str, names: set[str], n: int = 4) -> dict[str, bytes]:
-    """The first `n` bytes of each exported function in `names` (to see how a uprobe there is handled)."""
-    out: dict[str, bytes] = {}
+def function_code(path: str, names: set[str], n: int = 48) -> dict[str, tuple[int, bytes]]:
+    """Each exported function in `names`: its offset in the file and its first `n` bytes.
+
+    The file offset is what a uprobe is attached at (the kernel's uprobes are
+    inode + offset); the bytes say how the kernel handles a probe on an
+    instruction there (hitkind.py) and whether a probe site matches (sites.txt).
+    """
+    out: dict[str, tuple[int, bytes]] = {}
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -55,8 +60,14 @@ def entry_bytes(path: str, names: set[str], n: int = 4) -> dict[str, bytes]:
                 lo, hi = seg["p_vaddr"], seg["p_vaddr"] + seg["p_filesz"]
                 for name, addr in addrs.items():
                     if lo <= addr < hi:
-                        f.seek(seg["p_offset"] + addr - lo)
-                        out[name] = f.read(n)
+                        offset = seg["p_offset"] + addr - lo
+                        f.seek(offset)
+                        out[name] = (offset, f.read(min(n, hi - addr)))
     except (OSError, ELFError):
         return {}
     return out
+
+
+def entry_bytes(path: str, names: set[str], n: int = 4) -> dict[str, bytes]:
+    """The first `n` bytes of each exported function in `names` (to see how a uprobe there is handled)."""
+    return {name: code[:n] for name, (_off, code) in function_code(path, names, n).items()}

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from qspan.errors import TracerError
 from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
+from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
+from qspan.transport import sites
 from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, MapOutput, WatermarkCallback
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
@@ -101,8 +103,12 @@ def stderr_errors(stderr: str) -> str:
 
 class TraceSession:
     def __init__(self, program_text: str, pid: int, transport: Transport, attach_timeout_s: float = 120.0,
-                 all_lines: bool = False, sample_every: int = 1):
+                 all_lines: bool = False, sample_every: int = 1, sites: tuple[Site, ...] = (),
+                 anchor_path: str = ANCHOR_PATH):
         self.program_text = program_text
+        # probes inside QEMU's functions (transport/sites.py): attached once bpftrace has started
+        self.sites, self.anchor_path = sites, anchor_path
+        self._site_fds: list[int] = []
         self.transport = transport
         self.all_lines = all_lines  # hand on_line every output line (aggregate mode prints histograms)
         self.pid = pid
@@ -112,6 +118,7 @@ class TraceSession:
         # maps transport: one sampling window in this many is traced (program.WINDOW_MS)
         self.sample_every = sample_every
         self._output: LineOutput | None = None
+        self._site_error: TracerError | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="qspan-")
 
     @property
@@ -141,11 +148,14 @@ class TraceSession:
             raise TracerError(f"QEMU PID {self.pid} is not running")
         out = self._output = (MapOutput(on_line, on_batch, on_watermark) if self.transport.batched
                               else LineOutput(on_line, self.all_lines))
+        if self.sites:
+            sites.write_anchor(self.anchor_path)
         proc = self._proc = self._spawn()
         t0 = time.monotonic()
         try:
             reason, attached_at = self._follow(proc, out, t0, duration_s, on_attached)
         finally:
+            sites.detach(self._site_fds)
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
@@ -155,6 +165,8 @@ class TraceSession:
             self._errf.close()
             self._dir.cleanup()
         end = time.monotonic()
+        if self._site_error is not None:
+            raise self._site_error
         if attached_at is None:
             raise self._attach_failure(reason, stderr)
         if reason == "tracer-died":
@@ -212,6 +224,9 @@ class TraceSession:
                 for raw in complete:
                     line = raw.decode("utf-8", "replace")
                     if line == BEGIN_MARK:
+                        if not self._attach_sites(proc):
+                            reason, stopping_since = "site-failed", self._interrupt(time.monotonic())
+                            continue
                         attached_at = time.monotonic()
                         out.attached(proc.pid, self.sample_every)
                         if on_attached:
@@ -224,6 +239,15 @@ class TraceSession:
                 out.finish(proc)
                 return reason, attached_at
 
+    def _attach_sites(self, proc: subprocess.Popen) -> bool:
+        """Attach the program's probe sites inside QEMU (bpftrace has attached the rest)."""
+        try:
+            self._site_fds = sites.attach(self.sites, proc.pid, self.anchor_path, self.pid)
+        except TracerError as err:
+            self._site_error = err
+            return False
+        return True
+
     def _attach_failure(self, reason: str, stderr: str) -> TracerError:
         if reason == "attach-timeout":
             return TracerError(f"bpftrace did not attach within {self.attach_timeout_s:.0f} s: {stderr_errors(stderr)}")
@@ -234,6 +258,8 @@ class TraceSession:
         return TracerError(f"bpftrace failed ({how}): {stderr_errors(stderr)}")
 
     def _interrupt(self, now: float) -> float:
+        # The sites go first, so no event lands in the maps after END has drained them.
+        sites.detach(self._site_fds)
         # SIGINT makes bpftrace run END, flush its buffers and exit cleanly.
         if self._proc and self._proc.poll() is None:
             try:

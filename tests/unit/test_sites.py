@@ -1,0 +1,105 @@
+"""Probe sites inside functions (tracers/sites.txt): matching, argument registers, the anchor file.
+
+The code bytes below were read off Debian's QEMU 7.2 binary (objdump -d); the
+e2e suite checks the patterns against the real 7.2 and 10.0 binaries.
+"""
+
+import io
+import os
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from qspan import catalogue, program
+from qspan.catalogue import sites as site_catalogue
+from qspan.errors import CatalogueError
+from qspan.program import sites
+from qspan.transport import sites as site_transport
+from helpers import GOLDEN
+
+REGEN = os.environ.get("QSPAN_REGEN") == "1"
+
+# function -> (file offset, first bytes) as in Debian's 7.2 (1:7.2+dfsg-7+deb12u*)
+CODE_7_2 = {
+    "qemu_coroutine_switch": (0x981B90, bytes.fromhex("4883ec184889f84889f74889342431f68954240ce897feffff488d7868")),
+    "event_notifier_set": (0x5C3F30, bytes.fromhex("807f0800746055488d2daa854a00")),
+    "blk_aio_pwritev": (0x861210, bytes.fromhex("4883ec08488b42204885c0781e415141")),
+    "blk_aio_preadv": (0x8611C0, bytes.fromhex("4883ec08488b42204885c0781e415141")),
+    "blk_aio_flush": (0x8612F0, bytes.fromhex("4883ec084531c94c8d057208000031c95231d2")),
+}
+
+
+def test_every_site_of_the_catalogue_matches_qemu_7_2_at_its_offset():
+    found = sites.resolve(catalogue.load().sites, CODE_7_2)
+    assert {f: (s.offset, s.file_offset) for f, s in found.items()} == {
+        "qemu_coroutine_switch": (0x14, 0x981BA4),  # the call of the TLS setter: from rax, to rdi, action rdx
+        "event_notifier_set": (0x4, 0x5C3F34),
+        "blk_aio_pwritev": (0xB, 0x86121B),
+        "blk_aio_preadv": (0xB, 0x8611CB),
+        "blk_aio_flush": (0x10, 0x861300),
+    }
+    assert sorted(s.index for s in found.values()) == list(range(5))  # one anchor symbol each
+
+
+def test_code_that_differs_keeps_the_entry_probe():
+    changed = dict(CODE_7_2)
+    off, code = changed["qemu_coroutine_switch"]
+    changed["qemu_coroutine_switch"] = (off, code[:5] + b"\x90" + code[6:])  # one byte before the site
+    found = sites.resolve(catalogue.load().sites, changed)
+    assert "qemu_coroutine_switch" not in found and "event_notifier_set" in found
+    short = {"blk_aio_flush": (0x8612F0, CODE_7_2["blk_aio_flush"][1][:10])}  # code ends before the site
+    assert sites.resolve(catalogue.load().sites, short) == {}
+
+
+def test_arguments_are_read_from_their_registers_at_the_site():
+    s = sites.resolve(catalogue.load().sites, CODE_7_2)
+    assert sites.at_site("arg0", s["qemu_coroutine_switch"], "x") == 'reg("ax")'
+    assert sites.at_site("*(uint64*)(arg2+32)", s["blk_aio_pwritev"], "x") == '*(uint64*)(reg("dx")+32)'
+    with pytest.raises(CatalogueError, match="arg1 is not known at the site of event_notifier_set"):
+        sites.at_site("arg1", s["event_notifier_set"], "probes.txt:9")
+
+
+def test_the_program_probes_the_anchor_and_says_where_the_site_is():
+    cat = catalogue.load()
+    inp = program.ProgramInput(
+        pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2), version_text="7.2.22",
+        symbols=frozenset(p.target for p in cat.probes if p.source == "uprobe"), usdt=False, watched_tids=(4242, 4244),
+        entry_kinds={"qemu_coroutine_switch": "stepped"}, sites=sites.resolve(cat.sites, CODE_7_2),
+    )
+    prog = program.generate(cat, inp)
+    golden = GOLDEN / "program-7.2-sites.bt"
+    if REGEN:
+        golden.write_text(prog.text)
+    assert prog.text == golden.read_text(), "program-7.2-sites.bt changed; rerun with QSPAN_REGEN=1 if intended"
+    assert {s.function for s in prog.sites} == set(CODE_7_2)
+    assert ":qemu_coroutine_switch " not in prog.text and "uprobe:/run/qspan/site-anchor-v1.elf:qspan_site_" in prog.text
+    assert prog.probe_kinds["co.switch"] == ["hit.uprobe-emulated"]  # what the overhead estimate charges
+
+
+@pytest.mark.parametrize("line,message", [
+    ("f 4883ec18.4889f8 ax", "is not one the kernel emulates"),  # the site is a mov
+    ("f 4883ec18.e8zz ax", "bad instruction"),
+    ("f 4883ec18.???????? ax", "is not one the kernel emulates"),  # an unknown opcode is no site
+    ("f 4883ec18.e8???????? ax,bogus", "unknown register 'bogus'"),
+    ("f 4883ec18", "expected FUNCTION CODE REGS"),
+])
+def test_sites_file_errors_name_the_line(tmp_path, line, message):
+    path = tmp_path / "sites.txt"
+    path.write_text("# a comment\n" + line + "\n")
+    with pytest.raises(CatalogueError, match=f"sites.txt:2: .*{message}" if "expected" not in message else message):
+        site_catalogue.load(path)
+
+
+def test_the_anchor_is_an_elf_file_whose_symbols_sit_at_their_offsets():
+    elf = ELFFile(io.BytesIO(site_transport.anchor_elf()))
+    assert elf["e_type"] == "ET_DYN" and elf["e_machine"] == "EM_X86_64"
+    syms = {s.name: s["st_value"] for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name}
+    assert len(syms) == sites.ANCHOR_SYMBOLS
+    for i in range(sites.ANCHOR_SYMBOLS):
+        assert syms[sites.ANCHOR_SYMBOL.format(i)] == site_transport.anchor_offset(i)
+    (load,) = [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+    assert load["p_vaddr"] == load["p_offset"] == 0  # an address is its file offset
+
+
+def test_the_catalogue_has_no_more_sites_than_the_anchor_has_symbols():
+    assert len(catalogue.load().sites) <= sites.ANCHOR_SYMBOLS
