@@ -51,7 +51,7 @@ def test_attach_spans_match_the_guest(vm, output_dir):
     # The single-stepped entries were probed at their sites instead (tracers/sites.txt): the spans
     # below are as complete with the probes inside the functions as they were at the entries.
     assert {s["function"] for s in doc["trace"]["probe_sites"]} == {
-        "qemu_coroutine_switch", "event_notifier_set", "blk_aio_preadv", "blk_aio_pwritev", "blk_aio_flush"}
+        "qemu_coroutine_switch", "aio_co_wake", "blk_aio_preadv", "blk_aio_pwritev", "blk_aio_flush"}
     spans = doc["spans"]
     writes = [x for x in spans if x["op"] == "write"]
     reads = [x for x in spans if x["op"] == "read"]

@@ -22,7 +22,7 @@ REGEN = os.environ.get("QSPAN_REGEN") == "1"
 # function -> (file offset, first bytes) as in Debian's 7.2 (1:7.2+dfsg-7+deb12u*)
 CODE_7_2 = {
     "qemu_coroutine_switch": (0x981B90, bytes.fromhex("4883ec184889f84889f74889342431f68954240ce897feffff488d7868")),
-    "event_notifier_set": (0x5C3F30, bytes.fromhex("807f0800746055488d2daa854a00")),
+    "aio_co_wake": (0x97ED30, bytes.fromhex("4889fe488b7f28e9f4feffff0f1f4000")),
     "blk_aio_pwritev": (0x861210, bytes.fromhex("4883ec08488b42204885c0781e415141")),
     "blk_aio_preadv": (0x8611C0, bytes.fromhex("4883ec08488b42204885c0781e415141")),
     "blk_aio_flush": (0x8612F0, bytes.fromhex("4883ec084531c94c8d057208000031c95231d2")),
@@ -33,7 +33,7 @@ def test_every_site_of_the_catalogue_matches_qemu_7_2_at_its_offset():
     found = sites.resolve(catalogue.load().sites, CODE_7_2)
     assert {f: (s.offset, s.file_offset) for f, s in found.items()} == {
         "qemu_coroutine_switch": (0x14, 0x981BA4),  # the call of the TLS setter: from rax, to rdi, action rdx
-        "event_notifier_set": (0x4, 0x5C3F34),
+        "aio_co_wake": (0x7, 0x97ED37),  # the tail call of aio_co_enter, the coroutine in rsi
         "blk_aio_pwritev": (0xB, 0x86121B),
         "blk_aio_preadv": (0xB, 0x8611CB),
         "blk_aio_flush": (0x10, 0x861300),
@@ -46,7 +46,7 @@ def test_code_that_differs_keeps_the_entry_probe():
     off, code = changed["qemu_coroutine_switch"]
     changed["qemu_coroutine_switch"] = (off, code[:5] + b"\x90" + code[6:])  # one byte before the site
     found = sites.resolve(catalogue.load().sites, changed)
-    assert "qemu_coroutine_switch" not in found and "event_notifier_set" in found
+    assert "qemu_coroutine_switch" not in found and "aio_co_wake" in found
     short = {"blk_aio_flush": (0x8612F0, CODE_7_2["blk_aio_flush"][1][:10])}  # code ends before the site
     assert sites.resolve(catalogue.load().sites, short) == {}
 
@@ -55,8 +55,9 @@ def test_arguments_are_read_from_their_registers_at_the_site():
     s = sites.resolve(catalogue.load().sites, CODE_7_2)
     assert sites.at_site("arg0", s["qemu_coroutine_switch"], "x") == 'reg("ax")'
     assert sites.at_site("*(uint64*)(arg2+32)", s["blk_aio_pwritev"], "x") == '*(uint64*)(reg("dx")+32)'
-    with pytest.raises(CatalogueError, match="arg1 is not known at the site of event_notifier_set"):
-        sites.at_site("arg1", s["event_notifier_set"], "probes.txt:9")
+    assert sites.at_site("arg0", s["aio_co_wake"], "x") == 'reg("si")'
+    with pytest.raises(CatalogueError, match="arg1 is not known at the site of aio_co_wake"):
+        sites.at_site("arg1", s["aio_co_wake"], "probes.txt:9")
 
 
 def test_the_program_probes_the_anchor_and_says_where_the_site_is():

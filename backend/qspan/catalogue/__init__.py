@@ -21,7 +21,7 @@ from qspan.catalogue.reader import data_lines
 from qspan.errors import CatalogueError
 
 SOURCES = ("uprobe", "usdt", "tracepoint")
-FILTERS = ("proc", "watched", "switch", "wakee", "workers")
+FILTERS = ("proc", "watched", "switch", "wakee", "workers", "vcpus")
 N_ARGS = 4
 
 

@@ -126,4 +126,5 @@ def program_input(target, profile: Profile | None = None, cat: Catalogue | None 
         symbols=target.symbols,
         usdt=bool(target.usdt_probes),
         watched_tids=tuple(target.watched_tids),
+        vcpu_tids=tuple(sorted(t.tid for t in target.threads if t.role == "vcpu")),
     )

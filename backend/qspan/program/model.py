@@ -19,6 +19,7 @@ class ProgramInput:
     symbols: frozenset[str]
     usdt: bool
     watched_tids: tuple[int, ...]
+    vcpu_tids: tuple[int, ...] = ()  # QMP's vCPU threads (their eventfd writes may be guest kicks)
     library_path: str | None = None  # the profile's shared object, as bpftrace opens it
     # uprobe targets -> "emulated" or "stepped": how the kernel runs their first instruction
     entry_kinds: dict[str, str] = field(default_factory=dict)

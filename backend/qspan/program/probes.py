@@ -50,6 +50,8 @@ def predicate(kind: str, inp: ProgramInput) -> str:
         return " || ".join(f"args->prev_pid == {t} || args->next_pid == {t}" for t in watched)
     if kind == "wakee":
         return " || ".join(f"args->pid == {t}" for t in watched)
+    if kind == "vcpus":
+        return f"pid == {inp.pid}" + (f" && ({' || '.join(f'tid == {t}' for t in inp.vcpu_tids)})" if inp.vcpu_tids else "")
     if kind == "workers":
         return f"pid == {inp.pid}" + "".join(f" && tid != {t}" for t in watched)
     raise ValueError(kind)
