@@ -69,6 +69,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
     ]
     kinds: dict[str, list[str]] = {}
     used_sites: dict[str, Site] = {}
+    merged: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     for p, in_library in [(p, False) for p in probes] + [(p, True) for p in extra]:
         spec = cat.events[p.event]
         site = inp.sites.get(p.target) if p.source == "uprobe" and not in_library else None
@@ -84,8 +85,15 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
         kinds.setdefault(p.event, []).append(hit_kind(p.source, entry))
         action = print_once(p, spec) if spec.has_strings else backend.store(p, spec)
         point = f"uprobe:{inp.anchor_path}:{site.anchor_symbol}" if site else attach_point(p, inp, in_library)
-        out.append(f"// {p.event} <- {'profiles/' if in_library else ''}{where}{how}")
-        out.append(f"{point} /{predicate(p.filter, inp)}/ {{ {action} }}")
+        # Lines probing the same place with the same filter share one program (node.io and
+        # node.name on bdrv_co_p*v_part): a probe hit runs one program, not one per line.
+        key = (point, predicate(p.filter, inp))
+        merged.setdefault(key, ([], []))
+        merged[key][0].append(f"// {p.event} <- {'profiles/' if in_library else ''}{where}{how}")
+        merged[key][1].append(action)
+    for (point, pred), (comments, actions) in merged.items():
+        out += comments
+        out.append(f"{point} /{pred}/ {{ {' '.join(actions)} }}")
     out.append("")
     # @qspan_named exists only when a probe names nodes (bpftrace rejects unknown maps)
     out += backend.end(cat, any(cat.events[p.event].has_strings for p in probes + extra))
