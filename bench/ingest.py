@@ -6,6 +6,8 @@ until each has run for --seconds, and prints events/s and spans/s for:
 
 - decode: map entries as the kernel hands them over (packed bytes) to ordered
   tuples (bpfmaps' struct layout + transport.decode.MapDumpDecoder), the maps transport;
+- record: what `qspan record` does with a dump (MapOutput to the recording's
+  writer, a null file here);
 - parse: text lines to events (recordings, the printf transport);
 - correlate: events to spans (the pure correlator alone);
 - live (maps): decoded tuples to events, correlated with thread timelines,
@@ -18,6 +20,7 @@ until each has run for --seconds, and prints events/s and spans/s for:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -28,8 +31,11 @@ from qspan.correlate import in_time_order
 from qspan.live import LiveFeed
 from qspan.model.events import Event
 from qspan.output import recording
+from qspan.output.recording import RecordingWriter
+from qspan.program import FLUSH_MARK
 from qspan.transport.bpfmaps import KEY, VALUE
 from qspan.transport.decode import MapDumpDecoder
+from qspan.transport.outputs import MapOutput
 from qspan.transport.text import parse_lines
 
 
@@ -96,6 +102,23 @@ def main() -> None:
         feed.drain()
         return len(ints), feed.store.requests
 
+    def record():
+        # what `qspan record` does per dump: MapOutput drains a map, the writer gets the lines
+        class Dumps:  # stands in for the BPF maps MapOutput drains (transport/bpfmaps.py)
+            def __init__(self):
+                self.next = iter(dumps)
+
+            def drain(self, _side):
+                keys, vals, _n, _mark = next(self.next)
+                return [k + v for k, v in zip(KEY.iter_unpack(keys), VALUE.iter_unpack(vals))]
+
+        writer = RecordingWriter(open(os.devnull, "w"), rec.header)
+        out = MapOutput(writer.line, None, None, writer.lines)
+        out.maps = Dumps()
+        for _keys, _vals, _n, mark in dumps:
+            out.handle(f"{FLUSH_MARK} {mark} 0")
+        return out.lines, 0
+
     def live_text():
         # what ReplaySession does (and the printf transport's live path): text lines, reordered
         feed = LiveFeed(rec.header)
@@ -105,7 +128,8 @@ def main() -> None:
         return len(lines), feed.store.requests
 
     print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events; one core, {args.seconds:g} s each")
-    for name, fn in (("decode (maps transport)", decode), ("parse (text)", parse_only), ("correlate", correlate_only),
+    for name, fn in (("decode (maps transport)", decode), ("record (maps transport)", record),
+                     ("parse (text)", parse_only), ("correlate", correlate_only),
                      ("live path, maps transport", live_maps), ("live path, text replay", live_text)):
         dt, n_ev, n_sp = timed(fn)
         print(f"{name:<30} {n_ev / dt:>12,.0f} events/s" + (f"  {n_sp / dt:>10,.0f} spans/s" if n_sp else ""))

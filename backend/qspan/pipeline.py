@@ -100,7 +100,7 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
         writer = RecordingWriter(f, p.header)
         progress(f"attaching {len(p.program.probes)} probes to QEMU {p.target.version} "
                  f"(PID {p.target.pid}, profile {p.profile.name}) ...")
-        result = s.run(writer.line, duration_s,
+        result = s.run(writer.line, duration_s, on_lines=writer.lines,
                        on_attached=lambda: progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"))
         writer.end(result.summary())
     msg = f"{result.event_lines} events in {result.traced_s:.1f} s"

@@ -99,3 +99,30 @@ def test_a_rewound_sequence_counter_is_neither_loss_nor_gap():
     assert d._missing == {0: [[7, 8, 109]]}  # stamped by the event that showed the hole
     d.flush(200)
     assert d.flush(200 + late) == ["Lost 1 events"]  # only 7; the repeated 3..5 are events, not holes
+
+
+class _Dumps:
+    """Stands in for the BPF maps MapOutput drains: one prepared dump per flush mark."""
+
+    def __init__(self, dumps):
+        self.dumps = list(dumps)
+
+    def drain(self, _side):
+        return self.dumps.pop(0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_recording_gets_the_same_lines_one_by_one_or_a_dump_at_a_time(batched):
+    from qspan.program import FLUSH_MARK
+    from qspan.transport.outputs import MapOutput
+
+    one, many = [], []
+    out = MapOutput(one.append, None, None, many.extend if batched else None)
+    out.maps = _Dumps([[_e(100, 0, 1), _e(200, 1, 1)], [_e(300, 0, 3)], [_e(400 + MapDumpDecoder.LATE_NS * 3, 0, 4)]])
+    for mark in (250 + 2_000_000, 350 + 2_000_000, 500 + MapDumpDecoder.LATE_NS * 3 + 2_000_000):
+        out.handle(f"{FLUSH_MARK} {mark} 0")
+    lines = many if batched else one
+    assert "Lost 1 events" in one  # the Lost line goes to on_line either way, and is counted
+    assert [ln for ln in lines if ln[0].isdigit()] == [
+        "1 100 7 1 2 3 0", "1 200 7 1 2 3 0", "1 300 7 1 2 3 0", f"1 {400 + MapDumpDecoder.LATE_NS * 3} 7 1 2 3 0"]
+    assert out.lines == 4 and out.lost == 1

@@ -29,7 +29,7 @@ from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
 from qspan.transport import sites
-from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, MapOutput, WatermarkCallback
+from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, MapOutput, WatermarkCallback
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
 PERF_RB_PAGES = "1024"
@@ -138,15 +138,16 @@ class TraceSession:
     def run(self, on_line: LineCallback, duration_s: float | None = None,
             on_attached: Callable[[], None] | None = None,
             on_watermark: WatermarkCallback | None = None,
-            on_batch: BatchCallback | None = None) -> TraceResult:
+            on_batch: BatchCallback | None = None,
+            on_lines: LinesCallback | None = None) -> TraceResult:
         """Trace until done; `on_line` gets every event line (and "Lost N events" lines).
 
-        With the maps transport, see MapOutput for `on_batch` and `on_watermark`.
+        With the maps transport, see MapOutput for `on_batch`, `on_lines` and `on_watermark`.
         """
         check_can_trace()
         if not process_alive(self.pid):
             raise TracerError(f"QEMU PID {self.pid} is not running")
-        out = self._output = (MapOutput(on_line, on_batch, on_watermark) if self.transport.batched
+        out = self._output = (MapOutput(on_line, on_batch, on_watermark, on_lines) if self.transport.batched
                               else LineOutput(on_line, self.all_lines))
         if self.sites:
             sites.write_anchor(self.anchor_path)

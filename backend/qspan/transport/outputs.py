@@ -20,6 +20,7 @@ from qspan.transport.text import LOST_RE, parse_flush_mark
 # What a run hands on: event lines (and "Lost N events"), or with the maps transport
 # and a batch callback, each dump's entries (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3).
 LineCallback = Callable[[str], None]
+LinesCallback = Callable[[list[str]], None]
 BatchCallback = Callable[[int, list[tuple]], None]
 WatermarkCallback = Callable[[int], None]
 # An event stamped just before a flip can land in the next map: hold back this much.
@@ -71,9 +72,13 @@ class MapOutput(LineOutput):
     (less a moment) has then been handed on.
     """
 
-    def __init__(self, on_line: LineCallback, on_batch: Optional[BatchCallback], on_watermark: Optional[WatermarkCallback]):
+    def __init__(self, on_line: LineCallback, on_batch: Optional[BatchCallback], on_watermark: Optional[WatermarkCallback],
+                 on_lines: Optional[LinesCallback] = None):
         super().__init__(on_line, all_lines=False)
         self.on_batch = on_batch
+        # a dump's event lines in one call (a recording's writer): half the Python per event
+        # of one on_line call each (bench/ingest.py, "record")
+        self.on_lines = on_lines
         self.on_watermark = on_watermark
         self.decoder = MapDumpDecoder()
         self.maps: EventMaps | None = None
@@ -109,8 +114,16 @@ class MapOutput(LineOutput):
 
     def _deliver(self, watermark_ns: int, hold_ns: int) -> None:
         if self.on_batch is None:
-            for out in self.decoder.flush(watermark_ns):
-                super().handle(out)
+            lines = self.decoder.flush(watermark_ns)
+            if lines and not lines[0][:1].isdigit():
+                super().handle(lines.pop(0))  # "Lost N events": counted, and kept in the recording
+            self.lines += len(lines)
+            if self.on_lines is not None:
+                if lines:
+                    self.on_lines(lines)
+            else:
+                for out in lines:
+                    self.on_line(out)
             return
         lost, entries = self.decoder.release(watermark_ns, hold_ns)
         self.lines += len(entries)
