@@ -191,3 +191,63 @@ def test_print_program_shows_what_each_command_would_attach_and_attaches_nothing
     # without --print-program, record needs somewhere to write
     r = run_qspan("record", "--pid", str(vm.pid), timeout=60)
     assert r.returncode != 0 and "--out is required" in r.stderr
+
+
+def _site_bytes(pid: int) -> dict[str, int]:
+    """The byte at each probe site in QEMU's memory: the site's opcode, or int3 (0xcc) while probed."""
+    from qspan import catalogue
+    from qspan.program import sites
+    from qspan.target.elf import function_code
+
+    exe = f"/proc/{pid}/exe"
+    found = sites.resolve(catalogue.load().sites, function_code(exe, set(catalogue.load().sites)))
+    inode = os.stat(exe).st_ino
+    maps = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and int(parts[4]) == inode:
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            maps.append((lo, hi, int(parts[2], 16)))
+    out = {}
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        for name, site in found.items():
+            (addr,) = [lo + site.file_offset - off for lo, hi, off in maps if off <= site.file_offset < off + hi - lo]
+            mem.seek(addr)
+            out[name] = mem.read(1)[0]
+    return out
+
+
+def _tracers_of(pid: int) -> list[int]:
+    """bpftrace processes attached to QEMU `pid` (started with -p PID)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"bpftrace") and b"-p" in argv and str(pid).encode() in argv:
+            out.append(int(d.name))
+    return out
+
+
+def test_probe_sites_patch_qemu_only_while_traced_even_when_qspan_is_killed(vm):
+    """The kernel puts an int3 at each site while qspan traces; the code is QEMU's own again
+    when the trace ends, and when qspan is killed (its perf events close with it)."""
+    before = _site_bytes(vm.pid)
+    assert before and 0xCC not in before.values(), before
+    for how in ("duration", "SIGKILL"):
+        proc = start_traced("record", "--pid", str(vm.pid), "--duration", "4" if how == "duration" else "600",
+                            "--out", os.devnull)
+        assert set(_site_bytes(vm.pid).values()) == {0xCC}  # every site probed
+        if how == "SIGKILL":
+            proc.kill()
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while _site_bytes(vm.pid) != before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _site_bytes(vm.pid) == before, how
+        while _tracers_of(vm.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a bpftrace left without qspan dies on its next write to the closed pipe
+        assert not _tracers_of(vm.pid), how
+    res = lab.load(vm, "--op write --qd 4 --count 200 --verify")  # and the guest's I/O is unharmed
+    assert res.rc == 0 and res.summary["verify"] == "ok" and res.summary["errors"] == 0

@@ -114,6 +114,7 @@ class _Dumps:
 @pytest.mark.parametrize("batched", [False, True])
 def test_a_recording_gets_the_same_lines_one_by_one_or_a_dump_at_a_time(batched):
     from qspan.program import FLUSH_MARK
+    from qspan.program.maps import WAIT_MARK
     from qspan.transport.outputs import MapOutput
 
     one, many = [], []
@@ -121,6 +122,7 @@ def test_a_recording_gets_the_same_lines_one_by_one_or_a_dump_at_a_time(batched)
     out.maps = _Dumps([[_e(100, 0, 1), _e(200, 1, 1)], [_e(300, 0, 3)], [_e(400 + MapDumpDecoder.LATE_NS * 3, 0, 4)]])
     for mark in (250 + 2_000_000, 350 + 2_000_000, 500 + MapDumpDecoder.LATE_NS * 3 + 2_000_000):
         out.handle(f"{FLUSH_MARK} {mark} 0")
+        out.handle(WAIT_MARK)  # a tick that could not move on: a sign of life, not an event
     lines = many if batched else one
     assert "Lost 1 events" in one  # the Lost line goes to on_line either way, and is counted
     assert [ln for ln in lines if ln[0].isdigit()] == [

@@ -36,6 +36,11 @@ MAP_SIDES = ("@qspan_ev0", "@qspan_ev1", "@qspan_ev2", "@qspan_ev3")
 WINDOW_MS = 100
 SKIP_MAP = "@qspan_skip"
 WINDOW_EVENT = "trace.window"
+# Printed on a tick that cannot move on (qspan has not emptied the next map). bpftrace
+# must write on every tick: if qspan is gone (killed), that write to the closed pipe
+# ends bpftrace, which would otherwise keep every probe in QEMU attached for good,
+# since a map nobody empties stops the flush marks.
+WAIT_MARK = "QSPAN-WAIT"
 HEADER = f"// transport maps: events kept in BPF maps, dumped every {FLUSH_MS} ms (see program/maps.py)"
 
 
@@ -88,7 +93,7 @@ def end(cat: Catalogue, named: bool) -> list[str]:
         f"// {WINDOW_MS} ms: open or close the sampling window ({SKIP_MAP} + 1: one window in that many is traced)",
         f"interval:ms:{FLUSH_MS} {{ $left = @qspan_side; $next = ($left + 1) % {n}; "
         f"{_by_side(pending, '$next')} if ($busy == 0) {{ @qspan_side = $next; "
-        f"{_by_side(mark_left, '$left')} {mark} }} "
+        f"{_by_side(mark_left, '$left')} {mark} }} else {{ printf(\"{WAIT_MARK}\\n\"); }} "
         f"$w = nsecs / {WINDOW_MS * 1_000_000}; if ($w != @qspan_window) {{ @qspan_window = $w; "
         f"$off = 0; if ($w % ({SKIP_MAP} + 1) != 0) {{ $off = 1; }} "
         f"if ($off != @qspan_off) {{ @qspan_off = $off; {window} }} }} }}",
