@@ -104,3 +104,16 @@ def test_the_anchor_is_an_elf_file_whose_symbols_sit_at_their_offsets():
 
 def test_the_catalogue_has_no_more_sites_than_the_anchor_has_symbols():
     assert len(catalogue.load().sites) <= sites.ANCHOR_SYMBOLS
+
+
+def test_a_site_whose_program_bpftrace_did_not_attach_is_a_clear_error(tmp_path):
+    """No perf event of the tracer probes the anchor (here: this process has none): nothing is
+    attached inside QEMU, and the error names the site."""
+    from qspan.errors import TracerError
+
+    anchor = tmp_path / "anchor.elf"
+    anchor.write_bytes(site_transport.anchor_elf())
+    site = sites.resolve(catalogue.load().sites, CODE_7_2)["qemu_coroutine_switch"]
+    with pytest.raises(TracerError, match=r"attached nothing at .*anchor.elf:qspan_site_\d+ \(the program for qemu_coroutine_switch\)"):
+        site_transport.attach((site,), os.getpid(), str(anchor), os.getpid())
+    assert site_transport.attach((), os.getpid(), str(anchor), os.getpid()) == []  # no sites: nothing to do
