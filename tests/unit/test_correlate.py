@@ -339,6 +339,23 @@ def test_a_stale_kick_for_a_request_taken_already_is_not_charged_to_the_next():
     assert c.phases[0].name == "kick" and c.start_ns == 228_590
 
 
+def test_a_read_takes_its_kick_so_a_later_read_without_a_new_one_charges_nothing():
+    VCPU, MAIN = 400, 401
+    header = {"target": {"threads": [*HEADER["target"]["threads"], {"tid": VCPU, "role": "vcpu"}]}}
+    C = 0xC
+    ev = [
+        E("notify", 1000, VCPU, 0x5E),  # a kick that brings nothing new (a stale one)
+        E("kick.read", 1010, IOT, 0x5E),
+        E("loop.poll", 1020, IOT),
+        E("notify", 5000, MAIN, 0x5E),  # not a vCPU: never a guest kick
+        E("kick.read", 5010, IOT, 0x5E),  # read again, and no new kick since the first read
+        *_request(5020, C),
+        term(5030, IOT, C, LEADER),
+    ]
+    (c,) = correlate(ev, header).spans
+    assert c.start_ns == 5020 and c.phases[0].name == "submit"
+
+
 def test_sampling_windows_keep_whole_requests_and_drop_the_cut_ones(real):
     """The real stream, as BPF would store it with sampling: events only inside open windows.
 

@@ -56,6 +56,9 @@ def test_arguments_are_read_from_their_registers_at_the_site():
     assert sites.at_site("arg0", s["qemu_coroutine_switch"], "x") == 'reg("ax")'
     assert sites.at_site("*(uint64*)(arg2+32)", s["blk_aio_pwritev"], "x") == '*(uint64*)(reg("dx")+32)'
     assert sites.at_site("arg0", s["aio_co_wake"], "x") == 'reg("si")'
+    assert sites.at_site("$arg1 + @arg1[0] + my_arg1", s["aio_co_wake"], "x") == "$arg1 + @arg1[0] + my_arg1"
+    with pytest.raises(CatalogueError, match="sargN is not known"):
+        sites.at_site("sarg0", s["aio_co_wake"], "probes.txt:9")
     with pytest.raises(CatalogueError, match="arg1 is not known at the site of aio_co_wake"):
         sites.at_site("arg1", s["aio_co_wake"], "probes.txt:9")
 
@@ -80,7 +83,10 @@ def test_the_program_probes_the_anchor_and_says_where_the_site_is():
 @pytest.mark.parametrize("line,message", [
     ("f 4883ec18.4889f8 ax", "is not one the kernel emulates"),  # the site is a mov
     ("f 4883ec18.e8zz ax", "bad instruction"),
-    ("f 4883ec18.???????? ax", "is not one the kernel emulates"),  # an unknown opcode is no site
+    ("f 4883ec18.???????? ax", "bad instruction"),  # an unknown opcode: its length is unknown
+    ("f 4883ec18.e8??00???? ax", "bad instruction"),  # ?? only in an instruction's last bytes
+    ("f 7405.4889f8.e8???????? ax", "may branch"),  # a jcc before the site
+    ("f 41ff24c5????????.e8???????? ax", "may branch"),  # an indirect jmp (REX prefix) before it
     ("f 4883ec18.e8???????? ax,bogus", "unknown register 'bogus'"),
     ("f 4883ec18", "expected FUNCTION CODE REGS"),
 ])

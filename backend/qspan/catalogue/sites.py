@@ -43,9 +43,17 @@ class SiteSpec:
         return len(code) >= len(flat) and all(want is None or want == got for want, got in zip(flat, code))
 
 
+# First bytes of instructions that may branch: none may come before a site, or the code
+# could reach the site's offset some other way than straight from the entry.
+_BRANCHES = {0xE8, 0xE9, 0xEB, 0xC2, 0xC3, 0xCA, 0xCB, 0xE0, 0xE1, 0xE2, 0xE3, 0xFF} | set(range(0x70, 0x80))
+
+
 def _instruction(text: str, where: str) -> tuple[int | None, ...]:
-    if not text or len(text) % 2 or not re.fullmatch(r"([0-9a-f]{2}|\?\?)+", text):
-        raise CatalogueError(f"{where}: bad instruction {text!r} in CODE (hex byte pairs or ??)")
+    # '??' only in an instruction's last bytes (its displacement or immediate): its opcode and
+    # operand bytes are what make the instruction's length, and so the site's offset, certain
+    if not text or len(text) % 2 or not re.fullmatch(r"([0-9a-f]{2})+(\?\?)*", text):
+        raise CatalogueError(f"{where}: bad instruction {text!r} in CODE (hex byte pairs, then ?? for "
+                             "a displacement or immediate)")
     return tuple(None if text[i:i + 2] == "??" else int(text[i:i + 2], 16) for i in range(0, len(text), 2))
 
 
@@ -57,6 +65,10 @@ def _site(where: str, line: str) -> SiteSpec:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", function):
         raise CatalogueError(f"{where}: bad function name {function!r}")
     code = tuple(_instruction(t, where) for t in code_text.split("."))
+    for ins in code[:-1]:
+        op = ins[1] if ins[0] in range(0x40, 0x50) and len(ins) > 1 else ins[0]  # past a REX prefix
+        if op in _BRANCHES or (op == 0x0F and len(ins) > 1 and 0x80 <= (ins[1] or 0) <= 0x8F):
+            raise CatalogueError(f"{where}: an instruction before the site may branch ({bytes(b or 0 for b in ins).hex()})")
     site = code[-1]
     opcode = site[:2] if site[0] in (0x0F, 0x41) else site[:1]  # a two-byte jcc or push %r8..%r15
     if None in opcode or first_instruction_kind(bytes(b or 0 for b in site)) != "emulated":

@@ -43,8 +43,8 @@ class GuestKicks:
     when an event loop then reads that notifier as a virtqueue's host notifier, and the
     first request that thread submits after the read waited for it since the kick.
 
-    Which kick: the latest one on that notifier before the submission, not the earliest
-    unread one. The guest makes a request visible in the ring before its kick lands, so an
+    Which kick: the latest one on that notifier before the submission (one landing between
+    the read and the submission included), not the earliest unread one. The guest makes a request visible in the ring before its kick lands, so an
     event loop already in the queue's handler may take the request first; the kick then
     arrives stale, a few microseconds after the submission it was for, and stays unread until
     some later request comes. Charged to that request it started the span up to hundreds of
@@ -58,20 +58,25 @@ class GuestKicks:
 
     def __init__(self, vcpus: frozenset[int]):
         self.vcpus = vcpus
-        self.latest: dict[int, int] = {}  # notifier -> its latest vCPU kick
-        self.read_by: dict[int, int] = {}  # thread -> a notifier it read and no request has taken yet
+        self.latest: dict[int, int] = {}  # notifier -> its latest vCPU kick no event loop has read yet
+        self.read_by: dict[int, list[int]] = {}  # thread -> [notifier, kick] it read, no request has taken
         self.last_submit_ns: dict[int, int] = {}  # thread -> its last req.submit
 
     def notify(self, tid: int, notifier: int, ts: int) -> None:
-        if tid in self.vcpus:
-            self.latest[notifier] = ts
+        if tid not in self.vcpus:
+            return
+        self.latest[notifier] = ts
+        for pending in self.read_by.values():
+            if pending[0] == notifier:
+                pending[1] = ts  # a kick landing between the read and the submission: that request's own
 
     def read(self, tid: int, notifier: int) -> None:
         # Only the first request submitted after the read gets the kick phase: requests that came
         # without a kick of their own (batched, or picked up by polling) are under- rather than
-        # over-reported.
-        if notifier in self.latest:
-            self.read_by[tid] = notifier
+        # over-reported. The read takes the kick: a later read finds a new one or none.
+        kick = self.latest.pop(notifier, None)
+        if kick is not None:
+            self.read_by[tid] = [notifier, kick]
 
     def polled(self, tid: int) -> None:
         # Back to polling: the handler run that read a kick is over. A kick no request took
@@ -82,10 +87,10 @@ class GuestKicks:
         """Thread tid submits a request at ts: the kick it has waited for since, if any."""
         previous = self.last_submit_ns.get(tid, 0)
         self.last_submit_ns[tid] = ts
-        notifier = self.read_by.pop(tid, None)
-        if notifier is None:
+        pending = self.read_by.pop(tid, None)
+        if pending is None:
             return None
-        kick = self.latest[notifier]
+        kick = pending[1]
         # A kick older than the thread's previous submission was already served (by polling,
         # or by the handler run that took that one).
         return kick if previous <= kick <= ts else None

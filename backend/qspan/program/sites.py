@@ -19,7 +19,8 @@ from qspan.errors import CatalogueError
 ANCHOR_SYMBOL = "qspan_site_{}"
 ANCHOR_SYMBOLS = 32  # how many the anchor file has (sites.txt may name at most this many functions)
 ANCHOR_PATH = "/run/qspan/site-anchor-v1.elf"  # v1: ANCHOR_SYMBOLS symbols; a new layout gets a new name
-_ARG = re.compile(r"\barg(\d)\b")
+# argN as bpftrace's builtin only (not $arg1, @arg1, ->arg1 or a word ending in arg1)
+_ARG = re.compile(r"(?<![\w$@>.\"])arg(\d)\b")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ def resolve(patterns: dict[str, tuple[SiteSpec, ...]], code: dict[str, tuple[int
 
 def at_site(expr: str, site: Site, where: str) -> str:
     """A probe line's argument expression, with each argN read from its register at the site."""
+
+    if re.search(r"(?<![\w$@>.\"])sarg\d", expr):
+        # stack arguments are relative to %rsp, which the code before the site may have moved
+        raise CatalogueError(f"{where}: sargN is not known at the site of {site.function} ({site.where})")
 
     def reg(m: re.Match) -> str:
         n = int(m.group(1))

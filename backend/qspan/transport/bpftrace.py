@@ -224,6 +224,8 @@ class TraceSession:
                 *complete, buf = buf.split(b"\n")
                 for raw in complete:
                     line = raw.decode("utf-8", "replace")
+                    if line == BEGIN_MARK and stopping_since is not None:
+                        continue  # stopped before bpftrace attached: attach nothing more
                     if line == BEGIN_MARK:
                         if not self._attach_sites(proc):
                             reason, stopping_since = "site-failed", self._interrupt(time.monotonic())
@@ -235,6 +237,7 @@ class TraceSession:
                     else:
                         out.handle(line)
             if eof:
+                sites.detach(self._site_fds)  # bpftrace is gone: nothing would store what the sites see
                 for raw in buf.split(b"\n"):
                     out.handle(raw.decode("utf-8", "replace"))
                 out.finish(proc)

@@ -32,6 +32,9 @@ _PERF_EVENT_IOC_ENABLE, _PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
 _PERF_FLAG_FD_CLOEXEC = 8
 _UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
 
+# What BPF_TASK_FD_QUERY says of an fd that is no perf event with a program (ENOTSUPP is 524).
+_NOT_A_BPF_PROBE = {errno.ENOENT, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, 524}
+
 _TEXT_AT, _SLOT = 0x80, 16  # the anchor's functions: one 16-byte slot each from file offset 0x80
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -109,8 +112,10 @@ def _uprobe_of(tracer_pid: int, fd: int) -> tuple[str, int, int] | None:
     struct.pack_into("<IIIIQ", attr, 0, tracer_pid, fd, 0, len(name), ctypes.addressof(name))
     try:
         _bpf(_BPF_TASK_FD_QUERY, attr)
-    except OSError:
-        return None  # not a perf event with a BPF program
+    except OSError as err:
+        if err.errno in _NOT_A_BPF_PROBE:
+            return None  # a perf event without a BPF program, or gone since the listing
+        raise
     prog_id, fd_type, offset = struct.unpack_from("<IIQ", attr, 24)
     if fd_type != _BPF_FD_TYPE_UPROBE:
         return None
@@ -169,9 +174,9 @@ def attach(sites: tuple[Site, ...], tracer_pid: int, anchor_path: str, pid: int)
     """Attach each site's programs inside QEMU PID `pid`; the perf event fds (close them to detach)."""
     if not sites:
         return []
-    found = anchored_programs(tracer_pid, anchor_path)
     fds: list[int] = []
     try:
+        found = anchored_programs(tracer_pid, anchor_path)
         for site in sites:
             progs = found.get(anchor_offset(site.index))
             if not progs:
@@ -192,6 +197,8 @@ def attach(sites: tuple[Site, ...], tracer_pid: int, anchor_path: str, pid: int)
         detach(fds)
         if err.errno == errno.ESRCH:
             raise TracerError(f"QEMU PID {pid} exited while its probe sites were being attached") from err
+        if isinstance(err, FileNotFoundError) and err.filename and str(tracer_pid) in str(err.filename):
+            raise TracerError("bpftrace exited while qspan attached the probe sites") from err
         raise TracerError(f"cannot attach a probe site inside QEMU PID {pid}: {err.strerror}") from err
     except TracerError:
         detach(fds)
