@@ -37,7 +37,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class _GetFdById(ctypes.Structure):
+class GetFdById(ctypes.Structure):
     _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
 
 
@@ -62,7 +62,8 @@ class _Batch(ctypes.Structure):
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+def bpf_call(cmd: int, attr: ctypes.Structure) -> int:
+    """The bpf() syscall with `attr`; OSError on failure (transport/sites.py uses it too)."""
     ret = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if ret < 0:
         err = ctypes.get_errno()
@@ -88,9 +89,9 @@ def map_ids(pid: int) -> list[int]:
 
 def open_map(map_id: int) -> tuple[int, str, int, int]:
     """An fd of our own for map `map_id`, with its name, key size and value size."""
-    fd = _bpf(BPF_MAP_GET_FD_BY_ID, _GetFdById(map_id, 0, 0))
+    fd = bpf_call(BPF_MAP_GET_FD_BY_ID, GetFdById(map_id, 0, 0))
     info = _MapInfo()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), ctypes.addressof(info)))
     return fd, info.name.decode(errors="replace"), info.key_size, info.value_size
 
 
@@ -144,7 +145,7 @@ class EventMaps:
             raise TracerError("this program has no sampling map")
         key, value = ctypes.c_uint64(0), ctypes.c_uint64(skip)
         try:
-            _bpf(BPF_MAP_UPDATE_ELEM, _Elem(self._skip_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0))
+            bpf_call(BPF_MAP_UPDATE_ELEM, _Elem(self._skip_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0))
         except OSError as err:
             raise TracerError(f"setting the sampling factor in bpftrace's map failed: {err}") from err
 
@@ -158,7 +159,7 @@ class EventMaps:
                           ctypes.addressof(self._keys), ctypes.addressof(self._values), BATCH, fd, 0, 0)
             done = False
             try:
-                _bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
+                bpf_call(BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
             except OSError as err:
                 if err.errno != errno.ENOENT:
                     raise TracerError(

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from qspan.errors import TracerError
 from qspan.program.sites import ANCHOR_SYMBOL, ANCHOR_SYMBOLS, Site
+from qspan.transport.bpfmaps import GetFdById, bpf_call
 
-_SYS_BPF, _SYS_PERF_EVENT_OPEN = 321, 298  # x86_64
+_SYS_PERF_EVENT_OPEN = 298  # x86_64
 _BPF_PROG_GET_FD_BY_ID, _BPF_TASK_FD_QUERY = 13, 20
 _BPF_FD_TYPE_UPROBE = 4
 _PERF_EVENT_IOC_ENABLE, _PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
@@ -96,30 +97,25 @@ def write_anchor(path: str) -> None:
         raise TracerError(f"cannot write the probe-site anchor {path}: {err.strerror}") from err
 
 
-def _bpf(cmd: int, attr: bytearray) -> int:
-    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-    r = _libc.syscall(_SYS_BPF, cmd, buf, len(attr))
-    if r < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return r
+class _TaskFdQuery(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_uint32), ("fd", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("buf_len", ctypes.c_uint32), ("buf", ctypes.c_uint64), ("prog_id", ctypes.c_uint32),
+                ("fd_type", ctypes.c_uint32), ("probe_offset", ctypes.c_uint64), ("probe_addr", ctypes.c_uint64)]
 
 
 def _uprobe_of(tracer_pid: int, fd: int) -> tuple[str, int, int] | None:
     """(file, offset, program id) of a uprobe perf event fd of the tracer, else None."""
     name = ctypes.create_string_buffer(4096)
-    attr = bytearray(48)
-    struct.pack_into("<IIIIQ", attr, 0, tracer_pid, fd, 0, len(name), ctypes.addressof(name))
+    attr = _TaskFdQuery(tracer_pid, fd, 0, len(name), ctypes.addressof(name))
     try:
-        _bpf(_BPF_TASK_FD_QUERY, attr)
+        bpf_call(_BPF_TASK_FD_QUERY, attr)
     except OSError as err:
         if err.errno in _NOT_A_BPF_PROBE:
             return None  # a perf event without a BPF program, or gone since the listing
         raise
-    prog_id, fd_type, offset = struct.unpack_from("<IIQ", attr, 24)
-    if fd_type != _BPF_FD_TYPE_UPROBE:
+    if attr.fd_type != _BPF_FD_TYPE_UPROBE:
         return None
-    return name.value.decode(errors="replace"), offset, prog_id
+    return name.value.decode(errors="replace"), attr.probe_offset, attr.prog_id
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -183,9 +179,7 @@ def attach(sites: tuple[Site, ...], tracer_pid: int, anchor_path: str, pid: int)
                 raise TracerError(f"bpftrace attached nothing at {anchor_path}:{site.anchor_symbol} "
                                   f"(the program for {site.function}); cannot attach its site")
             for prog_id in progs:
-                attr = bytearray(12)
-                struct.pack_into("<I", attr, 0, prog_id)
-                prog = _bpf(_BPF_PROG_GET_FD_BY_ID, attr)
+                prog = bpf_call(_BPF_PROG_GET_FD_BY_ID, GetFdById(prog_id, 0, 0))
                 try:
                     fd = _open_uprobe(f"/proc/{pid}/exe", site.file_offset, pid)
                     fds.append(fd)
