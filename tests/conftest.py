@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,25 +45,12 @@ def pytest_runtest_protocol(item, nextitem):
         helpers.current_test_path = None
 
 
-def _tracer_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "bpftrace"], capture_output=True, text=True).stdout
-    mine = set()
-    for pid in map(int, out.split()):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if RUN_MARKER.encode() in f.read().split(b"\0"):
-                    mine.add(pid)
-        except OSError:
-            pass
-    return mine
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_tracers():
     """No test may leave a bpftrace attached to anything."""
-    before = _tracer_pids()
+    before = helpers.tracer_pids()
     yield
-    leaked = _tracer_pids() - before
+    leaked = helpers.tracer_pids() - before
     if leaked:
         for pid in leaked:
             try:

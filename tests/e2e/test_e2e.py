@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import guest_requests, require_tracing, run_qspan
+from helpers import guest_requests, require_tracing, run_qspan, tracer_pids
 from qspanlab import lab
 from qspanlab.harness import start_traced
 
@@ -200,7 +200,8 @@ def _site_bytes(pid: int) -> dict[str, int]:
     from qspan.target.elf import function_code
 
     exe = f"/proc/{pid}/exe"
-    found = sites.resolve(catalogue.load().sites, function_code(exe, set(catalogue.load().sites)))
+    patterns = catalogue.load().sites
+    found = sites.resolve(patterns, function_code(exe, set(patterns)))
     inode = os.stat(exe).st_ino
     maps = []
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -217,24 +218,12 @@ def _site_bytes(pid: int) -> dict[str, int]:
     return out
 
 
-def _tracers_of(pid: int) -> list[int]:
-    """bpftrace processes attached to QEMU `pid` (started with -p PID)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"bpftrace") and b"-p" in argv and str(pid).encode() in argv:
-            out.append(int(d.name))
-    return out
-
-
 def test_probe_sites_patch_qemu_only_while_traced_even_when_qspan_is_killed(vm):
     """The kernel puts an int3 at each site while qspan traces; the code is QEMU's own again
     when the trace ends, and when qspan is killed (its perf events close with it)."""
     before = _site_bytes(vm.pid)
     assert before and 0xCC not in before.values(), before
+    tracers_before = tracer_pids()
     for how in ("duration", "SIGKILL"):
         proc = start_traced("record", "--pid", str(vm.pid), "--duration", "4" if how == "duration" else "600",
                             "--out", os.devnull)
@@ -246,8 +235,8 @@ def test_probe_sites_patch_qemu_only_while_traced_even_when_qspan_is_killed(vm):
         while _site_bytes(vm.pid) != before and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _site_bytes(vm.pid) == before, how
-        while _tracers_of(vm.pid) and time.monotonic() < deadline:
+        while tracer_pids() - tracers_before and time.monotonic() < deadline:
             time.sleep(0.1)  # a bpftrace left without qspan dies on its next write to the closed pipe
-        assert not _tracers_of(vm.pid), how
+        assert not tracer_pids() - tracers_before, how
     res = lab.load(vm, "--op write --qd 4 --count 200 --verify")  # and the guest's I/O is unharmed
     assert res.rc == 0 and res.summary["verify"] == "ok" and res.summary["errors"] == 0

@@ -29,6 +29,21 @@ QSPAN = [sys.executable, "-m", "qspan.cli"]
 current_test_path: Path | None = None
 
 
+def tracer_pids() -> set[int]:
+    """bpftrace processes this test run started (conftest.py marks the run in the environment)."""
+    marker = f"QSPAN_TEST_RUN={os.environ.get('QSPAN_TEST_RUN', '')}".encode()
+    out = subprocess.run(["pgrep", "-x", "bpftrace"], capture_output=True, text=True).stdout
+    mine = set()
+    for pid in map(int, out.split()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    mine.add(pid)
+        except OSError:
+            pass
+    return mine
+
+
 def require_tracing() -> None:
     if current_test_path is not None and current_test_path.is_relative_to(UNIT):
         pytest.fail(f"{current_test_path.relative_to(REPO)} is a unit test but needs real tracing: "

@@ -46,10 +46,10 @@ def test_estimate_per_request():
     assert overhead.estimate({}, per_event, 0)["est_us_per_request"] is None
 
 
-def test_entry_bytes_read_the_binary(tmp_path):
+def test_function_code_reads_the_binary(tmp_path):
     exe = tmp_path / "probe_target"
     subprocess.run(["gcc", "-O2", "-rdynamic", "-o", str(exe), str(REPO / "bench" / "probe_target.c")], check=True)
-    code = elf.entry_bytes(str(exe), {"cal_push", "cal_sub", "nonexistent"})
+    code = {name: b for name, (_off, b) in elf.function_code(str(exe), {"cal_push", "cal_sub", "nonexistent"}).items()}
     assert set(code) == {"cal_push", "cal_sub"}
     assert hitkind.first_instruction_kind(code["cal_push"]) == "emulated"
     assert hitkind.first_instruction_kind(code["cal_sub"]) == "stepped"

@@ -33,10 +33,6 @@ class SiteSpec:
         """The site's offset from the function's entry."""
         return sum(len(i) for i in self.code[:-1])
 
-    @property
-    def length(self) -> int:
-        return sum(len(i) for i in self.code)
-
     def matches(self, code: bytes) -> bool:
         """Whether a binary's code at the function's entry is this pattern."""
         flat = [b for i in self.code for b in i]

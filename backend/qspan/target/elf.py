@@ -67,7 +67,3 @@ def function_code(path: str, names: set[str], n: int = 48) -> dict[str, tuple[in
         return {}
     return out
 
-
-def entry_bytes(path: str, names: set[str], n: int = 4) -> dict[str, bytes]:
-    """The first `n` bytes of each exported function in `names` (to see how a uprobe there is handled)."""
-    return {name: code[:n] for name, (_off, code) in function_code(path, names, n).items()}
