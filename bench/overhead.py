@@ -19,7 +19,7 @@ shared 2-core VM). Under TCG the guest's latency also moves with whatever
 competes with the vCPU thread for a core, the tracer included.
 
     .venv/bin/python bench/overhead.py [--scenario stock] [--rounds 3] [--count 2000] [--qd 4] [--rate 0]
-                                       [--transports maps,printf]
+                                       [--transports ring,maps,printf,aggregate]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--qd", type=int, default=4)
     ap.add_argument("--rate", type=int, default=0, help="guest requests/s (0: as fast as it can)")
-    ap.add_argument("--transports", default="maps,printf,aggregate",
+    ap.add_argument("--transports", default="ring,maps,printf,aggregate",
                     help="comma-separated, from: " + ", ".join(program.TRANSPORTS) + ", aggregate (qspan aggregate); "
                          "TRANSPORT-entry: function-entry probes only (record --probe-sites off)")
     args = ap.parse_args()

@@ -7,8 +7,9 @@ qspan-generated probe attached through qspan's own tracer session, and prints
 the added nanoseconds per call for:
 
 - empty: the probe with an empty action (the trap or tracepoint itself);
-- maps: qspan's default transport (store in a BPF map; drained in batches);
-- printf: the printf transport (one perf-buffer record per event).
+- ring: qspan's default transport (a perf record in qspan's own rings, no wake-up);
+- maps: the maps transport (store in a BPF hash map; drained in batches);
+- printf: the printf transport (one perf-buffer record per event, bpftrace woken).
 
 Each runs twice: back to back (gap 0) and with the thread spinning GAP us
 between calls, as QEMU does other work between probe hits: a printf then pays
@@ -59,16 +60,20 @@ def program_text(exe: Path, pid: int, site: str, action: str) -> str:
     else:
         attach, flt, args = f"uprobe:{exe}:cal_{site}", f"pid == {pid}", ("arg0", "arg1", "arg2", "0")
     probe = ProbeSpec("co.switch", "uprobe", VersionMatch("*", (0, 0)), site, "proc", args, "bench")
-    backend = program.transport_module("maps" if action == "maps" else "printf")
+    backend = program.transport_module(_transport(action))
     body = "" if action == "empty" else backend.store(probe, spec)
     out = [backend.begin(), f"{attach} /{flt}/ {{ {body} }}"]
-    if action == "maps":
+    if action in ("maps", "ring"):
         out += backend.end(cat, named=False)
     return "\n".join(out) + "\n"
 
 
+def _transport(action: str) -> str:
+    return action if action in ("maps", "ring") else "printf"
+
+
 def traced_ns(t: Target, exe: Path, site: str, action: str, n: int, gap_ns: int) -> tuple[float, int, int]:
-    transport = program.transport_module("maps" if action == "maps" else "printf").TRANSPORT
+    transport = program.transport_module(_transport(action)).TRANSPORT
     session = tracer.TraceSession(program_text(exe, t.pid, site, action), t.pid, transport=transport)
     attached = threading.Event()
     got = {"lines": 0}
@@ -109,7 +114,7 @@ def main() -> None:
                     n = args.calls if gap == 0 else max(2000, args.calls // 10)
                     base = min(t.run(site, n, gap) for _ in range(3))
                     cells = {}
-                    for action in ("empty", "maps", "printf"):
+                    for action in ("empty", "ring", "maps", "printf"):
                         ns, lines, lost = traced_ns(t, exe, site, action, n, gap)
                         cells[action] = (ns - base, lines, lost)
                     rows.append((what, gap, n, base, cells))
@@ -118,11 +123,13 @@ def main() -> None:
             t.close()
     print(f"added nanoseconds per call on the traced thread (baseline subtracted; {args.calls} calls back to back, "
           f"{max(2000, args.calls // 10)} with a {args.gap_us:g} us gap)")
-    print(f"{'probe site':<48}{'gap us':>7}{'empty':>8}{'maps':>8}{'printf':>8}   events seen (maps/printf), lost")
+    print(f"{'probe site':<48}{'gap us':>7}{'empty':>8}{'ring':>8}{'maps':>8}{'printf':>8}"
+          "   events seen (ring/maps/printf), lost")
     for what, gap, n, base, cells in rows:
-        e, m, p = cells["empty"], cells["maps"], cells["printf"]
-        print(f"{what:<48}{gap / 1000:>7.0f}{e[0]:>8.0f}{m[0]:>8.0f}{p[0]:>8.0f}   {m[1]}/{p[1]}, {m[2]}/{p[2]}")
-    print("maps - empty = what qspan's map store adds; printf - empty = what a printf per event adds")
+        e, r, m, p = cells["empty"], cells["ring"], cells["maps"], cells["printf"]
+        print(f"{what:<48}{gap / 1000:>7.0f}{e[0]:>8.0f}{r[0]:>8.0f}{m[0]:>8.0f}{p[0]:>8.0f}"
+              f"   {r[1]}/{m[1]}/{p[1]}, {r[2]}/{m[2]}/{p[2]}")
+    print("ring/maps/printf - empty = what the transport's store adds to a probe hit")
 
 
 if __name__ == "__main__":

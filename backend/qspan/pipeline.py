@@ -68,7 +68,7 @@ def check_sampling(sample_every: int, transport: str) -> None:
     if sample_every < 1:
         raise QspanError(f"--sample-every must be 1 or more, not {sample_every}")
     if sample_every > 1 and not program.transport_module(transport).TRANSPORT.sampling:
-        raise QspanError(f"--sample-every needs a transport with sampling windows (maps), not {transport}")
+        raise QspanError(f"--sample-every needs a transport with sampling windows (ring, maps), not {transport}")
 
 
 def session(p: Plan, sample_every: int = 1) -> TraceSession:

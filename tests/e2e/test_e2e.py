@@ -82,7 +82,7 @@ def test_attach_spans_match_the_guest(vm, output_dir):
     assert again.rc == 0 and again.summary["verify"] == "ok"
 
 
-@pytest.mark.parametrize("transport", ["maps", "printf"])
+@pytest.mark.parametrize("transport", ["ring", "maps", "printf"])
 def test_record_then_replay_gives_the_same_spans(vm, tmp_path, transport):
     rec = tmp_path / "t.qspan"
     proc = start_traced("record", "--pid", str(vm.pid), "--duration", "12", "--out", str(rec), "--transport", transport)

@@ -21,13 +21,14 @@ def _input(version, text, usdt=False):
     )
 
 
-@pytest.mark.parametrize("version,text,usdt,name", [
-    ((7, 2), "7.2.22", False, "program-7.2.bt"),
-    ((10, 0), "10.0.3", False, "program-10.0.bt"),
-    ((9, 1), "9.1.0", True, "program-9.1-usdt.bt"),
+@pytest.mark.parametrize("version,text,usdt,transport,name", [
+    ((7, 2), "7.2.22", False, "ring", "program-7.2.bt"),
+    ((10, 0), "10.0.3", False, "ring", "program-10.0.bt"),
+    ((9, 1), "9.1.0", True, "ring", "program-9.1-usdt.bt"),
+    ((7, 2), "7.2.22", False, "maps", "program-7.2-maps.bt"),
 ])
-def test_generated_program_matches_golden(version, text, usdt, name):
-    prog = program.generate(catalogue.load(), _input(version, text, usdt))
+def test_generated_program_matches_golden(version, text, usdt, transport, name):
+    prog = program.generate(catalogue.load(), _input(version, text, usdt), transport=transport)
     golden = GOLDEN / name
     if REGEN:
         golden.write_text(prog.text)

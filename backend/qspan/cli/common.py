@@ -50,8 +50,9 @@ def _profile(p) -> None:
 
 def _transport(p) -> None:
     p.add_argument("--transport", default=program.DEFAULT_TRANSPORT, choices=program.TRANSPORTS,
-                   help=f"maps: events batched in BPF maps, dumped every {program.FLUSH_MS} ms (default); "
-                        "printf: one print per event")
+                   help="ring: events printed into perf rings that qspan reads itself every "
+                        f"{program.ring.POLL_MS} ms (default, the cheapest for QEMU); maps: events batched in "
+                        f"BPF maps, dumped every {program.FLUSH_MS} ms; printf: one print per event, read by bpftrace")
 
 
 def _probe_sites(p) -> None:

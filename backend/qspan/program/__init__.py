@@ -3,8 +3,9 @@
 The program is plain text that `qspan tracer --pid N --print` (and
 `--print-program` on record, attach and aggregate) shows without running
 anything. How events leave the kernel is the transport, one module each,
-chosen by name like QEMU's tracetool backends: maps.py (the default: events
-batched in BPF maps) and printf.py (one print per event). Aggregate-only mode
+chosen by name like QEMU's tracetool backends: ring.py (the default: events
+printed into perf rings that qspan reads itself), maps.py (events batched in
+BPF maps) and printf.py (one print per event, read by bpftrace). Aggregate-only mode
 has its own generator (aggregate.py). Either transport, what the rest of qspan
 sees (and records) is one line per event:
 
@@ -22,7 +23,7 @@ from types import ModuleType
 
 from qspan.catalogue import Catalogue, Profile
 from qspan.errors import TracerError
-from qspan.program import maps, printf, sites
+from qspan.program import maps, printf, ring, sites
 from qspan.program.hitkind import first_instruction_kind, hit_kind
 from qspan.program.maps import FLUSH_MARK, FLUSH_MS, MAP_CAPACITY, MAP_SIDES, SKIP_MAP, WINDOW_EVENT, WINDOW_MS
 from qspan.program.model import Program, ProgramInput, Transport
@@ -37,9 +38,9 @@ __all__ = [
 ]
 
 # Transport name -> its program module (begin(), store(probe, spec), end(cat, named), HEADER, TRANSPORT).
-TRANSPORT_MODULES: dict[str, ModuleType] = {m.TRANSPORT.name: m for m in (maps, printf)}
+TRANSPORT_MODULES: dict[str, ModuleType] = {m.TRANSPORT.name: m for m in (ring, maps, printf)}
 TRANSPORTS = tuple(TRANSPORT_MODULES)
-DEFAULT_TRANSPORT = "maps"
+DEFAULT_TRANSPORT = "ring"
 
 
 def transport_module(name: str) -> ModuleType:

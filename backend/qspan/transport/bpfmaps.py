@@ -41,17 +41,17 @@ class GetFdById(ctypes.Structure):
     _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
 
 
-class _InfoByFd(ctypes.Structure):
+class InfoByFd(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
 
 
-class _MapInfo(ctypes.Structure):
+class MapInfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
                 ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
                 ("name", ctypes.c_char * 16)]
 
 
-class _Elem(ctypes.Structure):
+class Elem(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
@@ -87,12 +87,49 @@ def map_ids(pid: int) -> list[int]:
     return ids
 
 
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, InfoByFd(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    return info
+
+
 def open_map(map_id: int) -> tuple[int, str, int, int]:
     """An fd of our own for map `map_id`, with its name, key size and value size."""
     fd = bpf_call(BPF_MAP_GET_FD_BY_ID, GetFdById(map_id, 0, 0))
-    info = _MapInfo()
-    bpf_call(BPF_OBJ_GET_INFO_BY_FD, _InfoByFd(fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    info = map_info(fd)
     return fd, info.name.decode(errors="replace"), info.key_size, info.value_size
+
+
+def write_scalar(fd: int, value: int) -> None:
+    """Set a bpftrace scalar map (`@name = N`: an 8-byte key 0, an 8-byte value); OSError on failure."""
+    key, val = ctypes.c_uint64(0), ctypes.c_uint64(value)
+    bpf_call(BPF_MAP_UPDATE_ELEM, Elem(fd, 0, ctypes.addressof(key), ctypes.addressof(val), 0))
+
+
+def open_scalars(pid: int, names: tuple[str, ...]) -> dict[str, int]:
+    """fds of bpftrace process `pid`'s scalar maps called `names` ("@qspan_skip", ...)."""
+    out: dict[str, int] = {}
+    try:
+        ids = map_ids(pid)
+    except OSError as err:
+        raise TracerError(f"cannot list bpftrace's maps (PID {pid}): {err}") from err
+    for map_id in ids:
+        try:
+            fd, name, ksize, vsize = open_map(map_id)
+        except OSError:
+            continue
+        # bpftrace 0.17 names the kernel map "AT_" + its name (the kernel keeps 15 characters).
+        want = next((n for n in names if name and name.endswith(n.lstrip("@")) and n not in out), None)
+        if want is None or (ksize, vsize) != (8, 8):
+            os.close(fd)
+            continue
+        out[want] = fd
+    missing = [n for n in names if n not in out]
+    if missing:
+        for fd in out.values():
+            os.close(fd)
+        raise TracerError(f"bpftrace (PID {pid}) has no map {', '.join(missing)}: cannot control its probes")
+    return out
 
 
 class EventMaps:
@@ -143,9 +180,8 @@ class EventMaps:
         """Trace one sampling window in skip + 1 (the probes read it at each window's start)."""
         if self._skip_fd is None:
             raise TracerError("this program has no sampling map")
-        key, value = ctypes.c_uint64(0), ctypes.c_uint64(skip)
         try:
-            bpf_call(BPF_MAP_UPDATE_ELEM, _Elem(self._skip_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0))
+            write_scalar(self._skip_fd, skip)
         except OSError as err:
             raise TracerError(f"setting the sampling factor in bpftrace's map failed: {err}") from err
 

@@ -2,10 +2,11 @@
 
 `TraceSession` starts bpftrace on a generated program, waits until the probes
 are attached, then hands the events on until the duration ends, the caller
-stops it, or QEMU exits. What bpftrace prints goes to one of two outputs,
+stops it, or QEMU exits. What bpftrace prints goes to one of three outputs,
 chosen by the program's transport: `LineOutput` (printf: every event is a
-line) or `MapOutput` (maps: flush marks say which map to drain; the entries
-are decoded and handed on in time order). bpftrace's chatter on stderr (the
+line), `MapOutput` (maps: flush marks say which map to drain) or `RingOutput`
+(ring: qspan reads its own perf rings every 25 ms); the last two decode the
+entries and hand them on in time order. bpftrace's chatter on stderr (the
 RLIMIT_MEMLOCK warning on this kind of machine) is tolerated; its errors
 become one TracerError message. "Lost N events" lines are counted, never hidden.
 """
@@ -29,7 +30,7 @@ from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
 from qspan.transport import sites
-from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, MapOutput, WatermarkCallback
+from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, WatermarkCallback, make_output
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
 PERF_RB_PAGES = "1024"
@@ -142,13 +143,13 @@ class TraceSession:
             on_lines: LinesCallback | None = None) -> TraceResult:
         """Trace until done; `on_line` gets every event line (and "Lost N events" lines).
 
-        With the maps transport, see MapOutput for `on_batch`, `on_lines` and `on_watermark`.
+        With the maps and ring transports, see MapOutput for `on_batch`, `on_lines` and `on_watermark`.
         """
         check_can_trace()
         if not process_alive(self.pid):
             raise TracerError(f"QEMU PID {self.pid} is not running")
-        out = self._output = (MapOutput(on_line, on_batch, on_watermark, on_lines) if self.transport.batched
-                              else LineOutput(on_line, self.all_lines))
+        out = self._output = make_output(self.transport.name, on_line, self.all_lines, self.program_text,
+                                         on_batch, on_watermark, on_lines)
         if self.sites:
             sites.write_anchor(self.anchor_path)
         proc = self._proc = self._spawn()
@@ -181,8 +182,10 @@ class TraceSession:
         env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES, BPFTRACE_MAP_KEYS_MAX=str(MAP_CAPACITY))
         # -p: uprobes are attached to this process only, so other QEMUs running the
         # same binary never hit them (the /pid == N/ filters alone would still trap there).
+        # The parent-death signal ends bpftrace (END runs, its probes go) if qspan dies without
+        # stopping it: with the ring transport it prints nothing qspan's exit could break on.
         return subprocess.Popen(
-            [bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
+            [*_pdeathsig(), bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
             stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
 
@@ -218,7 +221,9 @@ class TraceSession:
                     out.set_sample_every(self.sample_every)
             elif now - stopping_since > 10:
                 proc.kill()
-            chunk, eof = _take(chunks)
+            chunk, eof = _take(chunks, out.poll_s)
+            if attached_at is not None:
+                out.poll()
             if chunk:
                 buf += chunk
                 *complete, buf = buf.split(b"\n")
@@ -273,11 +278,17 @@ class TraceSession:
         return now
 
 
-def _take(chunks: "queue.SimpleQueue[bytes]") -> tuple[bytes, bool]:
-    """What the pump has read (waiting up to 0.1 s for something), and whether the pipe ended."""
+def _pdeathsig() -> list[str]:
+    """setpriv (util-linux) sends bpftrace SIGTERM when the thread that started it exits."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
+def _take(chunks: "queue.SimpleQueue[bytes]", wait_s: float) -> tuple[bytes, bool]:
+    """What the pump has read (waiting up to wait_s for something), and whether the pipe ended."""
     parts: list[bytes] = []
     try:
-        parts.append(chunks.get(timeout=0.1))
+        parts.append(chunks.get(timeout=wait_s))
         while parts[-1]:  # take everything already read, then split once
             parts.append(chunks.get_nowait())
     except queue.Empty:

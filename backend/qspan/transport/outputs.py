@@ -1,20 +1,27 @@
 """What bpftrace prints, turned into events: one output class per transport.
 
-`LineOutput` (printf: every event is a line on stdout) and `MapOutput` (maps:
-stdout carries flush marks; the events are drained from BPF maps and decoded).
-The runner (bpftrace.py) picks one by the program's transport.
+`LineOutput` (printf: every event is a line on stdout), `MapOutput` (maps:
+stdout carries flush marks; the events are drained from BPF maps and decoded)
+and `RingOutput` (ring: the events are read from qspan's own perf rings every
+POLL_MS). The runner (bpftrace.py) picks one by the program's transport name
+(OUTPUTS).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Optional
 
 from qspan.errors import TracerError
 from qspan.program import FLUSH_MARK, MAP_SIDES, SKIP_MAP
-from qspan.transport.bpfmaps import EventMaps
+from qspan.program.ring import LIVE_MAP, POLL_MS
+from qspan.transport.bpfmaps import EventMaps, open_scalars, write_scalar
 from qspan.transport.decode import MapDumpDecoder
+from qspan.transport.ringdecode import RingDecoder, printf_layouts
+from qspan.transport.rings import Rings
 from qspan.transport.text import LOST_RE, parse_flush_mark
 
 # What a run hands on: event lines (and "Lost N events"), or with the maps transport
@@ -30,6 +37,8 @@ HOLD_NS = 2_000_000
 class LineOutput:
     """printf transport: bpftrace's stdout is the event stream."""
 
+    poll_s = 0.1  # how long the runner waits for output before calling poll()
+
     def __init__(self, on_line: LineCallback, all_lines: bool):
         self.on_line = on_line
         self.all_lines = all_lines  # aggregate mode: its histograms are lines too
@@ -42,6 +51,9 @@ class LineOutput:
 
     def set_sample_every(self, every: int) -> None:
         pass  # no sampling windows in this transport
+
+    def poll(self) -> None:
+        pass  # everything comes on stdout
 
     def handle(self, line: str) -> None:
         if line[:1].isdigit():
@@ -141,3 +153,80 @@ class MapOutput(LineOutput):
     def close(self) -> None:
         if self.maps is not None:
             self.maps.close()
+
+
+class RingOutput(MapOutput):
+    """ring transport: the events are in qspan's perf rings (transport/rings.py), read every POLL_MS.
+
+    Same hand-on as MapOutput (`on_batch`, `on_lines`, `on_watermark`); the
+    watermark is the clock (bpftrace's nsecs is CLOCK_BOOTTIME) read before the
+    rings are: every record stamped earlier, less HOLD_NS for a probe preempted
+    between its clock read and its write, is in them by then.
+    """
+
+    poll_s = POLL_MS / 1000
+
+    def __init__(self, on_line: LineCallback, on_batch: Optional[BatchCallback],
+                 on_watermark: Optional[WatermarkCallback], on_lines: Optional[LinesCallback], program_text: str):
+        super().__init__(on_line, on_batch, on_watermark, on_lines)
+        self.decoder = RingDecoder(printf_layouts(program_text))
+        self.rings: Rings | None = None
+        self._scalars: dict[str, int] = {}
+
+    def attached(self, bpftrace_pid: int, sample_every: int) -> None:
+        self.rings = Rings(bpftrace_pid)
+        self._scalars = open_scalars(bpftrace_pid, (SKIP_MAP, LIVE_MAP))
+        self.skip = sample_every - 1
+        try:
+            write_scalar(self._scalars[SKIP_MAP], self.skip)
+            write_scalar(self._scalars[LIVE_MAP], 1)  # the probes start printing (into our rings) from the next tick
+        except OSError as err:
+            raise TracerError(f"cannot start bpftrace's probes: {err}") from err
+
+    def set_sample_every(self, every: int) -> None:
+        if SKIP_MAP not in self._scalars or every - 1 == self.skip:
+            return
+        self.skip = every - 1
+        try:
+            write_scalar(self._scalars[SKIP_MAP], self.skip)
+        except OSError as err:  # sampling is a relief valve: tracing goes on without it
+            self.sampling_error = f"setting the sampling factor in bpftrace's map failed: {err}"
+
+    def handle(self, line: str) -> None:
+        if line.startswith("@"):
+            return  # bpftrace printing a map as it exits
+        LineOutput.handle(self, line)
+
+    def poll(self, final: bool = False) -> None:
+        if self.rings is None:
+            return
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        for cpu, data in self.rings.read():
+            for line in self.decoder.add_records(cpu, data):
+                LineOutput.handle(self, line)  # a node's name: before the events that use it
+        self._deliver(1 << 62 if final else now, 0 if final else HOLD_NS)
+        if self.on_watermark:
+            self.on_watermark(self.decoder.watermark_ns)
+
+    def finish(self, bpftrace: subprocess.Popen) -> None:
+        bpftrace.wait()  # END has run: nothing more is printed
+        self.poll(final=True)
+
+    def close(self) -> None:
+        if self.rings is not None:
+            self.rings.close()
+            self.rings = None
+        for fd in self._scalars.values():
+            os.close(fd)
+        self._scalars = {}
+
+
+def make_output(transport_name: str, on_line: LineCallback, all_lines: bool, program_text: str,
+                on_batch: Optional[BatchCallback] = None, on_watermark: Optional[WatermarkCallback] = None,
+                on_lines: Optional[LinesCallback] = None) -> LineOutput:
+    """The output for a program's transport (aggregate mode's programs print lines: `all_lines`)."""
+    if transport_name == "ring":
+        return RingOutput(on_line, on_batch, on_watermark, on_lines, program_text)
+    if transport_name == "maps":
+        return MapOutput(on_line, on_batch, on_watermark, on_lines)
+    return LineOutput(on_line, all_lines)

@@ -1,0 +1,152 @@
+"""Perf rings of qspan's own in bpftrace's perf event array (transport "ring", program/ring.py).
+
+bpftrace's printf writes a record with bpf_perf_event_output() into the ring
+that its perf event array holds for the current CPU. bpftrace opens those
+rings asking to be woken after every record; on the traced thread that
+wake-up (and, on the other core, bpftrace formatting the record) costs
+several times the record itself. Here qspan opens one BPF_OUTPUT perf event
+per CPU whose ring never wakes anyone (a watermark far above its size),
+maps it, and stores its fd in bpftrace's array (BPF_MAP_UPDATE_ELEM on a fd
+of the map opened by id, as bpfmaps.py does). Records then land in qspan's
+rings, which it reads on its own schedule.
+
+The kernel ties an array entry to the map file it was stored through: when
+qspan exits, however it exits, its entries go, and the probes' printfs fail
+quietly. bpftrace itself is then stopped by the parent-death signal it was
+started with (bpftrace.py), so no probe stays attached to QEMU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+
+from qspan.errors import TracerError
+from qspan.transport.bpfmaps import BPF_MAP_GET_FD_BY_ID, BPF_MAP_UPDATE_ELEM, Elem, GetFdById, bpf_call, map_ids, map_info
+
+SYS_PERF_EVENT_OPEN = 298  # x86_64
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_BPF_OUTPUT = 10
+PERF_SAMPLE_RAW = 1 << 10
+PERF_ATTR_WATERMARK = 1 << 14  # flags bit: wake-ups count bytes, not records
+PERF_FLAG_FD_CLOEXEC = 8
+BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
+PAGE = mmap.PAGESIZE
+# 8 MiB a CPU: ~110,000 event records, about half a second of the lab's full rate
+# on one CPU, so a reader stalled that long (a GC pass, a slow disk) loses nothing.
+RING_PAGES = 2048
+_HEAD_TAIL = struct.Struct("<QQ")  # perf_event_mmap_page.data_head, data_tail
+_HEAD_AT = 1024
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _PerfAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("wakeup_watermark", ctypes.c_uint32),
+                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64),
+                ("rest", ctypes.c_uint64 * 8)]
+
+
+class Ring:
+    """One CPU's ring: open, mapped, read from the tail to the head."""
+
+    def __init__(self, cpu: int, pages: int = RING_PAGES):
+        attr = _PerfAttr(type=PERF_TYPE_SOFTWARE, size=112, config=PERF_COUNT_SW_BPF_OUTPUT, sample_period=1,
+                         sample_type=PERF_SAMPLE_RAW, flags=PERF_ATTR_WATERMARK, wakeup_watermark=1 << 31)
+        fd = _libc.syscall(SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise TracerError(f"cannot open a perf ring for CPU {cpu}: {os.strerror(err)}")
+        self.cpu, self.fd, self.size = cpu, fd, pages * PAGE
+        try:
+            self._map = mmap.mmap(fd, PAGE + self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as err:
+            os.close(fd)
+            raise TracerError(f"cannot map a {self.size >> 20} MiB perf ring for CPU {cpu}: {err}") from err
+
+    def read(self) -> bytes:
+        """Everything written since the last read (records whole: the kernel publishes the head after them)."""
+        head, tail = _HEAD_TAIL.unpack_from(self._map, _HEAD_AT)
+        if head == tail:
+            return b""
+        start, end = PAGE + tail % self.size, PAGE + head % self.size
+        if head - tail >= self.size or end <= start:  # wrapped (a full ring is wrapped too)
+            data = self._map[start:PAGE + self.size] + self._map[PAGE:end]
+        else:
+            data = self._map[start:end]
+        # Tell the kernel the space is free (data_tail): only after the copy.
+        struct.pack_into("<Q", self._map, _HEAD_AT + 8, head)
+        return data
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self.fd)
+
+
+class Rings:
+    """qspan's rings, one per CPU, in the perf event array of bpftrace process `pid`."""
+
+    def __init__(self, bpftrace_pid: int, pages: int = RING_PAGES):
+        self.rings: list[Ring] = []
+        self._array_fd = _perf_array(bpftrace_pid)
+        try:
+            for cpu in range(map_info(self._array_fd).max_entries):  # bpftrace sizes it to the possible CPUs
+                if not _online(cpu):
+                    continue  # nothing runs there (a CPU brought online later would print into bpftrace's ring)
+                ring = Ring(cpu, pages)
+                self.rings.append(ring)
+                key, value = ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd)
+                try:
+                    bpf_call(BPF_MAP_UPDATE_ELEM,
+                             Elem(self._array_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0))
+                except OSError as err:
+                    raise TracerError(f"cannot put qspan's ring into bpftrace's perf array (CPU {cpu}): {err}") from err
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> list[tuple[int, bytes]]:
+        """(cpu, records) for every ring with something new."""
+        out = []
+        for ring in self.rings:
+            data = ring.read()
+            if data:
+                out.append((ring.cpu, data))
+        return out
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+        if self._array_fd is not None:
+            os.close(self._array_fd)
+            self._array_fd = None
+
+
+def _online(cpu: int) -> bool:
+    try:
+        return cpu == 0 or open(f"/sys/devices/system/cpu/cpu{cpu}/online").read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _perf_array(pid: int) -> int:
+    try:
+        ids = map_ids(pid)
+    except OSError as err:
+        raise TracerError(f"cannot list bpftrace's maps (PID {pid}): {err}") from err
+    for map_id in ids:
+        try:
+            fd = bpf_call(BPF_MAP_GET_FD_BY_ID, GetFdById(map_id, 0, 0))
+        except OSError:
+            continue
+        if map_info(fd).type == BPF_MAP_TYPE_PERF_EVENT_ARRAY:
+            return fd
+        os.close(fd)
+    raise TracerError(f"bpftrace (PID {pid}) has no perf event array: cannot read its events (--transport maps works without)")
+
