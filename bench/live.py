@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 from qspanlab import lab  # noqa: E402
 from qspanlab.harness import ServerProcess  # noqa: E402
 from qspan.output.report import percentile  # noqa: E402
+from qspan.transport.rings import bpftrace_clock_ns  # noqa: E402
 
 
 def api(server: ServerProcess, method: str, path: str, body: dict | None = None):
@@ -114,7 +115,7 @@ def main() -> None:
             async with websockets.connect(f"ws://127.0.0.1:{port}/api/sessions/{sid}/live", max_size=None) as ws:
                 while time.monotonic() - t_start < args.duration:
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
-                    now = time.monotonic_ns()
+                    now = bpftrace_clock_ns()  # span ends are stamped on bpftrace's clock
                     if msg["type"] == "frame":
                         st = msg["status"]
                         frames.append((now, st["newest_end_ns"]))

@@ -2,7 +2,7 @@
 
 Boots the stock lab and, for --rounds alternating rounds, runs the same guest
 workload with nothing attached and once per mode with qspan's full-fidelity
-program attached (`maps` transport, probe sites on), each mode a variant of
+program attached (the `maps` transport, probe sites on), each mode a variant of
 that one generated program:
 
 - traps:  every probe's action emptied: what the probe hits themselves cost
@@ -59,7 +59,7 @@ def variant(text: str, mode: str) -> str:
 
 
 def traced_round(info, load: str, mode: str) -> dict:
-    plan = pipeline.plan(info.pid)
+    plan = pipeline.plan(info.pid, transport="maps")  # the variants below edit the maps program's store
     s = TraceSession(variant(plan.program.text, mode), info.pid, transport=plan.program.transport,
                      sites=plan.program.sites)
     attached, failed = threading.Event(), []

@@ -88,8 +88,8 @@ class LiveFeed:
     def clock(self, now_ns: int) -> None:
         """Time passes even when no line comes (printf transport: no watermarks say so)."""
         if not self.watermarks:
-            # The tracer's clock is CLOCK_MONOTONIC, like the caller's: when the guest is
-            # idle, what is in the buffer becomes safe to correlate.
+            # The caller passes the tracer's clock (transport.rings.bpftrace_clock_ns): when
+            # the guest is idle, what is in the buffer becomes safe to correlate.
             self.buffer.max_ts = max(self.buffer.max_ts, now_ns)
         self._process(self.buffer.ready())
 

@@ -25,6 +25,7 @@ from qspan.live.shedder import LoadShedder
 from qspan.output import overhead, recording
 from qspan.target import Target
 from qspan.transport.bpftrace import TraceSession, check_can_trace
+from qspan.transport.rings import bpftrace_clock_ns
 from qspan.transport.text import entry_line
 
 log = logging.getLogger("qspan.live")
@@ -141,7 +142,7 @@ class LiveSession(FedSession):
     def _shed(self, dump_ts_ns: int) -> None:
         """After each dump: how far behind are we, and should fewer windows be traced?"""
         now = time.monotonic()
-        self.lag_ns = time.monotonic_ns() - dump_ts_ns  # bpftrace's nsecs is CLOCK_MONOTONIC too
+        self.lag_ns = bpftrace_clock_ns() - dump_ts_ns  # on the clock of bpftrace's nsecs
         lags = self._lags
         lags.append((now, self.lag_ns))
         while now - lags[0][0] > 1.0:
@@ -169,7 +170,7 @@ class LiveSession(FedSession):
         if self.feed is None:
             return
         with self._lock:
-            self.feed.clock(time.monotonic_ns())
+            self.feed.clock(bpftrace_clock_ns())
         self._rate.append((time.monotonic(), self.feed.lines))
 
     def stop(self) -> None:

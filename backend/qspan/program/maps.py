@@ -1,4 +1,4 @@
-"""Transport "maps" (the default): probes store events in BPF maps; qspan empties them in batches.
+"""Transport "maps": probes store events in BPF maps; qspan empties them in batches.
 
 A probe does not print. It stores its event in one of MAP_SIDES BPF hash maps,
 keyed by (TS_NS, CPU), with a per-CPU sequence number. Every FLUSH_MS an

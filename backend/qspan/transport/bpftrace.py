@@ -30,6 +30,7 @@ from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
 from qspan.transport import sites
+from qspan.transport.ringdecode import STRLEN
 from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, WatermarkCallback, make_output
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
@@ -48,13 +49,8 @@ class TraceResult:
     stderr: str
 
     def summary(self) -> dict:
-        return {
-            "reason": self.reason,
-            "event_lines": self.event_lines,
-            "lost_events": self.lost_events,
-            "attach_s": round(self.attach_s, 3),
-            "traced_s": round(self.traced_s, 3),
-        }
+        return {"reason": self.reason, "event_lines": self.event_lines, "lost_events": self.lost_events,
+                "attach_s": round(self.attach_s, 3), "traced_s": round(self.traced_s, 3)}
 
 
 def bpftrace_path() -> str:
@@ -179,13 +175,15 @@ class TraceSession:
         prog = Path(self._dir.name) / "qspan.bt"
         prog.write_text(self.program_text)
         self._errf = open(Path(self._dir.name) / "stderr", "w+")
-        env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES, BPFTRACE_MAP_KEYS_MAX=str(MAP_CAPACITY))
+        # BPFTRACE_STRLEN fixed: the ring transport decodes strings at that size (ringdecode.py).
+        env = dict(os.environ, BPFTRACE_PERF_RB_PAGES=PERF_RB_PAGES, BPFTRACE_MAP_KEYS_MAX=str(MAP_CAPACITY),
+                   BPFTRACE_STRLEN=str(STRLEN))
         # -p: uprobes are attached to this process only, so other QEMUs running the
         # same binary never hit them (the /pid == N/ filters alone would still trap there).
         # The parent-death signal ends bpftrace (END runs, its probes go) if qspan dies without
         # stopping it: with the ring transport it prints nothing qspan's exit could break on.
         return subprocess.Popen(
-            [*_pdeathsig(), bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
+            [*_pdeathsig(self.transport.name == "ring"), bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
             stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
 
@@ -278,10 +276,15 @@ class TraceSession:
         return now
 
 
-def _pdeathsig() -> list[str]:
+def _pdeathsig(required: bool) -> list[str]:
     """setpriv (util-linux) sends bpftrace SIGTERM when the thread that started it exits."""
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    if setpriv:
+        return [setpriv, "--pdeathsig", "TERM", "--"]
+    if required:  # the maps and printf transports write to stdout, and end when qspan's pipe is gone
+        raise TracerError("setpriv (util-linux) is not installed: the ring transport needs it so that bpftrace "
+                          "ends if qspan is killed (apt-get install util-linux, or --transport maps)")
+    return []
 
 
 def _take(chunks: "queue.SimpleQueue[bytes]", wait_s: float) -> tuple[bytes, bool]:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Optional
 
 from qspan.errors import TracerError
 from qspan.program import FLUSH_MARK, MAP_SIDES, SKIP_MAP
-from qspan.program.ring import LIVE_MAP, POLL_MS
+from qspan.program.ring import LIVE_MAP, OFF_MAP, POLL_MS
 from qspan.transport.bpfmaps import EventMaps, open_scalars, write_scalar
 from qspan.transport.decode import MapDumpDecoder
 from qspan.transport.ringdecode import RingDecoder, printf_layouts
-from qspan.transport.rings import Rings
+from qspan.transport.rings import Rings, bpftrace_clock_ns
 from qspan.transport.text import LOST_RE, parse_flush_mark
 
 # What a run hands on: event lines (and "Lost N events"), or with the maps transport
@@ -159,9 +158,9 @@ class RingOutput(MapOutput):
     """ring transport: the events are in qspan's perf rings (transport/rings.py), read every POLL_MS.
 
     Same hand-on as MapOutput (`on_batch`, `on_lines`, `on_watermark`); the
-    watermark is the clock (bpftrace's nsecs is CLOCK_BOOTTIME) read before the
-    rings are: every record stamped earlier, less HOLD_NS for a probe preempted
-    between its clock read and its write, is in them by then.
+    watermark is the clock of bpftrace's nsecs (rings.bpftrace_clock_ns) read
+    before the rings are: every record stamped earlier, less HOLD_NS for a probe
+    preempted between its clock read and its write, is in them by then.
     """
 
     poll_s = POLL_MS / 1000
@@ -175,11 +174,15 @@ class RingOutput(MapOutput):
 
     def attached(self, bpftrace_pid: int, sample_every: int) -> None:
         self.rings = Rings(bpftrace_pid)
-        self._scalars = open_scalars(bpftrace_pid, (SKIP_MAP, LIVE_MAP))
+        self._scalars = open_scalars(bpftrace_pid, (SKIP_MAP, LIVE_MAP, OFF_MAP))
         self.skip = sample_every - 1
         try:
             write_scalar(self._scalars[SKIP_MAP], self.skip)
-            write_scalar(self._scalars[LIVE_MAP], 1)  # the probes start printing (into our rings) from the next tick
+            write_scalar(self._scalars[LIVE_MAP], 1)  # the interval probe opens and closes windows from now on
+            if self.skip == 0:
+                # Tracing everything: the probes print from now, not from the next tick, so
+                # "attached" means traced. (Sampling: the first traced window opens it.)
+                write_scalar(self._scalars[OFF_MAP], 0)
         except OSError as err:
             raise TracerError(f"cannot start bpftrace's probes: {err}") from err
 
@@ -200,12 +203,12 @@ class RingOutput(MapOutput):
     def poll(self, final: bool = False) -> None:
         if self.rings is None:
             return
-        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        now = bpftrace_clock_ns()
         for cpu, data in self.rings.read():
             for line in self.decoder.add_records(cpu, data):
                 LineOutput.handle(self, line)  # a node's name: before the events that use it
         self._deliver(1 << 62 if final else now, 0 if final else HOLD_NS)
-        if self.on_watermark:
+        if self.on_watermark and not final:  # the final one is no time: nothing is behind it
             self.on_watermark(self.decoder.watermark_ns)
 
     def finish(self, bpftrace: subprocess.Popen) -> None:

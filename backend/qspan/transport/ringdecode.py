@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from qspan.errors import TracerError
 from qspan.transport.decode import MapDumpDecoder
 
-STRLEN = 64  # bpftrace's default BPFTRACE_STRLEN (qspan does not change it)
+STRLEN = 64  # bpftrace's BPFTRACE_STRLEN: the runner sets it (bpftrace.py), whatever the environment says
 RECORD_SAMPLE = 9
 RECORD_LOST = 2
 _HEADER = struct.Struct("<IHH")  # perf_event_header: type, misc, size
@@ -55,7 +55,8 @@ class PrintfLayout:
 def printf_layouts(program_text: str) -> tuple[PrintfLayout, ...]:
     """Every printf of a generated program, in bpftrace's id order (text order)."""
     out = []
-    for m in _PRINTF_RE.finditer(program_text):
+    code = "\n".join(ln for ln in program_text.splitlines() if not ln.lstrip().startswith("//"))
+    for m in _PRINTF_RE.finditer(code):
         fmt = m.group(1)
         specs = _SPEC_RE.findall(fmt)
         strings = tuple(s == "%s" for s in specs)
@@ -100,7 +101,7 @@ class RingDecoder(MapDumpDecoder):
                     off += rsize  # exit(), clear(), ...: the program uses none while qspan reads the rings
                     continue
                 lay = self.layouts[pid] if 0 <= pid < len(self.layouts) else None
-                if lay is None or raw < lay.payload:
+                if lay is None or raw != lay.payload + (-(lay.payload + 4) % 8):  # padded: record 8-aligned
                     raise TracerError(f"a ring record (printf id {pid}, {raw} bytes) does not match the program: "
                                       "is this bpftrace's record layout?")
                 values = self._values(lay, data, off + 20)

@@ -5,7 +5,7 @@ that its perf event array holds for the current CPU. bpftrace opens those
 rings asking to be woken after every record; on the traced thread that
 wake-up (and, on the other core, bpftrace formatting the record) costs
 several times the record itself. Here qspan opens one BPF_OUTPUT perf event
-per CPU whose ring never wakes anyone (a watermark far above its size),
+per CPU whose ring wakes no one (a wake-up watermark as large as the ring),
 maps it, and stores its fd in bpftrace's array (BPF_MAP_UPDATE_ELEM on a fd
 of the map opened by id, as bpfmaps.py does). Records then land in qspan's
 rings, which it reads on its own schedule.
@@ -22,6 +22,7 @@ import ctypes
 import mmap
 import os
 import struct
+import time
 
 from qspan.errors import TracerError
 from qspan.transport.bpfmaps import BPF_MAP_GET_FD_BY_ID, BPF_MAP_UPDATE_ELEM, Elem, GetFdById, bpf_call, map_ids, map_info
@@ -40,6 +41,22 @@ RING_PAGES = 2048
 _HEAD_TAIL = struct.Struct("<QQ")  # perf_event_mmap_page.data_head, data_tail
 _HEAD_AT = 1024
 
+
+def bpftrace_clock_ns() -> int:
+    """Now, on the clock of bpftrace's `nsecs`: bpf_ktime_get_boot_ns (CLOCK_BOOTTIME) from
+    Linux 5.8 on, ktime_get_ns (CLOCK_MONOTONIC) before; they differ by the time suspended."""
+    return time.clock_gettime_ns(_NSECS_CLOCK)
+
+
+def _nsecs_clock() -> int:
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return time.CLOCK_BOOTTIME
+    return time.CLOCK_BOOTTIME if (major, minor) >= (5, 8) else time.CLOCK_MONOTONIC
+
+
+_NSECS_CLOCK = _nsecs_clock()
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -72,20 +89,27 @@ class Ring:
     def read(self) -> bytes:
         """Everything written since the last read (records whole: the kernel publishes the head after them)."""
         head, tail = _HEAD_TAIL.unpack_from(self._map, _HEAD_AT)
-        if head == tail:
-            return b""
-        start, end = PAGE + tail % self.size, PAGE + head % self.size
-        if head - tail >= self.size or end <= start:  # wrapped (a full ring is wrapped too)
-            data = self._map[start:PAGE + self.size] + self._map[PAGE:end]
-        else:
-            data = self._map[start:end]
-        # Tell the kernel the space is free (data_tail): only after the copy.
-        struct.pack_into("<Q", self._map, _HEAD_AT + 8, head)
+        data = ring_bytes(self._map, PAGE, self.size, head, tail)
+        if data:
+            # Tell the kernel the space is free (data_tail): only after the copy.
+            struct.pack_into("<Q", self._map, _HEAD_AT + 8, head)
         return data
 
     def close(self) -> None:
         self._map.close()
         os.close(self.fd)
+
+
+def ring_bytes(buf, start: int, size: int, head: int, tail: int) -> bytes:
+    """The bytes from `tail` to `head` of a ring of `size` bytes at buf[start:] (pure; head, tail grow for ever)."""
+    if head == tail:
+        return b""
+    if head - tail > size:
+        raise TracerError(f"perf ring overrun: head {head} is more than the ring's {size} bytes past tail {tail}")
+    a, b = start + tail % size, start + head % size
+    if b <= a:  # wrapped, or exactly full
+        return bytes(buf[a:start + size]) + bytes(buf[start:b])
+    return bytes(buf[a:b])
 
 
 class Rings:
