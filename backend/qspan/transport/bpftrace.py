@@ -180,8 +180,7 @@ class TraceSession:
                    BPFTRACE_STRLEN=str(STRLEN))
         # -p: uprobes are attached to this process only, so other QEMUs running the
         # same binary never hit them (the /pid == N/ filters alone would still trap there).
-        # The parent-death signal ends bpftrace (END runs, its probes go) if qspan dies without
-        # stopping it: with the ring transport it prints nothing qspan's exit could break on.
+        # Parent-death signal: bpftrace ends if qspan dies (ring: no stdout write would fail then).
         return subprocess.Popen(
             [*_pdeathsig(self.transport.name == "ring"), bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
             stdin=subprocess.DEVNULL, env=env, start_new_session=True,
@@ -267,6 +266,8 @@ class TraceSession:
     def _interrupt(self, now: float) -> float:
         # The sites go first, so no event lands in the maps after END has drained them.
         sites.detach(self._site_fds)
+        if self._output is not None:
+            self._output.stopping()
         # SIGINT makes bpftrace run END, flush its buffers and exit cleanly.
         if self._proc and self._proc.poll() is None:
             try:
