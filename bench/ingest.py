@@ -4,10 +4,12 @@ Replays a real recording (default: the test stream; pass a bigger one from
 `qspan record`) through the same functions the live server uses, repeated
 until each has run for --seconds, and prints events/s and spans/s for:
 
-- decode: map entries as the kernel hands them over (packed bytes) to ordered
-  tuples (bpfmaps' struct layout + transport.decode.MapDumpDecoder), the maps transport;
-- record: what `qspan record` does with a dump (MapOutput to the recording's
-  writer, a null file here);
+- decode: events as the kernel hands them over to ordered tuples: perf ring
+  records (transport.ringdecode.RingDecoder, the ring transport) and map
+  entries (bpfmaps' struct layout + transport.decode.MapDumpDecoder, the
+  maps transport);
+- record: what `qspan record` does with a poll or a dump (RingOutput or
+  MapOutput to the recording's writer, a null file here);
 - parse: text lines to events (recordings, the printf transport);
 - correlate: events to spans (the pure correlator alone);
 - live (maps): decoded tuples to events, correlated with thread timelines,
@@ -35,7 +37,8 @@ from qspan.output.recording import RecordingWriter
 from qspan.program import FLUSH_MARK
 from qspan.transport.bpfmaps import KEY, VALUE
 from qspan.transport.decode import MapDumpDecoder
-from qspan.transport.outputs import MapOutput
+from qspan.transport.outputs import MapOutput, RingOutput
+from qspan.transport.ringdecode import EVENT_RECORD, RECORD_SAMPLE, RingDecoder, printf_layouts
 from qspan.transport.text import parse_lines
 
 
@@ -80,6 +83,41 @@ def main() -> None:
             keys.append(KEY.pack(e.ts_ns, cpu))
             vals.append(VALUE.pack(seq[cpu], e.tid, code_of[e.kind], *e.args))
         dumps.append((b"".join(keys), b"".join(vals), len(chunk), chunk[-1].ts_ns + 1))
+
+    # ... and as perf ring records (the ring transport): one poll per 1,000 events, ids as in
+    # the generated program (any program will do: one event printf per code is enough).
+    ring_program = "\n".join(f'printf("{c} %llu %d %lld %lld %lld %lld\\n", nsecs);' for c in rec.codes)
+    layouts = printf_layouts(ring_program)
+    id_of = {lay.code: i for i, lay in enumerate(layouts)}
+    polls = []
+    for i in range(0, len(ints), 1000):
+        chunk = ints[i:i + 1000]
+        polls.append((b"".join(EVENT_RECORD.pack(RECORD_SAMPLE, 0, EVENT_RECORD.size, EVENT_RECORD.size - 12,
+                                                 id_of[code_of[e.kind]], e.ts_ns, e.tid, *e.args) for e in chunk),
+                      chunk[-1].ts_ns + 1))
+
+    def decode_ring():
+        d = RingDecoder(layouts)
+        out = 0
+        for data, mark in polls:
+            d.add_records(0, data)
+            out += len(d.release(mark, hold_ns=0)[1])
+        return out, 0
+
+    def record_ring():
+        class Polls:  # stands in for qspan's perf rings (transport/rings.py)
+            def __init__(self):
+                self.next = iter(polls)
+
+            def read(self):
+                return [(0, next(self.next)[0])]
+
+        writer = RecordingWriter(open(os.devnull, "w"), rec.header)
+        out = RingOutput(writer.line, None, None, writer.lines, ring_program)
+        out.rings = Polls()
+        for _ in polls:
+            out.poll()
+        return out.lines, 0
 
     def decode():
         d = MapDumpDecoder()
@@ -128,7 +166,8 @@ def main() -> None:
         return len(lines), feed.store.requests
 
     print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events; one core, {args.seconds:g} s each")
-    for name, fn in (("decode (maps transport)", decode), ("record (maps transport)", record),
+    for name, fn in (("decode (ring transport)", decode_ring), ("record (ring transport)", record_ring),
+                     ("decode (maps transport)", decode), ("record (maps transport)", record),
                      ("parse (text)", parse_only), ("correlate", correlate_only),
                      ("live path, maps transport", live_maps), ("live path, text replay", live_text)):
         dt, n_ev, n_sp = timed(fn)

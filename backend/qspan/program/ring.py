@@ -11,7 +11,7 @@ POLL_MS, decoding the records with struct (transport/ringdecode.py; the
 layout follows from each printf's format: every integer argument is 64 bits,
 every string BPFTRACE_STRLEN bytes). A perf record takes no lock and
 allocates nothing: on the stock lab the iothread's added CPU per request is
-about 6 us less than with the maps transport's hash map inserts
+about 5.5 us less than with the maps transport's hash map inserts
 (bench/overhead.py, README's performance section).
 
 Events go out as the same `CODE TS_NS TID ARG0 ARG1 ARG2 ARG3` printf as the
