@@ -62,15 +62,18 @@ def store(p: ProbeSpec, spec: EventSpec) -> str:
 
 def end(cat: Catalogue, named: bool) -> list[str]:
     """The window interval, and END (which clears nothing, @qspan_named included: see below)."""
-    # Stamped before the flip: no event stored after the window opened is older than its opening.
     window = event_printf(cat.events[WINDOW_EVENT].code, ("1 - $off", f"{SKIP_MAP} + 1", "0", "0"), ts="$now")
     return [
         f"// every {TICK_MS} ms, once qspan reads the rings: open or close the sampling window",
         f"// of {WINDOW_MS} ms by the clock ({SKIP_MAP} + 1: one window in that many is traced)",
-        f"interval:ms:{TICK_MS} {{ if ({LIVE_MAP} == 1) {{ $now = nsecs; $w = $now / {WINDOW_MS * 1_000_000}; "
-        f"if ($w != @qspan_window) {{ @qspan_window = $w; "
+        # The windows' clock runs from BEGIN, the flips only once qspan reads the rings: so the
+        # first traced window opens at a window's start, not mid-window when qspan is ready.
+        f"interval:ms:{TICK_MS} {{ $now = nsecs; $w = $now / {WINDOW_MS * 1_000_000}; "
+        f"if ($w != @qspan_window) {{ @qspan_window = $w; if ({LIVE_MAP} == 1) {{ "
         f"$off = 0; if ($w % ({SKIP_MAP} + 1) != 0) {{ $off = 1; }} "
-        f"if ($off != @qspan_off) {{ @qspan_off = $off; {window} }} }} }} }}",
+        # an opening is stamped before its flip, a closing after: no event stored in a
+        # window is older than its opening or newer than its closing (but for a preempted probe)
+        f"if ($off != @qspan_off) {{ @qspan_off = $off; if ($off == 1) {{ $now = nsecs; }} {window} }} }} }} }}",
         "",
         # No clear() here: bpftrace carries it out in user space, on a perf record that
         # would land in qspan's rings. What the maps hold is printed at exit, and ignored.
