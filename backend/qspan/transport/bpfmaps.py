@@ -19,6 +19,7 @@ import ctypes
 import errno
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from qspan.errors import TracerError
@@ -93,11 +94,25 @@ def map_info(fd: int) -> MapInfo:
     return info
 
 
-def open_map(map_id: int) -> tuple[int, str, int, int]:
-    """An fd of our own for map `map_id`, with its name, key size and value size."""
-    fd = bpf_call(BPF_MAP_GET_FD_BY_ID, GetFdById(map_id, 0, 0))
-    info = map_info(fd)
-    return fd, info.name.decode(errors="replace"), info.key_size, info.value_size
+def process_maps(pid: int) -> Iterator[tuple[int, str, MapInfo]]:
+    """An fd of our own, the name and the info of each BPF map process `pid` holds, opened one
+    at a time as the caller asks (it closes those it does not keep). bpftrace 0.17 names a
+    kernel map "AT_" + its name, of which the kernel keeps 15 characters: match on the end."""
+    try:
+        ids = map_ids(pid)
+    except OSError as err:
+        raise TracerError(f"cannot list bpftrace's maps (PID {pid}): {err}") from err
+    for map_id in ids:
+        try:
+            fd = bpf_call(BPF_MAP_GET_FD_BY_ID, GetFdById(map_id, 0, 0))
+        except OSError:
+            continue  # gone since it was listed
+        try:
+            info = map_info(fd)
+        except OSError:
+            os.close(fd)
+            continue
+        yield fd, info.name.decode(errors="replace"), info
 
 
 def write_scalar(fd: int, value: int) -> None:
@@ -109,18 +124,9 @@ def write_scalar(fd: int, value: int) -> None:
 def open_scalars(pid: int, names: tuple[str, ...]) -> dict[str, int]:
     """fds of bpftrace process `pid`'s scalar maps called `names` ("@qspan_skip", ...)."""
     out: dict[str, int] = {}
-    try:
-        ids = map_ids(pid)
-    except OSError as err:
-        raise TracerError(f"cannot list bpftrace's maps (PID {pid}): {err}") from err
-    for map_id in ids:
-        try:
-            fd, name, ksize, vsize = open_map(map_id)
-        except OSError:
-            continue
-        # bpftrace 0.17 names the kernel map "AT_" + its name (the kernel keeps 15 characters).
+    for fd, name, info in process_maps(pid):
         want = next((n for n in names if name and name.endswith(n.lstrip("@")) and n not in out), None)
-        if want is None or (ksize, vsize) != (8, 8):
+        if want is None or (info.key_size, info.value_size) != (8, 8):
             os.close(fd)
             continue
         out[want] = fd
@@ -150,16 +156,8 @@ class EventMaps:
         wanted = {n.lstrip("@"): i for i, n in enumerate(names)}
         fds: dict[int, int] = {}
         skip_fd = None
-        try:
-            ids = map_ids(pid)
-        except OSError as err:
-            raise TracerError(f"cannot list bpftrace's maps (PID {pid}): {err}") from err
-        for map_id in ids:
-            try:
-                fd, name, ksize, vsize = open_map(map_id)
-            except OSError:
-                continue
-            # bpftrace 0.17 names the kernel map "AT_" + its name (the kernel keeps 15 characters).
+        for fd, name, info in process_maps(pid):
+            ksize, vsize = info.key_size, info.value_size
             if skip_name and name and name.endswith(skip_name.lstrip("@")) and (ksize, vsize) == (8, 8) and skip_fd is None:
                 skip_fd = fd
                 continue

@@ -25,7 +25,7 @@ import struct
 import time
 
 from qspan.errors import TracerError
-from qspan.transport.bpfmaps import BPF_MAP_GET_FD_BY_ID, BPF_MAP_UPDATE_ELEM, Elem, GetFdById, bpf_call, map_ids, map_info
+from qspan.transport.bpfmaps import BPF_MAP_UPDATE_ELEM, Elem, bpf_call, map_info, process_maps
 
 SYS_PERF_EVENT_OPEN = 298  # x86_64
 PERF_TYPE_SOFTWARE = 1
@@ -160,16 +160,8 @@ def _online(cpu: int) -> bool:
 
 
 def _perf_array(pid: int) -> int:
-    try:
-        ids = map_ids(pid)
-    except OSError as err:
-        raise TracerError(f"cannot list bpftrace's maps (PID {pid}): {err}") from err
-    for map_id in ids:
-        try:
-            fd = bpf_call(BPF_MAP_GET_FD_BY_ID, GetFdById(map_id, 0, 0))
-        except OSError:
-            continue
-        if map_info(fd).type == BPF_MAP_TYPE_PERF_EVENT_ARRAY:
+    for fd, _name, info in process_maps(pid):
+        if info.type == BPF_MAP_TYPE_PERF_EVENT_ARRAY:
             return fd
         os.close(fd)
     raise TracerError(f"bpftrace (PID {pid}) has no perf event array: cannot read its events (--transport maps works without)")
