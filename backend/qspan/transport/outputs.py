@@ -4,7 +4,7 @@
 stdout carries flush marks; the events are drained from BPF maps and decoded)
 and `RingOutput` (ring: the events are read from qspan's own perf rings every
 POLL_MS). The runner (bpftrace.py) picks one by the program's transport name
-(OUTPUTS).
+(make_output).
 """
 
 from __future__ import annotations
@@ -113,13 +113,20 @@ class MapOutput(LineOutput):
             self.maps.set_skip(self.skip)
 
     def set_sample_every(self, every: int) -> None:
-        if self.maps is None or every - 1 == self.skip:
+        if not self._can_sample() or every - 1 == self.skip:
             return
         self.skip = every - 1
         try:
-            self.maps.set_skip(self.skip)
+            self._write_skip(self.skip)
         except TracerError as err:  # sampling is a relief valve: tracing goes on without it
             self.sampling_error = str(err)
+
+    def _can_sample(self) -> bool:
+        return self.maps is not None
+
+    def _write_skip(self, skip: int) -> None:
+        assert self.maps is not None
+        self.maps.set_skip(skip)
 
     def handle(self, line: str) -> None:
         if line.startswith("@qspan_ev"):
@@ -205,14 +212,14 @@ class RingOutput(MapOutput):
         except OSError as err:
             raise TracerError(f"cannot start bpftrace's probes: {err}") from err
 
-    def set_sample_every(self, every: int) -> None:
-        if SKIP_MAP not in self._scalars or every - 1 == self.skip:
-            return
-        self.skip = every - 1
+    def _can_sample(self) -> bool:
+        return SKIP_MAP in self._scalars
+
+    def _write_skip(self, skip: int) -> None:
         try:
-            write_scalar(self._scalars[SKIP_MAP], self.skip)
-        except OSError as err:  # sampling is a relief valve: tracing goes on without it
-            self.sampling_error = f"setting the sampling factor in bpftrace's map failed: {err}"
+            write_scalar(self._scalars[SKIP_MAP], skip)
+        except OSError as err:
+            raise TracerError(f"setting the sampling factor in bpftrace's map failed: {err}") from err
 
     def handle(self, line: str) -> None:
         if line.startswith("@"):

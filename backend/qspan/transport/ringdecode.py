@@ -111,7 +111,7 @@ class RingDecoder(MapDumpDecoder):
                 else:
                     lines.append(_format(lay.fmt, values))
             off += rsize
-        self._keep(sorted(events))
+        self._keep(events)
         return lines
 
     @staticmethod
