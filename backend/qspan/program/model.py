@@ -31,16 +31,19 @@ class ProgramInput:
 
 @dataclass(frozen=True)
 class Transport:
-    """How events leave the kernel: a program module (maps.py, printf.py) describes itself with one.
+    """How events leave the kernel: a program module (ring.py, maps.py, printf.py) describes itself with one.
 
     `batched`: events come in map dumps, each with a watermark (the runner drains
     the maps; the live path needs no reorder buffer for them). `sampling`:
-    windows can be opened and closed in BPF (`--sample-every`).
+    windows can be opened and closed in BPF (`--sample-every`). `heartbeat`:
+    bpftrace writes to stdout while it traces, so it ends on a closed pipe if
+    qspan dies; without, only its parent-death signal ends it (bpftrace.py).
     """
 
     name: str
     batched: bool
     sampling: bool
+    heartbeat: bool = True
 
 
 @dataclass(frozen=True)

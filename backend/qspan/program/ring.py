@@ -36,7 +36,7 @@ from qspan.program.maps import SKIP_MAP, WINDOW_EVENT, WINDOW_MS
 from qspan.program.model import Transport
 from qspan.program.probes import BEGIN_MARK
 
-TRANSPORT = Transport("ring", batched=True, sampling=True)
+TRANSPORT = Transport("ring", batched=True, sampling=True, heartbeat=False)  # it prints into our rings only
 LIVE_MAP = "@qspan_live"  # qspan sets it to 1 once its rings are in bpftrace's perf event array
 OFF_MAP = "@qspan_off"  # 1: the probes print nothing (before qspan's rings, or a closed sampling window)
 POLL_MS = 25  # how often qspan reads the rings: bounds the added delay (freshness)

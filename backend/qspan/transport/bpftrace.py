@@ -180,11 +180,10 @@ class TraceSession:
                    BPFTRACE_STRLEN=str(STRLEN))
         # -p: uprobes are attached to this process only, so other QEMUs running the
         # same binary never hit them (the /pid == N/ filters alone would still trap there).
-        # Parent-death signal: bpftrace ends if qspan dies (ring: no stdout write would fail then).
-        return subprocess.Popen(
-            [*_pdeathsig(self.transport.name == "ring"), bpftrace_path(), "-p", str(self.pid), str(prog)], stdout=subprocess.PIPE, stderr=self._errf,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        )
+        # Parent-death signal: bpftrace ends if qspan dies, even when no stdout write would fail then.
+        cmd = [*_pdeathsig(required=not self.transport.heartbeat), bpftrace_path(), "-p", str(self.pid), str(prog)]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._errf, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
 
     def _should_stop(self, now: float, t0: float, attached_at: float | None, duration_s: float | None) -> str | None:
         if attached_at is None and now - t0 > self.attach_timeout_s:
@@ -282,7 +281,7 @@ def _pdeathsig(required: bool) -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv:
         return [setpriv, "--pdeathsig", "TERM", "--"]
-    if required:  # the maps and printf transports write to stdout, and end when qspan's pipe is gone
+    if required:  # without a heartbeat on stdout, nothing else would end bpftrace if qspan died
         raise TracerError("setpriv (util-linux) is not installed: the ring transport needs it so that bpftrace "
                           "ends if qspan is killed (apt-get install util-linux, or --transport maps)")
     return []
