@@ -131,7 +131,9 @@ def test_real_stream_gives_the_recorded_spans_stats_and_timelines(real):
         for r in replay:
             c.add(r)
     lossy_res = c.finish()
-    assert lossy_res.stats["abandoned"] > 0 and lossy_res.stats["incomplete"] > 0
+    # (what the losses leave running ends at the thread's next enter or poll: incomplete spans, not
+    # abandoned requests; the sweep's own cases are the two tests above)
+    assert lossy_res.stats["incomplete"] > 0 and lossy_res.stats["unfinished"] < 5
     lossy = _digest({"spans": [span_dict(s) for s in lossy_res.spans], "stats": lossy_res.stats})
     got = f"offline {offline}\nlive {live}\nlossy {lossy}\n"
     golden = GOLDEN / "correlate-stock-qd4-w100.sha256"
@@ -444,7 +446,35 @@ def test_a_coroutine_leaked_by_one_burst_of_losses_is_gone_three_sweeps_later():
     for e in [*_request(SECOND, A), Lost(2, SECOND + 5)]:  # A's yield and end were lost
         c.add(e)
     t = SECOND + 10
-    while t < SECOND + 4 * SWEEP_NS:  # clean traffic afterwards, no more losses
-        c.add(E("loop.poll", t, IOT))
+    while t < SECOND + 4 * SWEEP_NS:  # clean traffic afterwards, no more losses, on another thread
+        c.add(E("loop.poll", t, REMOTE))  # (one on A's would end A: only an event loop polls)
         t += SECOND // 2
     assert A not in c.alive and A not in c.co_req and c.stats["abandoned"] == 1
+
+
+def test_real_stream_without_the_events_sites_no_longer_probe_gives_the_same_spans(real):
+    """Where co.switch and co.wake are probed at their sites (probes.txt), a coroutine's end,
+    a wake-up outside coroutines and the pool handover (pool.submit in this older recording)
+    are not events: the recorded stream without them gives every span with the same phases,
+    nodes, pool hops and children. What moves: a coroutine ends at the last event seen inside
+    it (its ack), and so the loop's work after it is no longer its own in the handoffs."""
+    rec, _guest, full = real
+    ended = {e for e in rec.events if e.kind == "co.switch" and e.args[2] == CO_TERMINATE}
+    lean = [e for e in rec.events if e not in ended and e.kind not in ("co.wake", "pool.submit")]
+    assert len(lean) < len(rec.events) - 500
+    res = correlate([*lean, *rec.lost], rec.header)
+    assert res.stats == dict(full.stats, events=len(lean))
+    moved = total = 0
+    for a, b in zip(full.spans, res.spans, strict=True):
+        assert b.ack_ns <= b.co_end_ns <= a.co_end_ns  # ended at its last sign of life, not later
+        assert (b.phases, b.nodes, b.children, b.dur_ns) == (a.phases, a.nodes, a.children, a.dur_ns)
+        assert [(p.worker_tid, p.io_start_ns, p.io_done_ns) for p in b.pool] == \
+               [(p.worker_tid, p.io_start_ns, p.io_done_ns) for p in a.pool]
+        assert b.pool[0].submit_ns <= a.pool[0].submit_ns  # the node visit, before the handover
+        for ha, hb in zip(a.handoffs, b.handoffs, strict=True):
+            assert hb.delay_ns == ha.delay_ns and sum(hb.instead_ns.values()) == hb.delay_ns
+            moved += abs(hb.instead_ns["other_requests"] - ha.instead_ns["other_requests"])
+            total += ha.delay_ns
+    # measured on this recording: 1.5 ms of 56 ms of handoff time moved (2.7 %), from other
+    # requests to the event loop; a coroutine end inferred at the next event would move it back
+    assert moved < total * 0.05, (moved, total)

@@ -20,7 +20,7 @@ from qspan import resources
 from qspan.catalogue.reader import data_lines
 from qspan.errors import CatalogueError
 
-SOURCES = ("uprobe", "usdt", "tracepoint")
+SOURCES = ("uprobe", "site", "usdt", "tracepoint")
 FILTERS = ("proc", "watched", "switch", "wakee", "workers", "vcpus")
 N_ARGS = 4
 
@@ -242,4 +242,8 @@ def load(directory: Traversable | Path | None = None) -> Catalogue:
     from qspan.catalogue import sites  # here: sites.py uses program.hitkind, whose package imports this one
 
     site_file = directory / "sites.txt"
-    return Catalogue(events, probes, profiles, sites.load(site_file) if site_file.is_file() else {})
+    patterns = sites.load(site_file) if site_file.is_file() else {}
+    for p in probes:
+        if p.source == "site" and p.target not in patterns:
+            raise CatalogueError(f"{p.where}: a site probe needs a pattern for {p.target} in sites.txt")
+    return Catalogue(events, probes, profiles, patterns)

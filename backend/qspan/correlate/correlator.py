@@ -11,16 +11,17 @@ loss sweeping in sweep.py.
 from __future__ import annotations
 
 from qspan.correlate.config import CorrelatorConfig
+from qspan.correlate.coroutines import CoroutineEvents
 from qspan.correlate.pool import ThreadPool
 from qspan.correlate.request import _Req
 from qspan.correlate.sweep import LossSweep
 from qspan.correlate.threads import GuestKicks, ThreadEvents, _Thread
 from qspan.correlate.timeline import Timeline
-from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event, Lost
-from qspan.model.spans import Child, Handoff, NodeVisit, Result, Span
+from qspan.model.events import Event, Lost
+from qspan.model.spans import Child, NodeVisit, Result, Span
 
 
-class Correlator(ThreadEvents):
+class Correlator(CoroutineEvents, ThreadEvents):
     """Feed events in timestamp order with add(); take spans with finish()."""
 
     def __init__(self, header: dict, capture_timeline: bool = False):
@@ -46,7 +47,7 @@ class Correlator(ThreadEvents):
             "req.submit": self._req_submit, "req.ack": self._req_ack,
             "node.io": self._node_io, "node.name": self._node_name,
             "notify": self._notify, "kick.read": self._kick_read, "loop.poll": self._loop_poll,
-            "pool.submit": self._pool_submit, "sys.io": self._sys_io, "sys.io_done": self._sys_io_done,
+            "sys.io": self._sys_io, "sys.io_done": self._sys_io_done,
             "sched.switch": self._sched_switch, "sched.wakeup": self._sched_wakeup,
             "drv.enter": self._drv_enter, "drv.hop": self._drv_hop, "drv.hop_done": self._drv_hop_done,
             "drv.ack": self._drv_ack, "drv.spawn": self._drv_spawn, "drv.spawn_done": self._drv_spawn_done,
@@ -61,6 +62,7 @@ class Correlator(ThreadEvents):
         self.children: dict[int, Child] = {}  # live child coroutine -> its record
         self.threads: dict[int, _Thread] = {}
         self.alive: set[int] = set()  # coroutines entered and not yet terminated
+        self.running: dict[int, _Thread] = {}  # coroutine -> the thread whose stack it is on
         self.co_req: dict[int, _Req] = {}
         self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
         self.pool = ThreadPool(self.config.not_workers)
@@ -108,96 +110,6 @@ class Correlator(ThreadEvents):
     def _name(self, bs: int) -> tuple[str, str]:
         return self.node_names.get(bs, (f"0x{bs:x}", ""))
 
-    # -- coroutines -----------------------------------------------------------
-
-    def _co_switch(self, ev: Event) -> None:
-        from_co, to_co, action = ev.args[0], ev.args[1], ev.args[2]
-        touched = self.loss_sweep.touched
-        touched.add(from_co)
-        touched.add(to_co)
-        ts = ev.ts_ns
-        t = self.thread(ev.tid)
-        stack = t.stack
-        if t.timeline is not None:
-            t.timeline.mark(ts, stack[-1] if stack else 0)
-        if action == CO_ENTER:
-            if to_co not in self.alive:
-                self.alive.add(to_co)
-                if to_co not in self.co_req:  # not already linked by drv.spawn
-                    self._bind_new(t, to_co, stack[-1] if stack else 0, ts)
-            stack.append(to_co)
-            req = self.co_req.get(to_co)
-            if req is not None and req.co == to_co and req.wait is not None:
-                self._resume(req, t, ts)
-        elif action in (CO_YIELD, CO_TERMINATE):
-            if stack and stack[-1] == from_co:
-                stack.pop()
-            elif from_co in stack:  # events were lost: resynchronise on what we know
-                del stack[stack.index(from_co):]
-            req = self.co_req.get(from_co)
-            if req is not None and req.co == from_co:
-                if action == CO_YIELD:
-                    req.yielded(ts)
-                else:
-                    self._finish(req, ts)
-            if action == CO_TERMINATE:
-                child = self.children.pop(from_co, None)
-                if child is not None and child.end_ns is None:
-                    child.end_ns = ts
-                self.alive.discard(from_co)
-                self.co_req.pop(from_co, None)
-                self.co_node.pop(from_co, None)
-
-    def _bind_new(self, t: _Thread, co: int, parent: int, ts: int) -> None:
-        req = t.pending_submit
-        if req is not None:
-            t.pending_submit = None
-            req.co = co
-            self.co_req[co] = req
-            return
-        parent_req = self.co_req.get(parent) if parent else None
-        if parent_req is not None:
-            self._link_child(parent_req, co, "nested", None, None, ts)
-
-    def _link_child(self, req: _Req, co: int, role: str, offset: int | None, nbytes: int | None, ts: int) -> None:
-        child = Child(co, role, offset, nbytes, ts, None)
-        self.co_req[co] = req
-        self.children[co] = child
-        req.children.append(child)
-
-    def _co_signal(self, ev: Event) -> None:
-        co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
-        self.loss_sweep.touched.add(co)
-        req = self.co_req.get(co)
-        if req is not None and req.co == co:
-            req.signalled(ev.ts_ns, ev.kind, ev.tid, self.thread(ev.tid).current == co)
-
-    # -- phases ---------------------------------------------------------------
-
-    def _resume(self, req: _Req, t: _Thread, ts: int) -> None:
-        w = req.resumed(ts, self.roles["hop"])
-        if w.ready_ns is not None:
-            # Ready before it was resumed: it waited for thread t, which did something else instead.
-            ready = min(max(w.ready_ns, w.yield_ns), ts)
-            if t.timeline is None:
-                instead, top = {}, []
-            else:
-                instead, top = t.timeline.instead(ready, ts, lambda bs: self._name(bs)[0])
-            req.handoffs.append(
-                Handoff(req.co, w.signal, w.from_tid, t.tid, ready, ts, ts - ready, w.from_tid != t.tid, instead, top)
-            )
-
-    def _finish(self, req: _Req, ts: int) -> None:
-        span = req.ended(ts)
-        if not req.complete:
-            self.stats["incomplete"] += 1
-        if self.capture_timeline:
-            t = self.threads.get(req.tid)
-            timeline = t.timeline if t is not None else None
-            self.timelines[req.id] = (timeline.around(span.start_ns, ts) if timeline is not None
-                                      else Timeline(req.tid, ()))
-        self.spans.append(span)
-
     # -- requests -------------------------------------------------------------
 
     def _req_submit(self, ev: Event) -> None:
@@ -213,26 +125,28 @@ class Correlator(ThreadEvents):
         t.pending_submit = req
 
     def _node_io(self, ev: Event) -> None:
-        bs, offset, nbytes, _op = ev.args
-        t = self.thread(ev.tid)
+        bs, offset, nbytes, op = ev.args
+        t = self._inside(ev)
         req = self.co_req.get(t.current)
         name, driver = self._name(bs)
-        self.co_node[t.current] = bs
+        co = t.current
+        self.co_node[co] = bs
         if req is not None:
-            req.nodes.append(NodeVisit(name, driver, bs, offset, nbytes, ev.ts_ns, t.current))
+            req.nodes.append(NodeVisit(name, driver, bs, offset, nbytes, ev.ts_ns, co))
+            self.pool.visit(req, co, offset, op, ev.ts_ns)
 
     def _node_name(self, ev: Event) -> None:
         self.node_names[ev.args[0]] = (str(ev.args[1]), str(ev.args[2]))
 
     def _req_ack(self, ev: Event) -> None:
-        req = self.co_req.get(self.thread(ev.tid).current)
+        req = self.co_req.get(self._inside(ev).current)
         if req is not None and req.ack_ns is None:
             req.ack_ns = ev.ts_ns
 
     # -- driver events (profiles) ----------------------------------------------
 
     def _root_req(self, ev: Event) -> _Req | None:
-        co = self.thread(ev.tid).current
+        co = self._inside(ev).current
         req = self.co_req.get(co)
         return req if req is not None and req.co == co else None
 
@@ -259,12 +173,12 @@ class Correlator(ThreadEvents):
             req.hop_finished(ev.ts_ns)
 
     def _drv_spawn(self, ev: Event) -> None:
-        req = self.co_req.get(self.thread(ev.tid).current)
+        req = self.co_req.get(self._inside(ev).current)
         if req is not None:
             self._link_child(req, ev.args[2], self.roles["spawn"], ev.args[0], ev.args[1], ev.ts_ns)
 
     def _drv_spawn_done(self, ev: Event) -> None:
-        child = self.children.get(self.thread(ev.tid).current)
+        child = self.children.get(self._inside(ev).current)
         if child is not None:
             child.end_ns = ev.ts_ns
 
@@ -292,6 +206,11 @@ class Correlator(ThreadEvents):
                     unfinished=len(unfinished) + len(pending))
 
     def finish(self) -> Result:
+        # The stream ends: a request acked whose coroutine still runs ended with the trace
+        # (its end would show at the thread's next event, where the end is not probed).
+        for t in self.threads.values():
+            if any(self.co_req.get(co) is not None and self.co_req[co].ack_ns is not None for co in t.stack):
+                self._ended_above(t, 0, self.last_ts)
         stats = self.counters()
         self._name_nodes(self.spans)
         spans = sorted(self.spans, key=lambda s: (s.start_ns, s.id))

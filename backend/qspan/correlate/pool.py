@@ -1,10 +1,15 @@
 """Thread-pool matching: which worker's syscall did the work a request handed to QEMU's pool.
 
-A request's coroutine submits work (`pool.submit`) and yields; some worker
-thread later does the pread/pwrite/fsync (`sys.io`, then `sys.io_done`). The
-probes give no id that links the two, so a worker's syscall is matched to the
-oldest pending submission of the same operation at the same file offset (the
-offset of the node the coroutine last entered; any fsync matches any flush).
+A request's coroutine enters a block node (`node.io`), the node's driver hands
+the work to the pool and the coroutine yields; some worker thread later does
+the pread/pwrite/fsync (`sys.io`, then `sys.io_done`). Nothing is probed at the
+handover itself (thread_pool_submit_aio was one uprobe hit on the iothread per
+request, for a timestamp no phase needs): a coroutine's latest node visit is a
+candidate, and a worker's syscall is matched to the oldest candidate of the same
+operation at the same file offset (any fsync matches any flush). The probes give
+no id that links the two; the offset of the node the coroutine last entered is
+what the syscall carries (a format node's child, the file node, gets the host
+offset).
 """
 
 from __future__ import annotations
@@ -18,48 +23,54 @@ if TYPE_CHECKING:
     from qspan.correlate.request import _Req
 
 OP_FLUSH = 3  # an fsync carries no offset: it matches the oldest pending flush
-# Pool work whose syscall is never seen (e.g. linux-aio, which the pool does not do)
-# would be matched against for ever: it is given up after this long.
+# A node visit whose work never reaches a worker (linux-aio, io_uring, a cache hit) would be
+# matched against for ever: it is given up after this long (and when its coroutine ends).
 PENDING_KEEP_NS = 2_000_000_000
 
 
 @dataclass(slots=True)
-class _PendingPool:
-    hop: PoolHop
-    offset: int | None
+class _Candidate:
+    req: _Req
+    co: int
+    offset: int
     op: int
+    visit_ns: int
 
 
 class ThreadPool:
-    """Submissions waiting for a worker, and the syscall each worker is in."""
+    """Node visits a worker's syscall may be the work of, and the syscall each worker is in."""
 
     def __init__(self, not_workers: frozenset[int]):
         # Threads that are not pool workers (the main loop, a driver's own threads)
         # may do pread/pwrite too: their syscalls are never matched.
         self.not_workers = not_workers
-        self.pending: list[_PendingPool] = []
+        # coroutine -> its latest node visit no syscall has matched; in visit order (oldest first)
+        self.candidates: dict[int, _Candidate] = {}
         self.in_progress: dict[int, PoolHop] = {}  # worker tid -> the hop whose syscall it is in
 
-    def submit(self, req: _Req, co: int, ts: int) -> None:
-        """Coroutine co of req handed work to the pool at ts."""
-        hop = PoolHop(co, ts, None, None, None, None)
-        req.pool.append(hop)
-        visits = [n for n in req.nodes if n.co == co]
-        offset = visits[-1].offset if visits else None
-        self.pending.append(_PendingPool(hop, offset, req.op))
+    def visit(self, req: _Req, co: int, offset: int, op: int, ts: int) -> None:
+        """Coroutine co of req entered a node at ts: a worker's syscall at offset may be its work."""
+        cands = self.candidates
+        cands.pop(co, None)  # re-inserted: the dict's order stays the visits' order
+        cands[co] = _Candidate(req, co, offset, op, ts)
+
+    def forget(self, co: int) -> None:
+        """Coroutine co ended: its last visit's work is done or was never the pool's."""
+        self.candidates.pop(co, None)
 
     def io_start(self, tid: int, ts: int, pos: int, op: int) -> bool:
-        """Thread tid starts a syscall; False when it is a worker's and no submission matches it."""
+        """Thread tid starts a syscall; False when it is a worker's and no node visit matches it."""
         if tid in self.not_workers:
             return True
-        for i, p in enumerate(self.pending):
-            if p.op == op and (op == OP_FLUSH or p.offset == pos):
+        for c in self.candidates.values():
+            if c.op == op and (op == OP_FLUSH or c.offset == pos):
                 break
         else:
             return False
-        hop = self.pending.pop(i).hop
-        hop.worker_tid = tid
-        hop.io_start_ns = ts
+        del self.candidates[c.co]
+        # submit_ns: the visit of the node whose driver handed the work over (see the module's docstring)
+        hop = PoolHop(c.co, c.visit_ns, tid, ts, None, None)
+        c.req.pool_started(hop)
         self.in_progress[tid] = hop
         return True
 
@@ -69,6 +80,7 @@ class ThreadPool:
             hop.io_done_ns = ts
 
     def expire(self, now_ns: int) -> None:
-        """Stop looking for the workers of submissions older than PENDING_KEEP_NS."""
-        if self.pending and now_ns - self.pending[0].hop.submit_ns > PENDING_KEEP_NS:
-            self.pending = [p for p in self.pending if now_ns - p.hop.submit_ns <= PENDING_KEEP_NS]
+        """Stop looking for the workers of node visits older than PENDING_KEEP_NS."""
+        cands = self.candidates
+        if cands and now_ns - next(iter(cands.values())).visit_ns > PENDING_KEEP_NS:
+            self.candidates = {co: c for co, c in cands.items() if now_ns - c.visit_ns <= PENDING_KEEP_NS}

@@ -96,6 +96,14 @@ class _Req:
             # follows on the home thread, from the pool's completion, is part of the handoff.
             w.ready_ns, w.signal, w.from_tid = ts, kind, tid
 
+    def pool_started(self, hop: PoolHop) -> None:
+        """A worker started the syscall of work one of the request's coroutines handed to the pool."""
+        self.pool.append(hop)
+        w = self.wait
+        # The worker usually starts after the yield: the wait it ends is then already open.
+        if w is not None and w.pool is None and w.ready_ns is None and hop.co == self.co:
+            w.pool = hop
+
     def yielded(self, ts: int) -> None:
         """The request's coroutine yields at ts: a wait begins."""
         if not self.hop_pending:  # after drv.hop the hop's phase is already open

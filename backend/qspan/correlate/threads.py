@@ -10,6 +10,7 @@ an event loop then reads (GuestKicks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qspan.correlate.timeline import ThreadTimeline, Who
@@ -23,13 +24,14 @@ if TYPE_CHECKING:
 class _Thread:
     """What one thread is doing: its coroutine stack and, if watched, its timeline."""
 
-    __slots__ = ("tid", "timeline", "stack", "pending_submit")
+    __slots__ = ("tid", "timeline", "stack", "pending_submit", "last_ns")
 
     def __init__(self, tid: int, timeline: ThreadTimeline | None):
         self.tid = tid
         self.timeline = timeline  # None: the thread's scheduling is not traced
         self.stack: list[int] = []
         self.pending_submit: _Req | None = None  # submitted, its coroutine not entered yet
+        self.last_ns = 0  # the last event seen inside the coroutine on top of the stack
 
     @property
     def current(self) -> int:
@@ -107,6 +109,7 @@ class ThreadEvents:
     pool: ThreadPool
     stats: dict[str, int]
     _who: Who  # what a coroutine works for, asked by the thread's timeline
+    _ended_above: Callable[[_Thread, int, int], None]  # the coroutines above one on a stack ended
 
     def thread(self, tid: int) -> _Thread:
         t = self.threads.get(tid)
@@ -121,18 +124,21 @@ class ThreadEvents:
         self.kicks.notify(ev.tid, ev.args[0], ev.ts_ns)
 
     def _kick_read(self, ev: Event) -> None:
+        self._in_event_loop(ev)
         self.kicks.read(ev.tid, ev.args[0])
 
     def _loop_poll(self, ev: Event) -> None:
+        self._in_event_loop(ev)
         self.kicks.polled(ev.tid)
 
-    # -- thread pool ----------------------------------------------------------
+    def _in_event_loop(self, ev: Event) -> None:
+        # Only the event loop reads a host notifier or polls, never a coroutine: any coroutine
+        # still on the thread's stack has ended (unprobed: see Correlator._co_switch).
+        t = self.threads.get(ev.tid)
+        if t is not None and t.stack:
+            self._ended_above(t, 0, ev.ts_ns)
 
-    def _pool_submit(self, ev: Event) -> None:
-        co = self.thread(ev.tid).current
-        req = self.co_req.get(co)
-        if req is not None:
-            self.pool.submit(req, co, ev.ts_ns)
+    # -- thread pool ----------------------------------------------------------
 
     def _sys_io(self, ev: Event) -> None:
         _fd, pos, _nbytes, op = ev.args

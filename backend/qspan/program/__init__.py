@@ -73,7 +73,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
     merged: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     for p, in_library in [(p, False) for p in probes] + [(p, True) for p in extra]:
         spec = cat.events[p.event]
-        site = inp.sites.get(p.target) if p.source == "uprobe" and not in_library else None
+        site = inp.sites.get(p.target) if p.source in ("uprobe", "site") and not in_library else None
         entry = inp.entry_kinds.get(p.target) if p.source == "uprobe" and not in_library else None
         how = {"emulated": " (first instruction emulated)", "stepped": " (first instruction single-stepped)"}.get(entry or "", "")
         where = p.where
@@ -122,7 +122,7 @@ def program_input(target, profile: Profile | None = None, cat: Catalogue | None 
                   use_sites: bool = True) -> ProgramInput:
     from qspan.target.elf import function_code
 
-    names = {p.target for p in (cat.probes if cat else ()) if p.source == "uprobe"}
+    names = {p.target for p in (cat.probes if cat else ()) if p.source in ("uprobe", "site")}
     code = function_code(f"/proc/{target.pid}/exe", names) if names else {}
     return ProgramInput(
         entry_kinds={name: first_instruction_kind(b) for name, (_off, b) in code.items()},

@@ -24,6 +24,8 @@ def first_instruction_kind(code: bytes) -> str:
 
 def hit_kind(source: str, entry: str | None) -> str:
     """The costs.txt kind of one probe: its source and, for uprobes, its first instruction."""
+    if source == "site":  # placed at an instruction the kernel emulates (sites.txt)
+        return "hit.uprobe-emulated"
     if source == "uprobe":
         return "hit.uprobe-" + ("emulated" if entry == "emulated" else "stepped")
     return f"hit.{source}"

@@ -17,13 +17,28 @@ REQUIRED_EVENTS = ("co.switch", "req.submit")
 
 def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], list[str]]:
     """The catalogue's probes for this target, and why the others were left out."""
-    sources = ("usdt", "uprobe", "tracepoint") if inp.usdt else ("uprobe", "tracepoint")
+    sources = ("usdt", "uprobe", "site", "tracepoint") if inp.usdt else ("uprobe", "site", "tracepoint")
     chosen, skipped = [], []
     candidates = cat.select(inp.version, sources)
     # A USDT probe of an event replaces the uprobes of the same event.
     usdt_events = {p.event for p in candidates if p.source == "usdt"}
+    # An event's site lines (probes inside functions, at their sites.txt patterns) replace its
+    # uprobes when every one of them is placed in this binary; otherwise they are all left out.
+    site_lines: dict[str, list[ProbeSpec]] = {}
     for p in candidates:
-        if p.source == "uprobe" and p.event in usdt_events:
+        if p.source == "site":
+            site_lines.setdefault(p.event, []).append(p)
+    placed = {e for e, lines in site_lines.items()
+              if all(p.target in inp.sites and p.target in inp.symbols for p in lines)}
+    for p in candidates:
+        if p.source in ("uprobe", "site") and p.event in usdt_events:
+            continue
+        if p.source == "site" and p.event not in placed:
+            missing = [q.target for q in site_lines[p.event] if q.target not in inp.sites]
+            skipped.append(f"{p.where}: {p.event}: no site of {', '.join(missing)} matches this binary's code "
+                           f"(tracers/sites.txt), so {p.event} keeps its uprobes")
+            continue
+        if p.source == "uprobe" and p.event in placed:
             continue
         if p.source == "uprobe" and p.target not in inp.symbols:
             skipped.append(f"{p.where}: {p.event}: {p.target} is not exported by this binary")
@@ -60,7 +75,7 @@ def predicate(kind: str, inp: ProgramInput) -> str:
 def attach_point(p: ProbeSpec, inp: ProgramInput, in_library: bool = False) -> str:
     if in_library:
         return f"usdt:{inp.library_path}:{p.target}"
-    if p.source == "uprobe":
+    if p.source in ("uprobe", "site"):
         return f"uprobe:{inp.probe_path}:{p.target}"
     if p.source == "usdt":
         return f"usdt:{inp.probe_path}:qemu:{p.target}"

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from qspan.catalogue.sites import SiteSpec
 from qspan.errors import CatalogueError
+
+if TYPE_CHECKING:  # catalogue.sites imports program.hitkind: a cycle if imported here
+    from qspan.catalogue.sites import SiteSpec
 
 # The anchor: a small ELF file nobody runs, one function symbol per site. bpftrace
 # attaches each site's program there; qspan then attaches that program at the site.

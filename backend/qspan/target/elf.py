@@ -38,7 +38,7 @@ def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
     return frozenset(symbols), usdt, build_id
 
 
-def function_code(path: str, names: set[str], n: int = 48) -> dict[str, tuple[int, bytes]]:
+def function_code(path: str, names: set[str], n: int = 256) -> dict[str, tuple[int, bytes]]:
     """Each exported function in `names`: its offset in the file and its first `n` bytes.
 
     The file offset is what a uprobe is attached at (the kernel's uprobes are
