@@ -113,3 +113,48 @@ def test_ring_bytes_returns_records_whole_across_the_ring_end():
     assert read == written and len(written) > 20 * size
     with pytest.raises(TracerError, match="overrun"):
         ring_bytes(buf, start, size, size + 8, 0)
+
+
+class _Rings:
+    """Stands in for transport.rings.Rings: hands out what a test put in, per CPU, once."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, bytes]] = []
+        self.fail: Exception | None = None
+
+    def read(self):
+        if self.fail is not None:
+            raise self.fail
+        out, self.pending = self.pending, []
+        return out
+
+
+def test_the_ring_reader_keeps_reads_in_order_and_stops_reading_past_its_backlog():
+    from qspan.transport.rings import RingReader
+
+    rings = _Rings()
+    reader = RingReader(rings, period_s=3600, max_bytes=10)  # read_once by hand: no thread started
+    assert reader.take() == (None, [])  # nothing read: no clock to go by
+    rings.pending = [(0, b"aaaa"), (1, b"bb")]
+    reader.read_once()
+    rings.pending = [(0, b"cccc")]
+    reader.read_once()
+    rings.pending = [(1, b"dddd")]
+    reader.read_once()  # 10 bytes kept: this read is left in the rings, for the kernel to count
+    assert rings.pending == [(1, b"dddd")]
+    now, chunks = reader.take()
+    assert chunks == [(0, b"aaaa"), (1, b"bb"), (0, b"cccc")] and now > 0
+    reader.read_once()  # taken: room again
+    assert reader.take()[1] == [(1, b"dddd")]
+
+
+def test_a_failing_ring_read_on_the_reader_thread_is_raised_to_the_consumer():
+    from qspan.transport.rings import RingReader
+
+    rings = _Rings()
+    rings.fail = OSError("ring unmapped")
+    reader = RingReader(rings, period_s=0.001)
+    reader.start()
+    reader._thread.join(5)
+    with pytest.raises(TracerError, match="reading qspan's perf rings failed: ring unmapped"):
+        reader.take()

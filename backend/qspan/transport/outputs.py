@@ -20,7 +20,7 @@ from qspan.program.ring import LIVE_MAP, OFF_MAP, POLL_MS
 from qspan.transport.bpfmaps import EventMaps, open_scalars, write_scalar
 from qspan.transport.decode import MapDumpDecoder
 from qspan.transport.ringdecode import RingDecoder, printf_layouts
-from qspan.transport.rings import Rings, bpftrace_clock_ns
+from qspan.transport.rings import RingReader, Rings
 from qspan.transport.text import LOST_RE, parse_flush_mark
 
 # What a run hands on: event lines (and "Lost N events"), or with the maps transport
@@ -196,10 +196,13 @@ class RingOutput(MapOutput):
         super().__init__(on_line, on_batch, on_watermark, on_lines)
         self.decoder = RingDecoder(printf_layouts(program_text))
         self.rings: Rings | None = None
+        self.reader: RingReader | None = None
         self._scalars: dict[str, int] = {}
 
     def attached(self, bpftrace_pid: int, sample_every: int) -> None:
         self.rings = Rings(bpftrace_pid)
+        self.reader = RingReader(self.rings, self.poll_s)
+        self.reader.start()
         self._scalars = open_scalars(bpftrace_pid, (SKIP_MAP, LIVE_MAP, OFF_MAP))
         self.skip = sample_every - 1
         try:
@@ -227,21 +230,30 @@ class RingOutput(MapOutput):
         LineOutput.handle(self, line)
 
     def poll(self, final: bool = False) -> None:
-        if self.rings is None:
+        if self.rings is None or self.reader is None:
             return
-        now = bpftrace_clock_ns()
-        for cpu, data in self.rings.read():
+        if final:
+            self.reader.stop()
+            self.reader.read_once()  # what came after its last read
+        now, chunks = self.reader.take()
+        for cpu, data in chunks:
             for line in self.decoder.add_records(cpu, data):
                 LineOutput.handle(self, line)  # a node's name: before the events that use it
-        self._deliver(1 << 62 if final else now, 0 if final else self.hold_ns)
-        if self.on_watermark and not final:  # the final one is no time: nothing is behind it
-            self.on_watermark(self.decoder.watermark_ns)
+        if final:
+            self._deliver(1 << 62, 0)  # the final one is no time: nothing is behind it
+        elif now is not None:
+            self._deliver(now, self.hold_ns)
+            if self.on_watermark:
+                self.on_watermark(self.decoder.watermark_ns)
 
     def finish(self, bpftrace: subprocess.Popen) -> None:
         bpftrace.wait()  # END has run: nothing more is printed
         self.poll(final=True)
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
         if self.rings is not None:
             self.rings.close()
             self.rings = None
