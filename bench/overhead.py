@@ -12,20 +12,24 @@ prints for each mode:
   "off" is the tracer's cost on QEMU itself, and far less noisy than latency;
 - on-CPU time per request of the tracer (bpftrace + qspan), which runs on the
   same two cores;
-- events per request and lost events.
+- events per request and lost events;
+- with --self-cost: every guest request is logged, and the traced rounds' latencies
+  less each span's calibrated probe cost (`qspan_ns`, tracers/costs.txt) are set
+  against the untraced rounds' (p50, p99): how far qspan's self-accounting gets.
 
 One run, one machine: compare the ratios, not the absolute numbers (TCG and a
 shared 2-core VM). Under TCG the guest's latency also moves with whatever
 competes with the vCPU thread for a core, the tracer included.
 
     .venv/bin/python bench/overhead.py [--scenario stock] [--rounds 3] [--count 2000] [--qd 4] [--rate 0]
-                                       [--transports ring,maps,printf,aggregate]
+                                       [--transports ring,maps,printf,aggregate] [--self-cost]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -34,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from qspan import program  # noqa: E402
+from qspan.correlate import correlate  # noqa: E402
 from qspan.output import recording  # noqa: E402
 from qspanlab import lab  # noqa: E402
 from qspanlab.harness import start_traced  # noqa: E402
@@ -76,12 +81,33 @@ def measure(info, load: str, tracer_pid: int | None) -> dict:
     q0 = cpu_ns(info.pid, by_kind=True)
     pids = tracer_pids(tracer_pid) if tracer_pid else []
     t0 = sum(cpu_ns(p)["all"] for p in pids)
-    summary = lab.load(info, load).summary
+    res = lab.load(info, load)
+    summary = res.summary
     q1 = cpu_ns(info.pid, by_kind=True)
     t1 = sum(cpu_ns(p)["all"] for p in pids)
     n = max(1, summary["requests"])
     qemu = {k: (q1.get(k, 0) - q0.get(k, 0)) / n / 1000 for k in ("iothread", "vcpu", "workers", "other")}
-    return {**summary, "qemu_us": qemu, "qemu_total_us": sum(qemu.values()), "tracer_us": (t1 - t0) / n / 1000}
+    return {**summary, "qemu_us": qemu, "qemu_total_us": sum(qemu.values()), "tracer_us": (t1 - t0) / n / 1000,
+            "guest": {off: lat for (op, off), lat in guest_requests(res.output).items() if op == "write"}}
+
+
+def guest_requests(text: str) -> dict[tuple[str, int], int]:
+    """The guest's per-request log (load --log): (op, offset) -> latency in ns."""
+    return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
+
+
+def corrected(guest: dict[int, int], rec_path: Path) -> list[int]:
+    """Each traced guest write's latency less what qspan's probes cost its span (qspan_ns)."""
+    rec = recording.read(rec_path)
+    out = []
+    for s in correlate([*rec.events, *rec.lost], rec.header).spans:
+        if s.op == "write" and s.offset in guest and s.qspan_ns is not None:
+            out.append(guest[s.offset] - s.qspan_ns)
+    return sorted(out)
+
+
+def pct(values: list[int], p: float) -> float:
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] / 1000 if values else float("nan")
 
 
 def main() -> None:
@@ -95,13 +121,17 @@ def main() -> None:
     ap.add_argument("--transports", default="ring,maps,printf,aggregate",
                     help="comma-separated, from: " + ", ".join(program.TRANSPORTS) + ", aggregate (qspan aggregate); "
                          "TRANSPORT-entry: function-entry probes only (record --probe-sites off)")
+    ap.add_argument("--self-cost", action="store_true",
+                    help="log every guest request (every round) and compare the traced rounds' latencies less each "
+                         "span's calibrated probe cost (qspan_ns) with the untraced rounds'")
     args = ap.parse_args()
     transports = [t for t in args.transports.split(",") if t]
     for t in transports:
         if t.removesuffix("-entry") not in program.TRANSPORTS and t != "aggregate":
             ap.error(f"unknown transport {t!r}")
     modes = ["off", *transports]
-    load = f"--op write --qd {args.qd} --count {args.count}" + (f" --rate {args.rate}" if args.rate else "")
+    load = (f"--op write --qd {args.qd} --count {args.count}" + (f" --rate {args.rate}" if args.rate else "")
+            + (" --log" if args.self_cost else ""))
     rows: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="qspan-bench-") as tmp:
         d = Path(tmp) / "lab"
@@ -134,6 +164,8 @@ def main() -> None:
                         events = recording.read(rec)
                         row.update(events_per_req=len(events.events) / max(1, row["requests"]),
                                    lost=sum(x.count for x in events.lost))
+                        if args.self_cost:
+                            row["corrected"] = corrected(row["guest"], rec)
                     rows[mode].append(row)
                     print(f"round {r + 1} {mode}: p50 {row['p50_us']:.0f} us, QEMU CPU {row['qemu_total_us']:.0f} us/req",
                           file=sys.stderr)
@@ -165,6 +197,13 @@ def main() -> None:
         print(f"{mode}: guest p50 +{added:.0f} us/request ({ratio:.2f}x), IOPS on/off {iops:.2f}; "
               f"QEMU CPU +{qemu_added:.1f} us/request (iothread +{io_added:.1f}); tracer {tracer:.1f} us CPU/request; "
               f"{med(t['events_per_req'] for t in on):.1f} events/request, {sum(t['lost'] for t in on)} lost")
+        if args.self_cost and all(t.get("corrected") for t in on):
+            # the guest's own latencies, untraced vs traced less each span's calibrated qspan_ns
+            for p in (50, 99):
+                raw = med(pct(sorted(t["guest"].values()), p) / pct(sorted(b["guest"].values()), p) for b, t in pairs)
+                fixed = med(pct(t["corrected"], p) / pct(sorted(b["guest"].values()), p) for b, t in pairs)
+                print(f"{mode}: guest p{p} on/off {raw:.2f}x; less each span's qspan_ns (self-accounting) "
+                      f"{fixed:.2f}x of the untraced guest's")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,12 @@ function renderBreakdown(bd) {
     type: "bar", orientation: "h", name: ph, y: ops, x: ops.map((op) => bd[op].phase_mean_us[ph] || 0),
   }));
   Plotly.react("phases", phaseTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: "us" } }, PLOT);
+  // qspan's own probes are inside those phases: say how much, as calibrated (tracers/costs.txt)
+  const own = ops.filter((op) => bd[op].qspan_mean_us !== null && bd[op].qspan_mean_us !== undefined)
+    .map((op) => `${op} ${bd[op].qspan_mean_us.toFixed(1)} us of ${bd[op].mean_us.toFixed(1)}`);
+  $("selfcost").textContent = own.length
+    ? `of which qspan's own probes on the critical path (calibrated estimate): ${own.join(", ")}`
+    : "";
   const cats = Object.keys(CATEGORY_COLORS);
   const insteadTraces = cats.map((c) => ({
     type: "bar", orientation: "h", name: c, y: ops, marker: { color: CATEGORY_COLORS[c] },

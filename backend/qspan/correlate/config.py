@@ -9,7 +9,7 @@ profile call its phases), so they are answered here, once, into a frozen record.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from qspan.catalogue import DEFAULT_ROLES
@@ -21,6 +21,10 @@ class CorrelatorConfig:
     not_workers: frozenset[int]  # threads whose pread/pwrite are never thread-pool work
     vcpus: frozenset[int]  # threads whose notifier writes may be guest kicks
     roles: Mapping[str, str]  # phase and child names of the driver profile: driver, hop, spawn
+    # what each event's probe hit costs its thread (ns) and whether it is a tracepoint: the spans'
+    # own accounting (empty for recordings made before it, or without a calibration)
+    event_cost_ns: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    tracepoints: frozenset[str] = frozenset()
 
     @classmethod
     def from_header(cls, header: dict) -> CorrelatorConfig:
@@ -40,4 +44,7 @@ class CorrelatorConfig:
         )
         vcpus = frozenset(t["tid"] for t in threads if t.get("role") == "vcpu")
         roles = MappingProxyType(dict(DEFAULT_ROLES, **header.get("profile", {}).get("roles", {})))
-        return cls(watched, not_workers, vcpus, roles)
+        cost = header.get("self_cost") or {}
+        event_cost_ns = MappingProxyType({ev: int(ns) for ev, ns in (cost.get("ns") or {}).items() if ns})
+        tracepoints = frozenset(ev for ev, kind in (cost.get("kind") or {}).items() if kind == "tracepoint")
+        return cls(watched, not_workers, vcpus, roles, event_cost_ns, tracepoints)

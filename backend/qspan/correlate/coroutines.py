@@ -9,9 +9,10 @@ a request's coroutine, which close its wait and its span.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from qspan.correlate.selfcost import CostLog, span_cost
 from qspan.correlate.timeline import Timeline
 from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event
 from qspan.model.spans import Child, Handoff, Span
@@ -42,6 +43,9 @@ class CoroutineEvents:
     children: dict[int, Child]
     pool: ThreadPool
     loss_sweep: LossSweep
+    cost_logs: dict[int, CostLog]
+    _event_cost: Mapping[str, int]
+    _kick_cost: tuple[int, bool] | None
 
     thread: Callable[[int], _Thread]  # ThreadEvents': a thread's record
     _name: Callable[[int], tuple[str, str]]  # a node's name and driver
@@ -167,6 +171,8 @@ class CoroutineEvents:
 
     def _finish(self, req: _Req, ts: int) -> None:
         span = req.ended(ts)
+        if self._event_cost:
+            span.qspan_ns, span.qspan_hits = span_cost(span, self.cost_logs, self.roles["hop"], self._kick_cost)
         if not req.complete:
             self.stats["incomplete"] += 1
         if self.capture_timeline:

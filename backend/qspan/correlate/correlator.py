@@ -13,6 +13,7 @@ from __future__ import annotations
 from qspan.correlate.config import CorrelatorConfig
 from qspan.correlate.coroutines import CoroutineEvents
 from qspan.correlate.pool import ThreadPool
+from qspan.correlate.selfcost import CostLog, hit_increment
 from qspan.correlate.request import _Req
 from qspan.correlate.sweep import LossSweep
 from qspan.correlate.threads import GuestKicks, ThreadEvents, _Thread
@@ -31,6 +32,10 @@ class Correlator(CoroutineEvents, ThreadEvents):
         self.config = CorrelatorConfig.from_header(header)
         self.watched = self.config.watched  # asked for every scheduler event
         self.roles = self.config.roles
+        self._event_cost = self.config.event_cost_ns
+        self._hit_increment = {ev: hit_increment(ns, ev in self.config.tracepoints) for ev, ns in self._event_cost.items()}
+        notify = self._event_cost.get("notify")
+        self._kick_cost = (notify, "notify" in self.config.tracepoints) if notify else None
         self._forget_flow()
         self.node_names: dict[int, tuple[str, str]] = {}
         self.next_id = 1
@@ -66,6 +71,7 @@ class Correlator(CoroutineEvents, ThreadEvents):
         self.co_req: dict[int, _Req] = {}
         self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
         self.pool = ThreadPool(self.config.not_workers)
+        self.cost_logs: dict[int, CostLog] = {}  # thread -> its probe hits' running cost (selfcost.py)
         self.loss_sweep = LossSweep()
 
     # -- plumbing -------------------------------------------------------------
@@ -88,6 +94,16 @@ class Correlator(CoroutineEvents, ThreadEvents):
                                                            self.threads.values())
         handler = self.handlers.get(ev.kind)
         if handler is not None and (not self.sampling_off or handler in self._always):
+            increment = self._hit_increment.get(ev.kind)
+            if increment:
+                log = self.cost_logs.get(ev.tid)
+                if log is None:
+                    log = self.cost_logs[ev.tid] = CostLog()
+                sums = log.sums  # CostLog.charge, inline: the hot path
+                sums.append((sums[-1] if sums else log.base) + increment)
+                log.ts.append(ts)
+                if len(sums) > log.limit:
+                    log.trim(ts)
             handler(ev)
 
     def _window(self, ev: Event) -> None:

@@ -52,9 +52,12 @@ class SpanStore:
 
     def _account(self, d: dict) -> None:
         t = self.totals.setdefault(d["op"], {"requests": 0, "dur_ns": 0, "phases_ns": {}, "instead_ns": dict.fromkeys(INSTEAD_CATEGORIES, 0),
-                                             "histogram": [0] * (len(HIST_EDGES_US) + 1)})
+                                             "histogram": [0] * (len(HIST_EDGES_US) + 1), "costed": 0, "qspan_ns": 0})
         t["requests"] += 1
         t["dur_ns"] += d["dur_ns"]
+        if d.get("qspan_ns") is not None:
+            t["costed"] += 1
+            t["qspan_ns"] += d["qspan_ns"]
         for p in d["phases"]:
             t["phases_ns"][p["name"]] = t["phases_ns"].get(p["name"], 0) + p["dur_ns"]
         for h in d["handoffs"]:
@@ -108,5 +111,7 @@ class SpanStore:
                 "phase_mean_us": {k: v / n / 1000 for k, v in t["phases_ns"].items()},
                 "instead_mean_us": {k: v / n / 1000 for k, v in t["instead_ns"].items()},
                 "histogram": {"edges_us": HIST_EDGES_US, "counts": t["histogram"]},
+                # qspan's own probes on the critical path, as calibrated (tracers/costs.txt); null without
+                "qspan_mean_us": t["qspan_ns"] / t["costed"] / 1000 if t["costed"] else None,
             }
         return out

@@ -110,6 +110,9 @@ class Span:
     pool: list[PoolHop]
     children: list[Child]
     complete: bool  # False when events were lost inside the span
+    # what qspan's own probes cost its critical path (correlate/selfcost.py; None: no calibration)
+    qspan_ns: int | None = None
+    qspan_hits: dict | None = None  # {"uprobe": n, "tracepoint": n}
 
 
 @dataclass

@@ -124,6 +124,24 @@ def make_header(t, cat, prof, prog) -> dict:
         "skipped_probes": list(prog.skipped),
         "transport": prog.transport.name,
         "string_events": sorted(e.name for e in cat.events.values() if e.has_strings),
+        "self_cost": self_cost(cat, prog),
+    }
+
+
+def self_cost(cat, prog) -> dict:
+    """What each event's probe hit costs the thread it hits (tracers/costs.txt), for the spans'
+    own accounting: ns per event and its kind, uprobe (any QEMU code probe) or tracepoint."""
+    from qspan.catalogue import costs
+    from qspan.output.overhead import event_costs
+
+    strings = {e.name for e in cat.events.values() if e.has_strings}  # printed by the same hit as another event
+    kinds = {ev: k for ev, k in prog.probe_kinds.items() if ev not in strings}
+    per_event = event_costs(kinds, prog.transport.name, costs.load())
+    return {
+        "source": "tracers/costs.txt",
+        "ns": {ev: round(us * 1000) for ev, us in sorted(per_event.items())},
+        "kind": {ev: "tracepoint" if all(k == "hit.tracepoint" for k in ks) else "uprobe"
+                 for ev, ks in sorted(kinds.items()) if ks},
     }
 
 

@@ -30,6 +30,8 @@ def breakdown(spans: list[dict]) -> dict:
                 for cat, ns in h["instead_ns"].items():
                     instead_total[cat] += ns
         n = len(group)
+        costed = [s for s in group if s.get("qspan_ns") is not None]
+        corrected = sorted(max(0, s["dur_ns"] - s["qspan_ns"]) for s in costed)
         out[op] = {
             "requests": n,
             "p50_us": percentile(durs, 50) / 1000,
@@ -38,6 +40,13 @@ def breakdown(spans: list[dict]) -> dict:
             "max_us": durs[-1] / 1000,
             "phase_mean_us": {k: v / n / 1000 for k, v in phase_total.items()},
             "handoff_instead_mean_us": {k: instead_total.get(k, 0) / n / 1000 for k in INSTEAD_CATEGORIES},
+            # qspan's own probes on the critical path (calibrated, tracers/costs.txt); null without
+            "qspan": {
+                "mean_us": sum(s["qspan_ns"] for s in costed) / len(costed) / 1000,
+                "hits_mean": sum(sum(s["qspan_hits"].values()) for s in costed) / len(costed),
+                "corrected_p50_us": percentile(corrected, 50) / 1000,
+                "corrected_p99_us": percentile(corrected, 99) / 1000,
+            } if costed else None,
         }
     return out
 
@@ -56,4 +65,9 @@ def render_text(bd: dict) -> str:
         lines.append("  handoff waits: what the resuming thread did instead (mean per request):")
         for cat, us in b["handoff_instead_mean_us"].items():
             lines.append(f"    {cat:<15} {us:9.1f} us")
+        q = b.get("qspan")
+        if q:
+            lines.append(f"  qspan's own probes on the critical path: {q['mean_us']:.1f} us ({q['hits_mean']:.1f} hits) "
+                         f"a request, as calibrated; without them p50 {q['corrected_p50_us']:.1f} us, "
+                         f"p99 {q['corrected_p99_us']:.1f} us")
     return "\n".join(lines) if lines else "no spans"

@@ -1,0 +1,119 @@
+"""What qspan itself cost each span: its probes' hits on the span's critical path (pure).
+
+Every event was a probe hit on the thread it names, and each hit took that thread
+some time (tracers/costs.txt, calibrated by bench/probe_cost.py, carried in the
+recording's header). Each thread keeps a running sum of those costs in time
+order (CostLog); a span's own cost is what its critical path paid:
+
+* on its home thread (the iothread), everything hit there while the span ran
+  there or waited for it: the kick until the submission, its own run phases,
+  and its handoffs (the other work the thread did meanwhile was slowed by its
+  probes too);
+* on a pool worker, the syscall tracepoints of the hop the span waited for;
+* on the vCPU, the kick's own tracepoint.
+
+Waits for other threads (queue, remote, wait, the hop of a profile, its
+callback) run in parallel with the home thread and are not charged. The
+result is a lower bound of the same kind as the calibration: a hit in situ
+costs more than in bench/probe_cost.py's tight loop (bench/overhead.py prints
+how far the corrected latencies are from the untraced guest's).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qspan.model.spans import Span
+
+# Older hits are dropped as new ones come (a span longer than this is charged for its last part only)
+COST_HORIZON_NS = 2_000_000_000
+# Phases whose time runs on another thread than the span's own (see the module's docstring)
+OFF_HOME_PHASES = frozenset({"queue", "device", "remote", "wait", "pool", "callback"})
+
+
+# A hit's cost and count in one int, so a thread's running sum is one list: ns << 64, then the
+# uprobe hits << 32 and the tracepoint hits (sums of these never borrow from each other)
+NS_SHIFT, UPROBE_SHIFT = 64, 32
+COUNT_MASK = (1 << 32) - 1
+
+
+def hit_increment(ns: int, tracepoint: bool) -> int:
+    """What one hit adds to its thread's running sum."""
+    return (ns << NS_SHIFT) | (1 if tracepoint else 1 << UPROBE_SHIFT)
+
+
+class CostLog:
+    """One thread's probe hits: their running sum (cost and counts, packed), in time order.
+
+    The correlator appends to `ts` and `sums` itself (the hot path: one event in two is a hit
+    of a traced thread); `forget_before` keeps the lists short."""
+
+    __slots__ = ("ts", "sums", "base", "limit")
+    MAX_KEPT = 16_384  # past this many hits, those older than COST_HORIZON_NS go
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []
+        self.sums: list[int] = []  # the running sum after each hit
+        self.base = 0  # the sum before the first hit kept
+        self.limit = self.MAX_KEPT  # trim() when there are more hits than this
+
+    def charge(self, ts: int, increment: int) -> None:
+        """One hit (what the correlator does inline, for speed)."""
+        sums = self.sums
+        sums.append((sums[-1] if sums else self.base) + increment)
+        self.ts.append(ts)
+        if len(sums) > self.limit:
+            self.trim(ts)
+
+    def trim(self, now_ns: int) -> None:
+        """Forget the hits older than COST_HORIZON_NS (all kept, at a high rate, until there are twice as many)."""
+        k = bisect_left(self.ts, now_ns - COST_HORIZON_NS)
+        if k:
+            self.base = self.sums[k - 1]
+            del self.ts[:k], self.sums[:k]
+        self.limit = max(self.MAX_KEPT, 2 * len(self.sums))
+
+    def window(self, a: int, b: int) -> tuple[int, int, int]:
+        """(ns, uprobe hits, tracepoint hits) of the hits stamped a <= ts <= b."""
+        i, j = bisect_left(self.ts, a) - 1, bisect_right(self.ts, b) - 1
+        d = (self.sums[j] if j >= 0 else self.base) - (self.sums[i] if i >= 0 else self.base)
+        return d >> NS_SHIFT, (d >> UPROBE_SHIFT) & COUNT_MASK, d & COUNT_MASK
+
+
+def span_cost(span: Span, logs: dict[int, CostLog], hop_role: str, kick: tuple[int, bool] | None) -> tuple[int, dict]:
+    """(ns, {"uprobe": n, "tracepoint": n}) of qspan's probes on `span`'s critical path.
+
+    `logs`: thread -> its CostLog; `kick`: the cost of the vCPU's notify and whether it is
+    a tracepoint (None: not calibrated)."""
+    ns = uprobes = tracepoints = 0
+    home = logs.get(span.tid)
+    if home is not None:
+        # the home thread's stretches: consecutive phases merged, so an event on a boundary counts once
+        start = end = None
+        for p in span.phases:
+            if p.name in OFF_HOME_PHASES or p.name == hop_role:
+                if start is not None:
+                    c = home.window(start, end)
+                    ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]
+                start = None
+                continue
+            if start is None:
+                start = p.start_ns
+            end = p.start_ns + p.dur_ns
+        if start is not None:
+            c = home.window(start, end)
+            ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]
+    for hop in span.pool:
+        # the hops the request's own coroutine waited for: their syscall's two tracepoints
+        worker = logs.get(hop.worker_tid) if hop.worker_tid else None
+        if worker is not None and hop.co == span.co and hop.resumed_ns is not None \
+                and hop.io_start_ns is not None and hop.io_done_ns is not None:
+            c = worker.window(hop.io_start_ns, hop.io_done_ns)
+            ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]
+    if kick is not None and span.phases and span.phases[0].name == "kick":
+        ns += kick[0]
+        tracepoints += kick[1]
+        uprobes += not kick[1]
+    return ns, {"uprobe": uprobes, "tracepoint": tracepoints}
