@@ -11,7 +11,8 @@ until each has run for --seconds, and prints events/s and spans/s for:
 - record: what `qspan record` does with a poll or a dump (RingOutput or
   MapOutput to the recording's writer, a null file here);
 - parse: text lines to events (recordings, the printf transport);
-- correlate: events to spans (the pure correlator alone);
+- correlate: events to spans (the pure correlator alone), and with each span's
+  own probe cost accounted (a calibration in the header);
 - live (maps): decoded tuples to events, correlated with thread timelines,
   stored in the bounded span store: what the server does per dump;
 - live (text): the same from text lines (replay, printf transport).
@@ -39,6 +40,7 @@ from qspan.transport.bpfmaps import KEY, VALUE
 from qspan.transport.decode import MapDumpDecoder
 from qspan.transport.outputs import MapOutput, RingOutput
 from qspan.transport.ringdecode import EVENT_RECORD, RECORD_SAMPLE, RingDecoder, printf_layouts
+from qspan.transport.rings import RingReader
 from qspan.transport.text import parse_lines
 
 
@@ -66,6 +68,16 @@ def main() -> None:
 
     def correlate_only():
         return len(events), len(pipeline.correlate(events, rec.header).spans)
+
+    # ... and with each span's own cost accounted (correlate/selfcost.py): a calibration in the
+    # header as `qspan record` writes it (recordings made before it have none)
+    costed = dict(rec.header, self_cost=rec.header.get("self_cost") or {
+        "ns": {name: 1600 for name in rec.codes.values()},
+        "kind": {name: "tracepoint" if name.startswith(("sys.", "sched.", "loop.", "notify")) else "uprobe"
+                 for name in rec.codes.values()}})
+
+    def correlate_costed():
+        return len(events), len(pipeline.correlate(events, costed).spans)
 
     # The recording's events as the kernel would hand them over: packed (key, value) arrays,
     # one dump per 1,000 events; node names (strings) travel as text and are left out.
@@ -115,7 +127,9 @@ def main() -> None:
         writer = RecordingWriter(open(os.devnull, "w"), rec.header)
         out = RingOutput(writer.line, None, None, writer.lines, ring_program)
         out.rings = Polls()
+        out.reader = RingReader(out.rings, out.poll_s)  # its thread not started: one read per poll, here
         for _ in polls:
+            out.reader.read_once()
             out.poll()
         return out.lines, 0
 
@@ -169,6 +183,7 @@ def main() -> None:
     for name, fn in (("decode (ring transport)", decode_ring), ("record (ring transport)", record_ring),
                      ("decode (maps transport)", decode), ("record (maps transport)", record),
                      ("parse (text)", parse_only), ("correlate", correlate_only),
+                     ("correlate, self-cost", correlate_costed),
                      ("live path, maps transport", live_maps), ("live path, text replay", live_text)):
         dt, n_ev, n_sp = timed(fn)
         print(f"{name:<30} {n_ev / dt:>12,.0f} events/s" + (f"  {n_sp / dt:>10,.0f} spans/s" if n_sp else ""))
