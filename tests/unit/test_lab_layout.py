@@ -61,3 +61,17 @@ def test_setup_leaves_the_host_kernel_and_boot_alone():
     assert re.search(r'^kernel="\$kroot/boot/vmlinuz-\$kver"$', guest, re.M)  # the unpacked copy, not the host's /boot
     assert "/boot/vmlinuz-*" not in guest
     assert 'modprobe -d "$kroot"' in guest  # modules from the unpacked package, not the host's /lib/modules
+
+
+def test_the_guest_holds_its_command_port_open_before_it_says_ready():
+    """The host sends the first command as soon as it reads "QSPAN-GUEST ready". Bytes that
+    reach ttyS1 before the guest holds it open are dropped (opening the port clears the UART,
+    closing stty's own open flushes what it buffered): the guest then waited for ever for a
+    command it never got, a boot in ten or so (CI runs and benchmarks that hung at their
+    first load)."""
+    lines = (REPO / "lab" / "guest" / "init").read_text().splitlines()
+    code = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    opened = code.index("exec 3</dev/ttyS1")
+    raw = next(i for i, ln in enumerate(code) if ln.startswith("stty -F /dev/ttyS1"))
+    ready = next(i for i, ln in enumerate(code) if "QSPAN-GUEST ready" in ln)
+    assert opened < raw < ready
