@@ -96,14 +96,16 @@ def guest_requests(text: str) -> dict[tuple[str, int], int]:
     return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
 
 
-def corrected(guest: dict[int, int], rec_path: Path) -> list[int]:
-    """Each traced guest write's latency less what qspan's probes cost its span (qspan_ns)."""
+def corrected(guest: dict[int, int], rec_path: Path) -> tuple[list[int], float]:
+    """Each traced guest write's latency less what qspan's probes cost its span (qspan_ns), and
+    the mean qspan_ns (us)."""
     rec = recording.read(rec_path)
-    out = []
+    out, own = [], []
     for s in correlate([*rec.events, *rec.lost], rec.header).spans:
         if s.op == "write" and s.offset in guest and s.qspan_ns is not None:
             out.append(guest[s.offset] - s.qspan_ns)
-    return sorted(out)
+            own.append(s.qspan_ns)
+    return sorted(out), (sum(own) / len(own) / 1000 if own else float("nan"))
 
 
 def pct(values: list[int], p: float) -> float:
@@ -165,7 +167,7 @@ def main() -> None:
                         row.update(events_per_req=len(events.events) / max(1, row["requests"]),
                                    lost=sum(x.count for x in events.lost))
                         if args.self_cost:
-                            row["corrected"] = corrected(row["guest"], rec)
+                            row["corrected"], row["qspan_us"] = corrected(row["guest"], rec)
                     rows[mode].append(row)
                     print(f"round {r + 1} {mode}: p50 {row['p50_us']:.0f} us, QEMU CPU {row['qemu_total_us']:.0f} us/req",
                           file=sys.stderr)
@@ -202,8 +204,8 @@ def main() -> None:
             for p in (50, 99):
                 raw = med(pct(sorted(t["guest"].values()), p) / pct(sorted(b["guest"].values()), p) for b, t in pairs)
                 fixed = med(pct(t["corrected"], p) / pct(sorted(b["guest"].values()), p) for b, t in pairs)
-                print(f"{mode}: guest p{p} on/off {raw:.2f}x; less each span's qspan_ns (self-accounting) "
-                      f"{fixed:.2f}x of the untraced guest's")
+                print(f"{mode}: guest p{p} on/off {raw:.2f}x; less each span's qspan_ns (self-accounting, "
+                      f"mean {med(t['qspan_us'] for t in on):.1f} us) {fixed:.2f}x of the untraced guest's")
 
 
 if __name__ == "__main__":
