@@ -93,3 +93,13 @@ def test_every_event_probed_is_read_by_the_correlator():
     probed = {p.event for p in cat.probes} | {p.event for prof in cat.profiles.values() for p in prof.probes}
     assert probed - handled == set()
     assert {name for name in cat.events if name.startswith("trace.")} <= handled
+
+
+def test_a_function_is_probed_by_a_site_line_or_a_uprobe_line_not_both(tmp_path):
+    import shutil
+
+    shutil.copytree(REPO / "tracers", tmp_path / "t")
+    probes = tmp_path / "t" / "probes.txt"
+    probes.write_text(probes.read_text() + "req.ack  uprobe  *  qemu_coroutine_yield  proc  arg0  -  -  -\n")
+    with pytest.raises(CatalogueError, match="qemu_coroutine_yield has a site line and a uprobe line"):
+        catalogue.load(tmp_path / "t")

@@ -478,3 +478,49 @@ def test_real_stream_without_the_events_sites_no_longer_probe_gives_the_same_spa
     # measured on this recording: 1.5 ms of 56 ms of handoff time moved (2.7 %), from other
     # requests to the event loop; a coroutine end inferred at the next event would move it back
     assert moved < total * 0.05, (moved, total)
+
+
+def test_requests_that_never_yield_are_acked_from_the_loop_not_by_the_next_one():
+    """A request completed without yielding (a hole of a qcow2 image, an error) is acked from a
+    bottom half after blk_aio_prwv returned. With coroutine ends not probed, its coroutine, or
+    the next one's, is still on the stack then: the ack must not be charged to it."""
+    A, B, C = 0xA, 0xB, 0xC
+    ev = [
+        E("req.submit", 1000, IOT, 0xB1, 4096, 4096, 1), enter(1001, IOT, LEADER, A),
+        E("node.io", 1002, IOT, 0xB5, 4096, 4096, 1),  # A completes at once, its end unseen
+        E("req.submit", 1010, IOT, 0xB1, 8192, 4096, 1), enter(1011, IOT, LEADER, B),
+        E("node.io", 1012, IOT, 0xB5, 8192, 4096, 1),  # so does B
+        E("req.ack", 1030, IOT, 0xF, 0xE1, 4096),  # the bottom halves: A's ack, then B's
+        E("req.ack", 1040, IOT, 0xF, 0xE2, 4096),
+        *_request(1100, C, offset=12288),  # and a request that waits, as usual
+        yield_(1110, IOT, C, LEADER),
+        enter(1200, IOT, LEADER, C),
+        E("req.ack", 1210, IOT, 0xF, 0xE3, 4096),
+        E("loop.poll", 1220, IOT),
+    ]
+    spans = {s.offset: s for s in correlate(ev, HEADER).spans}
+    assert (spans[4096].ack_ns, spans[4096].co_end_ns) == (None, 1002)  # as when its end was probed
+    assert (spans[8192].ack_ns, spans[8192].co_end_ns) == (None, 1012)
+    assert spans[12288].ack_ns == 1210 and spans[12288].end_ns == 1210
+
+
+def test_a_nested_coroutine_that_ends_unseen_leaves_its_callers_pool_work_to_it():
+    """B, entered by A, ends without yielding (unseen); A's next node visit is charged to B's
+    pointer until A yields. The worker's syscall for it is still A's wait."""
+    A, B = 0xA, 0xB
+    ev = [
+        *_request(1000, A),
+        enter(1010, IOT, A, B),  # nested, ends at once
+        E("node.io", 1020, IOT, 0xB5, 4096, 4096, 2),  # A's own visit (B already gone)
+        yield_(1030, IOT, A, LEADER),  # A waits for the pool: B's end shows here
+        E("sys.io", 1040, WORKER, 3, 4096, 4096, 2),
+        E("sys.io_done", 1100, WORKER, 4096),
+        enter(1110, IOT, LEADER, A),
+        E("req.ack", 1120, IOT, 0xF, 0xE, 4096),
+        E("loop.poll", 1130, IOT),
+    ]
+    res = correlate(ev, HEADER)
+    (s,) = res.spans
+    assert [p.name for p in s.phases] == ["submit", "queue", "device", "handoff", "complete"]
+    assert [(p.co, p.io_start_ns, p.io_done_ns) for p in s.pool] == [(A, 1040, 1100)]
+    assert res.stats["unmatched_io"] == 0

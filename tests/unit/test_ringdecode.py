@@ -158,3 +158,17 @@ def test_a_failing_ring_read_on_the_reader_thread_is_raised_to_the_consumer():
     reader._thread.join(5)
     with pytest.raises(TracerError, match="reading qspan's perf rings failed: ring unmapped"):
         reader.take()
+
+
+def test_the_last_read_of_the_rings_is_made_even_past_the_backlog():
+    from qspan.transport.rings import RingReader
+
+    rings = _Rings()
+    reader = RingReader(rings, period_s=3600, max_bytes=4)
+    rings.pending = [(0, b"aaaa")]
+    reader.read_once()
+    rings.pending = [(0, b"tail")]
+    reader.read_once()  # past the backlog: left in the ring ...
+    assert rings.pending == [(0, b"tail")]
+    reader.read_once(force=True)  # ... but the final read takes it, or nothing would count it lost
+    assert reader.take()[1] == [(0, b"aaaa"), (0, b"tail")]

@@ -92,3 +92,24 @@ def test_the_recorded_stream_gives_every_span_a_cost_and_the_summary_its_correct
     q = bd["qspan"]
     assert q["corrected_p50_us"] < bd["p50_us"] and q["mean_us"] > 0
     assert "qspan's own probes on the critical path" in report.render_text({"write": bd})
+
+
+def test_a_hit_at_a_zero_length_wait_is_charged_once():
+    """A worker done before the coroutine yields makes queue and device phases of no length:
+    the yield's hit sits on both sides of them and counts once."""
+    A, LEADER = 0xA, 1
+    ev = [
+        E("req.submit", 1000, IOT, 0xB1, 4096, 4096, 2),
+        E("co.switch", 1001, IOT, LEADER, A, CO_ENTER),
+        E("node.io", 1002, IOT, 0xB5, 4096, 4096, 2),
+        E("sys.io", 1003, WORKER, 3, 4096, 4096, 2),
+        E("sys.io_done", 1004, WORKER, 4096),
+        E("co.switch", 1010, IOT, A, LEADER, CO_YIELD),  # after the worker was done
+        E("co.switch", 1020, IOT, LEADER, A, CO_ENTER),
+        E("req.ack", 1030, IOT, 0xF, 0xE, 4096),
+        E("kick.read", 1040, IOT, 9),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    assert [(p.name, p.dur_ns) for p in s.phases][1:3] == [("queue", 0), ("device", 0)]
+    # submit, enter, node.io, yield, enter, ack; and the worker's two tracepoints
+    assert s.qspan_hits == {"uprobe": 6, "tracepoint": 2}

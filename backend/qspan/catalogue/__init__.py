@@ -243,7 +243,12 @@ def load(directory: Traversable | Path | None = None) -> Catalogue:
 
     site_file = directory / "sites.txt"
     patterns = sites.load(site_file) if site_file.is_file() else {}
+    entry_lines = {p.target: p for p in probes if p.source == "uprobe"}
     for p in probes:
         if p.source == "site" and p.target not in patterns:
             raise CatalogueError(f"{p.where}: a site probe needs a pattern for {p.target} in sites.txt")
+        if p.source == "site" and p.target in entry_lines:
+            # the uprobe line would move to the same site, reading its REGS as its own arguments
+            raise CatalogueError(f"{p.where}: {p.target} has a site line and a uprobe line "
+                                 f"({entry_lines[p.target].where}): one function, one way to probe it")
     return Catalogue(events, probes, profiles, patterns)

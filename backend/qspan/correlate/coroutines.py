@@ -113,6 +113,10 @@ class CoroutineEvents:
         while len(stack) > keep:
             ended = stack.pop()
             self.running.pop(ended, None)
+            if keep:
+                # Events after its unseen end went to it, its caller's node visit among them:
+                # a coroutine that ends without yielding left no pool work of its own.
+                self.pool.adopt(ended, stack[keep - 1])
             self._terminated(ended, end)
 
     def _terminated(self, co: int, ts: int) -> None:

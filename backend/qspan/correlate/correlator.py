@@ -92,6 +92,9 @@ class Correlator(CoroutineEvents, ThreadEvents):
         if ts >= self.loss_sweep.next_ns:
             self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.children,
                                                            self.threads.values())
+            # what a sweep took off a stack is not running anywhere; node visits no worker took are old
+            self.running = {co: t for co, t in self.running.items() if co in t.stack}
+            self.pool.expire(ts)
         handler = self.handlers.get(ev.kind)
         if handler is not None and (not self.sampling_off or handler in self._always):
             increment = self._hit_increment.get(ev.kind)
@@ -155,7 +158,15 @@ class Correlator(CoroutineEvents, ThreadEvents):
         self.node_names[ev.args[0]] = (str(ev.args[1]), str(ev.args[2]))
 
     def _req_ack(self, ev: Event) -> None:
-        req = self.co_req.get(self._inside(ev).current)
+        t = self.thread(ev.tid)
+        req = self.co_req.get(t.current)
+        if req is not None and not req.waited:
+            # A request whose coroutine never yielded is acked from a bottom half once
+            # blk_aio_prwv has returned, outside coroutines: what is on the stack has ended.
+            # (The ack is no one's, as when the end was probed.)
+            self._ended_above(t, 0, ev.ts_ns)
+            return
+        t.last_ns = ev.ts_ns
         if req is not None and req.ack_ns is None:
             req.ack_ns = ev.ts_ns
 
@@ -225,8 +236,10 @@ class Correlator(CoroutineEvents, ThreadEvents):
         # The stream ends: a request acked whose coroutine still runs ended with the trace
         # (its end would show at the thread's next event, where the end is not probed).
         for t in self.threads.values():
-            if any(self.co_req.get(co) is not None and self.co_req[co].ack_ns is not None for co in t.stack):
-                self._ended_above(t, 0, self.last_ts)
+            acked = [i for i, co in enumerate(t.stack)
+                     if (r := self.co_req.get(co)) is not None and r.co == co and r.ack_ns is not None]
+            if acked:
+                self._ended_above(t, t.stack[acked[0] - 1] if acked[0] else 0, self.last_ts)
         stats = self.counters()
         self._name_nodes(self.spans)
         spans = sorted(self.spans, key=lambda s: (s.start_ns, s.id))

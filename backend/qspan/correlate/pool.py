@@ -54,6 +54,14 @@ class ThreadPool:
         cands.pop(co, None)  # re-inserted: the dict's order stays the visits' order
         cands[co] = _Candidate(req, co, offset, op, ts)
 
+    def adopt(self, ended: int, caller: int) -> None:
+        """Coroutine `ended` ended unseen and its latest node visit was `caller`'s (see Correlator._ended_above)."""
+        c = self.candidates.pop(ended, None)
+        if c is not None:
+            c.co = caller
+            self.candidates.pop(caller, None)
+            self.candidates[caller] = c
+
     def forget(self, co: int) -> None:
         """Coroutine co ended: its last visit's work is done or was never the pool's."""
         self.candidates.pop(co, None)

@@ -51,6 +51,7 @@ class _Req:
     pool: list[PoolHop] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     complete: bool = True
+    waited: bool = False  # its coroutine has yielded at least once
 
     def phase(self, name: str, end_ns: int) -> None:
         """Close the next phase at end_ns (clamped: phases never overlap or go back)."""
@@ -106,6 +107,7 @@ class _Req:
 
     def yielded(self, ts: int) -> None:
         """The request's coroutine yields at ts: a wait begins."""
+        self.waited = True
         if not self.hop_pending:  # after drv.hop the hop's phase is already open
             self.phase(self.run_name, ts)
         self.run_name = "run"

@@ -93,7 +93,8 @@ def span_cost(span: Span, logs: dict[int, CostLog], hop_role: str, kick: tuple[i
         # the home thread's stretches: consecutive phases merged, so an event on a boundary counts once
         start = end = None
         for p in span.phases:
-            if p.name in OFF_HOME_PHASES or p.name == hop_role:
+            # (a zero-length one does not split the stretch: its hit would count on both sides)
+            if p.dur_ns and (p.name in OFF_HOME_PHASES or p.name == hop_role):
                 if start is not None:
                     c = home.window(start, end)
                     ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]

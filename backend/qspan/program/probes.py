@@ -35,8 +35,9 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
             continue
         if p.source == "site" and p.event not in placed:
             missing = [q.target for q in site_lines[p.event] if q.target not in inp.sites]
-            skipped.append(f"{p.where}: {p.event}: no site of {', '.join(missing)} matches this binary's code "
-                           f"(tracers/sites.txt), so {p.event} keeps its uprobes")
+            skipped.append(f"{p.where}: {p.event}: no site in use for {', '.join(missing)} (its tracers/sites.txt "
+                           f"pattern does not match this binary's code, or --probe-sites off), so {p.event} "
+                           "keeps its uprobes")
             continue
         if p.source == "uprobe" and p.event in placed:
             continue

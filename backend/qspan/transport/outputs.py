@@ -234,7 +234,7 @@ class RingOutput(MapOutput):
             return
         if final:
             self.reader.stop()
-            self.reader.read_once()  # what came after its last read
+            self.reader.read_once(force=True)  # what came after its last read
         now, chunks = self.reader.take()
         for cpu, data in chunks:
             for line in self.decoder.add_records(cpu, data):

@@ -205,8 +205,9 @@ class RingReader:
         except BaseException as err:  # handed to the runner's thread by take()
             self._error = err
 
-    def read_once(self) -> None:
-        if self._bytes >= self.max_bytes:
+    def read_once(self, force: bool = False) -> None:
+        """One read of every ring (force: even past max_bytes, as the last one must)."""
+        if self._bytes >= self.max_bytes and not force:
             return  # the consumer is far behind: leave the records to the kernel, which counts its drops
         now = bpftrace_clock_ns()  # before the read: every record stamped earlier is in it
         got = self._rings.read()
