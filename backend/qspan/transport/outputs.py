@@ -234,7 +234,10 @@ class RingOutput(MapOutput):
             return
         if final:
             self.reader.stop()
-            self.reader.read_once(force=True)  # what came after its last read
+            try:
+                self.reader.read_once(force=True)  # what came after its last read
+            except OSError as err:
+                raise TracerError(f"reading qspan's perf rings failed: {err}") from err
         now, chunks = self.reader.take()
         for cpu, data in chunks:
             for line in self.decoder.add_records(cpu, data):
