@@ -88,7 +88,9 @@ def test_live_websocket_frames(server, session, vm):
 
     a, b = asyncio.run(two_frames())
     assert a["type"] == b["type"] == "frame"
-    assert a["latency"] and a["latency"][0]["op"] == "write"
+    # rows are per second and op, read before write within a second: the fixture's verify pass
+    # reads back what it wrote, once within the very second of all 400 writes (CI)
+    assert a["latency"] and "write" in {r["op"] for r in a["latency"]}
     assert a["slowest"] and a["slowest"][0]["dur_us"] >= a["slowest"][-1]["dur_us"]
     assert a["status"]["state"] == "attached"
 
