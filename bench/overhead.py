@@ -31,6 +31,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -91,6 +92,20 @@ def measure(info, load: str, tracer_pid: int | None) -> dict:
             "guest": {off: lat for (op, off), lat in guest_requests(res.output).items() if op == "write"}}
 
 
+def stop(proc, what: str) -> None:
+    """SIGINT a tracer and wait for it. One that does not end in 120 s is killed and said so: the
+    round's measurement was taken before the stop, and one hung stop must not lose the run
+    (it did once, in round 13 of 16)."""
+    proc.send_signal(2)
+    try:
+        proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        print(f"WARNING: {what}: the tracer (PID {proc.pid}) did not stop within 120 s of SIGINT; killed",
+              file=sys.stderr)
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
 def guest_requests(text: str) -> dict[tuple[str, int], int]:
     """The guest's per-request log (load --log): (op, offset) -> latency in ns."""
     return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
@@ -149,9 +164,10 @@ def main() -> None:
                         out = Path(tmp) / f"r{r}-agg.json"
                         proc = start_traced("aggregate", "--pid", str(info.pid), "--duration", "600", "--out", str(out))
                         row = measure(info, load, proc.pid)
-                        proc.send_signal(2)
-                        proc.communicate(timeout=120)
-                        counted = json.loads(out.read_text())["total"].get("write", {}).get("requests", 0)
+                        stop(proc, f"round {r + 1} {mode}")
+                        # (no file when a hung aggregate had to be killed: nothing counted)
+                        counted = (json.loads(out.read_text())["total"].get("write", {}).get("requests", 0)
+                                   if out.exists() else 0)
                         # no events leave the kernel: "lost" here is guest writes the histograms did not count
                         row.update(events_per_req=0.0, lost=row["requests"] - counted)
                     else:
@@ -161,8 +177,7 @@ def main() -> None:
                                             "--transport", mode.removesuffix("-entry"),
                                             "--probe-sites", "off" if mode.endswith("-entry") else "on")
                         row = measure(info, load, proc.pid)
-                        proc.send_signal(2)
-                        proc.communicate(timeout=120)
+                        stop(proc, f"round {r + 1} {mode}")
                         events = recording.read(rec)
                         row.update(events_per_req=len(events.events) / max(1, row["requests"]),
                                    lost=sum(x.count for x in events.lost))
