@@ -44,8 +44,7 @@ class CoroutineEvents:
     pool: ThreadPool
     loss_sweep: LossSweep
     cost_logs: dict[int, CostLog]
-    _event_cost: Mapping[str, int]
-    _kick_cost: tuple[int, bool] | None
+    _hit_increment: Mapping[str, int]
 
     thread: Callable[[int], _Thread]  # ThreadEvents': a thread's record
     _name: Callable[[int], tuple[str, str]]  # a node's name and driver
@@ -175,8 +174,9 @@ class CoroutineEvents:
 
     def _finish(self, req: _Req, ts: int) -> None:
         span = req.ended(ts)
-        if self._event_cost:
-            span.qspan_ns, span.qspan_hits = span_cost(span, self.cost_logs, self.roles["hop"], self._kick_cost)
+        if self._hit_increment:
+            span.qspan_ns, span.qspan_hits = span_cost(span, self.cost_logs, self.roles["hop"],
+                                                       self._hit_increment.get("notify", 0))
         if not req.complete:
             self.stats["incomplete"] += 1
         if self.capture_timeline:

@@ -32,10 +32,9 @@ class Correlator(CoroutineEvents, ThreadEvents):
         self.config = CorrelatorConfig.from_header(header)
         self.watched = self.config.watched  # asked for every scheduler event
         self.roles = self.config.roles
-        self._event_cost = self.config.event_cost_ns
-        self._hit_increment = {ev: hit_increment(ns, ev in self.config.tracepoints) for ev, ns in self._event_cost.items()}
-        notify = self._event_cost.get("notify")
-        self._kick_cost = (notify, "notify" in self.config.tracepoints) if notify else None
+        # what each calibrated event adds to its thread's running cost (selfcost.py); empty: no calibration
+        self._hit_increment = {ev: hit_increment(ns, ev in self.config.tracepoints)
+                               for ev, ns in self.config.event_cost_ns.items()}
         self._forget_flow()
         self.node_names: dict[int, tuple[str, str]] = {}
         self.next_id = 1
@@ -91,10 +90,8 @@ class Correlator(CoroutineEvents, ThreadEvents):
         ts = self.last_ts = ev.ts_ns
         if ts >= self.loss_sweep.next_ns:
             self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.children,
-                                                           self.threads.values())
-            # what a sweep took off a stack is not running anywhere; node visits no worker took are old
-            self.running = {co: t for co, t in self.running.items() if co in t.stack}
-            self.pool.expire(ts)
+                                                           self.threads.values(), self.running)
+            self.pool.expire(ts)  # node visits no worker took are old
         handler = self.handlers.get(ev.kind)
         if handler is not None and (not self.sampling_off or handler in self._always):
             increment = self._hit_increment.get(ev.kind)
@@ -102,11 +99,7 @@ class Correlator(CoroutineEvents, ThreadEvents):
                 log = self.cost_logs.get(ev.tid)
                 if log is None:
                     log = self.cost_logs[ev.tid] = CostLog()
-                sums = log.sums  # CostLog.charge, inline: the hot path
-                sums.append((sums[-1] if sums else log.base) + increment)
-                log.ts.append(ts)
-                if len(sums) > log.limit:
-                    log.trim(ts)
+                log.charge(ts, increment)
             handler(ev)
 
     def _window(self, ev: Event) -> None:

@@ -47,8 +47,8 @@ def hit_increment(ns: int, tracepoint: bool) -> int:
 class CostLog:
     """One thread's probe hits: their running sum (cost and counts, packed), in time order.
 
-    The correlator appends to `ts` and `sums` itself (the hot path: one event in two is a hit
-    of a traced thread); `forget_before` keeps the lists short."""
+    The correlator charges every calibrated event to its thread's log; `trim` keeps the
+    lists short."""
 
     __slots__ = ("ts", "sums", "base", "limit")
     MAX_KEPT = 16_384  # past this many hits, those older than COST_HORIZON_NS go
@@ -60,7 +60,7 @@ class CostLog:
         self.limit = self.MAX_KEPT  # trim() when there are more hits than this
 
     def charge(self, ts: int, increment: int) -> None:
-        """One hit (what the correlator does inline, for speed)."""
+        """One hit at ts (`increment`: hit_increment of its cost and kind)."""
         sums = self.sums
         sums.append((sums[-1] if sums else self.base) + increment)
         self.ts.append(ts)
@@ -75,19 +75,27 @@ class CostLog:
             del self.ts[:k], self.sums[:k]
         self.limit = max(self.MAX_KEPT, 2 * len(self.sums))
 
+    def sum_between(self, a: int, b: int) -> int:
+        """The packed sum of the hits stamped a <= ts <= b."""
+        i, j = bisect_left(self.ts, a) - 1, bisect_right(self.ts, b) - 1
+        return (self.sums[j] if j >= 0 else self.base) - (self.sums[i] if i >= 0 else self.base)
+
     def window(self, a: int, b: int) -> tuple[int, int, int]:
         """(ns, uprobe hits, tracepoint hits) of the hits stamped a <= ts <= b."""
-        i, j = bisect_left(self.ts, a) - 1, bisect_right(self.ts, b) - 1
-        d = (self.sums[j] if j >= 0 else self.base) - (self.sums[i] if i >= 0 else self.base)
-        return d >> NS_SHIFT, (d >> UPROBE_SHIFT) & COUNT_MASK, d & COUNT_MASK
+        return unpack(self.sum_between(a, b))
 
 
-def span_cost(span: Span, logs: dict[int, CostLog], hop_role: str, kick: tuple[int, bool] | None) -> tuple[int, dict]:
+def unpack(packed: int) -> tuple[int, int, int]:
+    """(ns, uprobe hits, tracepoint hits) of a packed sum."""
+    return packed >> NS_SHIFT, (packed >> UPROBE_SHIFT) & COUNT_MASK, packed & COUNT_MASK
+
+
+def span_cost(span: Span, logs: dict[int, CostLog], hop_role: str, kick: int) -> tuple[int, dict]:
     """(ns, {"uprobe": n, "tracepoint": n}) of qspan's probes on `span`'s critical path.
 
-    `logs`: thread -> its CostLog; `kick`: the cost of the vCPU's notify and whether it is
-    a tracepoint (None: not calibrated)."""
-    ns = uprobes = tracepoints = 0
+    `logs`: thread -> its CostLog; `kick`: what the vCPU's notify adds (hit_increment; 0: not
+    calibrated)."""
+    total = 0  # packed, as the logs' sums
     home = logs.get(span.tid)
     if home is not None:
         # the home thread's stretches: consecutive phases merged, so an event on a boundary counts once
@@ -96,25 +104,21 @@ def span_cost(span: Span, logs: dict[int, CostLog], hop_role: str, kick: tuple[i
             # (a zero-length one does not split the stretch: its hit would count on both sides)
             if p.dur_ns and (p.name in OFF_HOME_PHASES or p.name == hop_role):
                 if start is not None:
-                    c = home.window(start, end)
-                    ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]
+                    total += home.sum_between(start, end)
                 start = None
                 continue
             if start is None:
                 start = p.start_ns
             end = p.start_ns + p.dur_ns
         if start is not None:
-            c = home.window(start, end)
-            ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]
+            total += home.sum_between(start, end)
     for hop in span.pool:
         # the hops the request's own coroutine waited for: their syscall's two tracepoints
         worker = logs.get(hop.worker_tid) if hop.worker_tid else None
         if worker is not None and hop.co == span.co and hop.resumed_ns is not None \
                 and hop.io_start_ns is not None and hop.io_done_ns is not None:
-            c = worker.window(hop.io_start_ns, hop.io_done_ns)
-            ns, uprobes, tracepoints = ns + c[0], uprobes + c[1], tracepoints + c[2]
-    if kick is not None and span.phases and span.phases[0].name == "kick":
-        ns += kick[0]
-        tracepoints += kick[1]
-        uprobes += not kick[1]
+            total += worker.sum_between(hop.io_start_ns, hop.io_done_ns)
+    if span.phases and span.phases[0].name == "kick":
+        total += kick
+    ns, uprobes, tracepoints = unpack(total)
     return ns, {"uprobe": uprobes, "tracepoint": tracepoints}

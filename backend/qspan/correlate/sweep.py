@@ -38,7 +38,7 @@ class LossSweep:
         self.sweeps_left = SWEEPS_AFTER_LOSS
 
     def run(self, ts: int, co_req: dict[int, _Req], alive: set[int], co_node: dict[int, int],
-            children: dict[int, Child], threads: Iterable[_Thread]) -> int:
+            children: dict[int, Child], threads: Iterable[_Thread], running: dict[int, _Thread]) -> int:
         """The sweep due at ts: forget, in place, what was not named lately; the requests abandoned."""
         abandoned = 0
         if self.sweeps_left and self.next_ns:
@@ -57,6 +57,8 @@ class LossSweep:
             for t in threads:
                 if any(co not in keep for co in t.stack):
                     t.stack = [co for co in t.stack if co in keep]
+            for co in [co for co in running if co not in keep]:
+                del running[co]  # off its stack now: running nowhere
         self.touched_before, self.touched = self.touched, set()
         self.next_ns = ts + SWEEP_NS
         return abandoned
