@@ -230,14 +230,10 @@ class RingOutput(MapOutput):
         LineOutput.handle(self, line)
 
     def poll(self, final: bool = False) -> None:
-        if self.rings is None or self.reader is None:
+        if self.reader is None:  # not attached yet (or closed)
             return
         if final:
-            self.reader.stop()
-            try:
-                self.reader.read_once(force=True)  # what came after its last read
-            except OSError as err:
-                raise TracerError(f"reading qspan's perf rings failed: {err}") from err
+            self.reader.last_read()
         now, chunks = self.reader.take()
         for cpu, data in chunks:
             for line in self.decoder.add_records(cpu, data):

@@ -221,7 +221,7 @@ class RingReader:
         with self._lock:
             reads, self._reads, self._bytes = self._reads, deque(), 0
         if self._error is not None:
-            raise TracerError(f"reading qspan's perf rings failed: {self._error}")
+            raise _failed(self._error)
         if not reads:
             return None, []
         return reads[-1][0], [chunk for _, got in reads for chunk in got]
@@ -230,3 +230,16 @@ class RingReader:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+    def last_read(self) -> None:
+        """Stop the thread and read what came after its last read, even past max_bytes: nothing
+        would count those records lost."""
+        self.stop()
+        try:
+            self.read_once(force=True)
+        except OSError as err:
+            raise _failed(err) from err
+
+
+def _failed(err: BaseException) -> TracerError:
+    return TracerError(f"reading qspan's perf rings failed: {err}")
