@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -89,7 +88,7 @@ def measure(info, load: str, tracer_pid: int | None) -> dict:
     n = max(1, summary["requests"])
     qemu = {k: (q1.get(k, 0) - q0.get(k, 0)) / n / 1000 for k in ("iothread", "vcpu", "workers", "other")}
     return {**summary, "qemu_us": qemu, "qemu_total_us": sum(qemu.values()), "tracer_us": (t1 - t0) / n / 1000,
-            "guest": {off: lat for (op, off), lat in guest_requests(res.output).items() if op == "write"}}
+            "guest": {off: lat for op, off, lat in res.requests if op == "write"}}  # with load --log
 
 
 def stop(proc, what: str) -> None:
@@ -104,11 +103,6 @@ def stop(proc, what: str) -> None:
               file=sys.stderr)
         proc.kill()
         proc.communicate(timeout=30)
-
-
-def guest_requests(text: str) -> dict[tuple[str, int], int]:
-    """The guest's per-request log (load --log): (op, offset) -> latency in ns."""
-    return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
 
 
 def corrected(guest: dict[int, int], rec_path: Path) -> tuple[list[int], float]:
