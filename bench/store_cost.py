@@ -2,16 +2,18 @@
 
 Boots the stock lab and, for --rounds alternating rounds, runs the same guest
 workload with nothing attached and once per mode with qspan's full-fidelity
-program attached (the `maps` transport, probe sites on), each mode a variant of
-that one generated program:
+program attached (probe sites on), each mode a variant of one generated
+program (--transport maps or ring):
 
-- traps:  every probe's action emptied: what the probe hits themselves cost
-          (uprobe traps and tracepoint calls, with a BPF program that does
-          nothing);
-- noseq:  the events stored without their per-CPU sequence number (a what-if:
-          qspan's loss accounting needs the sequence, so this mode's
-          recording is not usable, only its cost);
-- maps:   the program as qspan runs it.
+- traps:    every probe's action emptied: what the probe hits themselves cost
+            (uprobe traps and tracepoint calls, with a BPF program that does
+            nothing);
+- noseq:    maps: the events stored without their per-CPU sequence number (a
+            what-if: qspan's loss accounting needs the sequence, so this
+            mode's recording is not usable, only its cost);
+- ungated:  ring: the events printed without first reading @qspan_off (the
+            sampling gate: one hash lookup per hit);
+- maps, ring: the program as qspan runs it.
 
 and prints the iothread's on-CPU time per request (from schedstat) for each,
 with the difference to "off". The vCPU's and the other threads' time is
@@ -19,6 +21,7 @@ printed too but moves with TCG far more than with the tracer. One run, one
 machine: compare within the table.
 
     .venv/bin/python bench/store_cost.py [--rounds 6] [--count 2000] [--rate 1000] [--modes traps,noseq,maps]
+    .venv/bin/python bench/store_cost.py --transport ring --modes traps,ungated,ring
 """
 
 from __future__ import annotations
@@ -39,12 +42,22 @@ from qspan.transport.bpftrace import TraceSession  # noqa: E402
 from qspanlab import lab  # noqa: E402
 
 SEQ_STORE = "$s = @qspan_seq[cpu] + 1; @qspan_seq[cpu] = $s;"
+RING_GATE = "if (@qspan_off == 0) { "
+MODES = {"maps": ("traps", "noseq", "maps"), "ring": ("traps", "ungated", "ring")}
 
 
 def variant(text: str, mode: str) -> str:
     """The generated program, changed for one mode (see the module docstring)."""
-    if mode == "maps":
+    if mode in ("maps", "ring"):
         return text
+    if mode == "ungated":
+        out = []
+        for line in text.splitlines():
+            if line.startswith(("uprobe:", "tracepoint:", "usdt:")):
+                assert RING_GATE in line, "program/ring.py's gate changed: update this benchmark"
+                line = line.replace(RING_GATE, "if (1 == 1) { ")  # folded away by the compiler
+            out.append(line)
+        return "\n".join(out)
     if mode == "noseq":
         assert SEQ_STORE in text, "program/maps.py's store changed: update this benchmark"
         return text.replace(SEQ_STORE, "$s = (uint64)1;").replace("clear(@qspan_seq); ", "")
@@ -58,8 +71,8 @@ def variant(text: str, mode: str) -> str:
     raise ValueError(mode)
 
 
-def traced_round(info, load: str, mode: str) -> dict:
-    plan = pipeline.plan(info.pid, transport="maps")  # the variants below edit the maps program's store
+def traced_round(info, load: str, mode: str, transport: str) -> dict:
+    plan = pipeline.plan(info.pid, transport=transport)  # the variants below edit its store
     s = TraceSession(variant(plan.program.text, mode), info.pid, transport=plan.program.transport,
                      sites=plan.program.sites)
     attached, failed = threading.Event(), []
@@ -92,12 +105,14 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--qd", type=int, default=4)
     ap.add_argument("--rate", type=int, default=1000, help="guest requests/s (0: as fast as it can)")
-    ap.add_argument("--modes", default="traps,noseq,maps")
+    ap.add_argument("--transport", choices=sorted(MODES), default="maps")
+    ap.add_argument("--modes", help="comma-separated (default: all of the transport's, "
+                    + "; ".join(f"{t}: {','.join(m)}" for t, m in MODES.items()) + ")")
     args = ap.parse_args()
-    modes = ["off", *[m for m in args.modes.split(",") if m]]
+    modes = ["off", *[m for m in (args.modes or ",".join(MODES[args.transport])).split(",") if m]]
     for m in modes[1:]:
-        if m not in ("traps", "noseq", "maps"):
-            ap.error(f"unknown mode {m!r}")
+        if m not in MODES[args.transport]:
+            ap.error(f"unknown mode {m!r} for --transport {args.transport}")
     load = f"--op write --qd {args.qd} --count {args.count}" + (f" --rate {args.rate}" if args.rate else "")
     rows: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="qspan-bench-") as tmp:
@@ -106,12 +121,12 @@ def main() -> None:
             lab.load(info, load)  # warm-up
             for r in range(args.rounds):
                 for mode in modes:
-                    row = measure(info, load, None) if mode == "off" else traced_round(info, load, mode)
+                    row = measure(info, load, None) if mode == "off" else traced_round(info, load, mode, args.transport)
                     rows[mode].append(row)
                     print(f"round {r + 1} {mode}: iothread {row['qemu_us']['iothread']:.1f} us/req", file=sys.stderr)
         finally:
             lab.down(Path(tmp) / "lab")
-    print(f"stock lab, guest: {load}, {args.rounds} rounds alternating: {', '.join(modes)}")
+    print(f"stock lab, transport {args.transport}, guest: {load}, {args.rounds} rounds alternating: {', '.join(modes)}")
     print("on-CPU time per request by QEMU thread kind (us): mean over rounds (min-max)")
     print(f"{'mode':<7}{'iothread':>22}{'vs off':>9}{'vcpu':>9}{'workers':>9}{'other':>9}")
     base = statistics.mean(r["qemu_us"]["iothread"] for r in rows["off"])
