@@ -13,6 +13,12 @@ prints for each mode:
 - on-CPU time per request of the tracer (bpftrace + qspan), which runs on the
   same two cores;
 - events per request and lost events;
+- with --baseline PYTHON: one more mode, "baseline", `qspan record` of the qspan
+  that interpreter imports, with its own default transport and probes (e.g. a
+  venv with an older commit installed: `git worktree add /tmp/old COMMIT &&
+  python3 -m venv /tmp/old/.venv && /tmp/old/.venv/bin/pip install /tmp/old`),
+  so that a change's effect is measured against the code before it on the same
+  machine in the same run, not against figures taken elsewhere;
 - with --self-cost: every guest request is logged, and the traced rounds' latencies
   less each span's calibrated probe cost (`qspan_ns`, tracers/costs.txt) are set
   against the untraced rounds' (p50, p99): how far qspan's self-accounting gets.
@@ -23,6 +29,7 @@ competes with the vCPU thread for a core, the tracer included.
 
     .venv/bin/python bench/overhead.py [--scenario stock] [--rounds 3] [--count 2000] [--qd 4] [--rate 0]
                                        [--transports ring,maps,printf,aggregate] [--self-cost]
+                                       [--baseline /tmp/old/.venv/bin/python]
 """
 
 from __future__ import annotations
@@ -135,10 +142,13 @@ def main() -> None:
     ap.add_argument("--self-cost", action="store_true",
                     help="log every guest request (every round) and compare the traced rounds' latencies less each "
                          "span's calibrated probe cost (qspan_ns) with the untraced rounds'")
+    ap.add_argument("--baseline", metavar="PYTHON",
+                    help="also run mode 'baseline': qspan record of the qspan this interpreter imports "
+                         "(another build, e.g. an older commit's venv), with its defaults")
     args = ap.parse_args()
-    transports = [t for t in args.transports.split(",") if t]
+    transports = [t for t in args.transports.split(",") if t] + (["baseline"] if args.baseline else [])
     for t in transports:
-        if t.removesuffix("-entry") not in program.TRANSPORTS and t != "aggregate":
+        if t.removesuffix("-entry") not in program.TRANSPORTS and t not in ("aggregate", "baseline"):
             ap.error(f"unknown transport {t!r}")
     modes = ["off", *transports]
     load = (f"--op write --qd {args.qd} --count {args.count}" + (f" --rate {args.rate}" if args.rate else "")
@@ -166,16 +176,19 @@ def main() -> None:
                         row.update(events_per_req=0.0, lost=row["requests"] - counted)
                     else:
                         rec = Path(tmp) / f"r{r}-{mode}.qspan"
-                        # MODE-entry: the same transport with function-entry probes only (--probe-sites off)
-                        proc = start_traced("record", "--pid", str(info.pid), "--duration", "600", "--out", str(rec),
-                                            "--transport", mode.removesuffix("-entry"),
-                                            "--probe-sites", "off" if mode.endswith("-entry") else "on")
+                        record = ("record", "--pid", str(info.pid), "--duration", "600", "--out", str(rec))
+                        if mode == "baseline":  # its own defaults: it may know none of today's options
+                            proc = start_traced(*record, python=args.baseline)
+                        else:
+                            # MODE-entry: the same transport with function-entry probes only (--probe-sites off)
+                            proc = start_traced(*record, "--transport", mode.removesuffix("-entry"),
+                                                "--probe-sites", "off" if mode.endswith("-entry") else "on")
                         row = measure(info, load, proc.pid)
                         stop(proc, f"round {r + 1} {mode}")
                         events = recording.read(rec)
                         row.update(events_per_req=len(events.events) / max(1, row["requests"]),
                                    lost=sum(x.count for x in events.lost))
-                        if args.self_cost:
+                        if args.self_cost and mode != "baseline":
                             row["corrected"], row["qspan_us"] = corrected(row["guest"], rec)
                     rows[mode].append(row)
                     print(f"round {r + 1} {mode}: p50 {row['p50_us']:.0f} us, QEMU CPU {row['qemu_total_us']:.0f} us/req",
