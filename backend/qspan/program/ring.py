@@ -40,6 +40,7 @@ TRANSPORT = Transport("ring", batched=True, sampling=True, heartbeat=False)  # i
 LIVE_MAP = "@qspan_live"  # qspan sets it to 1 once its rings are in bpftrace's perf event array
 OFF_MAP = "@qspan_off"  # 1: the probes print nothing (before qspan's rings, or a closed sampling window)
 POLL_MS = 25  # how often qspan reads the rings: bounds the added delay (freshness)
+RECORD_POLL_MS = 200  # the same when nothing is live (a recording): fewer wake-ups
 TICK_MS = 25  # the interval probe that opens and closes sampling windows
 HEADER = (f"// transport ring: events printed into perf rings that qspan reads itself every {POLL_MS} ms, "
           "no wake-up per event (see program/ring.py)")
