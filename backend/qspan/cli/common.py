@@ -51,7 +51,8 @@ def _profile(p) -> None:
 def _transport(p) -> None:
     p.add_argument("--transport", default=program.DEFAULT_TRANSPORT, choices=program.TRANSPORTS,
                    help="ring: events printed into perf rings that qspan reads itself every "
-                        f"{program.ring.POLL_MS} ms (default, the cheapest for QEMU); maps: events batched in "
+                        f"{program.ring.POLL_MS} ms, {program.ring.RECORD_POLL_MS} ms for a recording (default, the cheapest "
+                        "for QEMU); maps: events batched in "
                         f"BPF maps, dumped every {program.FLUSH_MS} ms; printf: one print per event, read by bpftrace")
 
 

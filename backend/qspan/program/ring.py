@@ -42,7 +42,8 @@ OFF_MAP = "@qspan_off"  # 1: the probes print nothing (before qspan's rings, or 
 POLL_MS = 25  # how often qspan reads the rings: bounds the added delay (freshness)
 RECORD_POLL_MS = 200  # the same when nothing is live (a recording): fewer wake-ups
 TICK_MS = 25  # the interval probe that opens and closes sampling windows
-HEADER = (f"// transport ring: events printed into perf rings that qspan reads itself every {POLL_MS} ms, "
+HEADER = (f"// transport ring: events printed into perf rings that qspan reads itself every {POLL_MS} ms "
+          f"({RECORD_POLL_MS} ms for a recording), "
           "no wake-up per event (see program/ring.py)")
 
 

@@ -5,7 +5,7 @@ are attached, then hands the events on until the duration ends, the caller
 stops it, or QEMU exits. What bpftrace prints goes to one of three outputs,
 chosen by the program's transport: `LineOutput` (printf: every event is a
 line), `MapOutput` (maps: flush marks say which map to drain) or `RingOutput`
-(ring: qspan reads its own perf rings every 25 ms); the last two decode the
+(ring: qspan reads its own perf rings every 25 ms, 200 for a recording); the last two decode the
 entries and hand them on in time order. bpftrace's chatter on stderr (the
 RLIMIT_MEMLOCK warning on this kind of machine) is tolerated; its errors
 become one TracerError message. "Lost N events" lines are counted, never hidden.
