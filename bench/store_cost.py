@@ -51,24 +51,25 @@ def variant(text: str, mode: str) -> str:
     if mode in ("maps", "ring"):
         return text
     if mode == "ungated":
-        out = []
-        for line in text.splitlines():
-            if line.startswith(("uprobe:", "tracepoint:", "usdt:")):
-                assert RING_GATE in line, "program/ring.py's gate changed: update this benchmark"
-                line = line.replace(RING_GATE, "if (1 == 1) { ")  # folded away by the compiler
-            out.append(line)
-        return "\n".join(out)
+        return _each_probe(text, _ungated)
     if mode == "noseq":
         assert SEQ_STORE in text, "program/maps.py's store changed: update this benchmark"
         return text.replace(SEQ_STORE, "$s = (uint64)1;").replace("clear(@qspan_seq); ", "")
     if mode == "traps":
-        out = []
-        for line in text.splitlines():
-            if line.startswith(("uprobe:", "tracepoint:", "usdt:")):
-                line = line[: line.index("{")] + "{ $x = 1; }"
-            out.append(line)
-        return "\n".join(out).replace("clear(@qspan_named); ", "")  # no probe names nodes now
+        emptied = _each_probe(text, lambda line: line[: line.index("{")] + "{ $x = 1; }")
+        return emptied.replace("clear(@qspan_named); ", "")  # no probe names nodes now
     raise ValueError(mode)
+
+
+def _each_probe(text: str, edit) -> str:
+    """The program with every probe's line (one probe, one line) changed by `edit`."""
+    return "\n".join(edit(line) if line.startswith(("uprobe:", "tracepoint:", "usdt:")) else line
+                     for line in text.splitlines())
+
+
+def _ungated(line: str) -> str:
+    assert RING_GATE in line, "program/ring.py's gate changed: update this benchmark"
+    return line.replace(RING_GATE, "if (1 == 1) { ")  # folded away by the compiler
 
 
 def traced_round(info, load: str, mode: str, transport: str) -> dict:
