@@ -1,7 +1,7 @@
 """qspan's one pipeline: plan, run, correlate, document.
 
     plan(pid)              target -> catalogue -> profile -> program -> recording header
-    record(plan, out)      bpftrace -> decoded event lines -> a recording file
+    record(plan, out)      bpftrace -> events (ring: their raw records) -> a recording file
     correlate(events, hdr) events -> spans, counters (and thread timelines on request)
     document(rec, corr)    the qspan.spans/1 document
 
@@ -28,10 +28,12 @@ from qspan.model.events import Event, Lost
 from qspan.model.spans import Span, span_dict
 from qspan.output import document as spans_doc
 from qspan.output.recording import Recording, RecordingWriter, make_header
+from qspan.output.ringrecording import RawRecordingWriter
 from qspan.program import Program
 from qspan.program import aggregate as aggregate_program
 from qspan.target import Target
 from qspan.transport.bpftrace import TraceResult, TraceSession, check_can_trace, stderr_errors
+from qspan.transport.ringdecode import STRLEN, printf_formats
 
 Progress = Callable[[str], None]
 
@@ -96,11 +98,17 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
     check_can_trace()
     s = session(p, sample_every)
     sampled = f", one {program.WINDOW_MS} ms window in {sample_every}" if sample_every > 1 else ""
-    with _sigint_stops(s), open(out, "w") as f:
-        writer = RecordingWriter(f, p.header)
+    raw = p.program.transport.name == "ring"  # a version-2 recording: the rings' bytes, decoded when read
+    with _sigint_stops(s), open(out, "wb" if raw else "w") as f:
+        writer: RecordingWriter | RawRecordingWriter
+        if raw:
+            writer = RawRecordingWriter(f, p.header, printf_formats(p.program.text), STRLEN)
+        else:
+            writer = RecordingWriter(f, p.header)
         progress(f"attaching {len(p.program.probes)} probes to QEMU {p.target.version} "
                  f"(PID {p.target.pid}, profile {p.profile.name}) ...")
         result = s.run(writer.line, duration_s, on_lines=writer.lines,
+                       on_raw=writer.ring if isinstance(writer, RawRecordingWriter) else None,
                        on_attached=lambda: progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"))
         writer.end(result.summary())
     msg = f"{result.event_lines} events in {result.traced_s:.1f} s"

@@ -11,7 +11,8 @@ import pytest
 
 from qspan import catalogue, program
 from qspan.errors import TracerError
-from qspan.transport.ringdecode import ASYNC_ACTIONS, RECORD_LOST, RECORD_SAMPLE, RingDecoder, printf_layouts
+from qspan.transport.ringdecode import (ASYNC_ACTIONS, RECORD_LOST, RECORD_SAMPLE, RecordCounter, RingDecoder,
+                                       printf_layouts)
 
 
 def _program():
@@ -76,6 +77,29 @@ def test_names_losses_and_bpftraces_own_actions_among_events():
     lost_now, entries = dec.release(1000, hold_ns=0)
     assert lost_now == 5 and dec.lost == 5
     assert [e[0] for e in entries] == [10, 20]
+
+
+def test_counting_records_without_decoding_them_agrees_with_the_decoder():
+    """A recording counts what it writes from the records' headers alone (ringdecode.RecordCounter)."""
+    cat, prog = _program()
+    lays = printf_layouts(prog.text)
+    name_id = next(i for i, lay in enumerate(lays) if any(lay.strings))
+    ev_id = next(i for i, lay in enumerate(lays) if lay.code is not None)
+    counter = RecordCounter(lays)
+    events = b"".join(event(ev_id, 10 + i, 7, i, 0, 0, 0) for i in range(500))
+    assert counter.count(0, events) == (500, 0)  # the stride check: no walk
+    name = sample(name_id, b"\0" * 8 * 4 + b"\0" * 128 + b"\0" * 8)
+    mixed = events[:72 * 3] + name + lost(9) + sample(ASYNC_ACTIONS + 2, struct.pack("<I", 0)) + events[72 * 3:]
+    assert counter.count(0, mixed) == (501, 9)  # the name is a line as well; bpftrace's own action is not
+    dec = RingDecoder(lays)
+    assert len(dec.add_records(0, mixed)) == 1 and dec.release(1 << 62, hold_ns=0)[0] == 9
+    assert dec.pending == 0
+    # a lost record's size is a multiple of 8, not of an event's: a run of 72-byte
+    # records that is not all samples must not pass the stride check
+    three_lost = lost(1) * 3
+    assert len(three_lost) == 72 and counter.count(0, three_lost) == (0, 3)
+    with pytest.raises(TracerError, match="malformed perf record"):
+        counter.count(0, events + struct.pack("<IHH", RECORD_SAMPLE, 0, 4000))
 
 
 def test_a_record_that_does_not_match_the_program_is_an_error_not_garbage():

@@ -1,19 +1,27 @@
 """Recordings: the raw event stream of one trace, with a header that makes it replayable.
 
-Format (text, one record per line):
+Version 1 (text, one record per line; the printf and maps transports, and
+the live server's recordings):
 
     #qspan-recording 1
     #header {"target": {...}, "codes": {"1": "co.switch", ...}, ...}
     <event lines exactly as the tracer printed them, and "Lost N events" lines>
     #end {"reason": "duration", "lost_events": 0, ...}
 
+Version 2 (the ring transport's `qspan record`): the same two text lines,
+then binary frames holding the rings' perf records as read, and the end
+summary (output/ringrecording.py). Keeping the bytes costs the tracer a copy
+where formatting every event as text cost ~1.2 us of Python an event
+(docs/performance.md); they are decoded when read, into the same events.
+
 The code table travels in the header, so a recording stays readable when the
-catalogue changes. A recording without its #end line is truncated.
+catalogue changes. A recording without its #end line (E frame) is truncated.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +33,7 @@ from qspan.model.events import Event, Lost
 from qspan.transport.text import DEFAULT_STRING_KINDS, MalformedLine, parse_lines
 
 MAGIC = "#qspan-recording 1"
+MAGIC_RAW = "#qspan-recording 2"  # its frames: output/ringrecording.py
 
 
 @dataclass
@@ -54,25 +63,18 @@ def string_kinds(header: dict) -> frozenset[str]:
     return frozenset(header["string_events"]) if "string_events" in header else DEFAULT_STRING_KINDS
 
 
-class RecordingWriter:
-    """Writes a recording incrementally; the caller owns the file object.
+class Capped:
+    """What both writers share: a byte count, and the cap past which nothing more is written.
 
-    With `max_bytes`, lines past that size are dropped (a long live session
-    must not fill the disk the traced QEMU may live on); the #end line still
+    With `max_bytes`, what comes past that size is dropped (a long live session
+    must not fill the disk the traced QEMU may live on); the end marker still
     closes the file and says where and why it stopped.
     """
 
-    def __init__(self, f: IO[str], header: dict, max_bytes: int | None = None):
-        self.f = f
+    def __init__(self, max_bytes: int | None):
         self.max_bytes = max_bytes
-        self.written = 0  # bytes (recordings are ASCII but for the header)
-        self.capped_at_line: str | None = None  # the first line not written, once capped
-        self._put(MAGIC + "\n")
-        self._put("#header " + json.dumps(header, sort_keys=True) + "\n")
-
-    def _put(self, text: str) -> None:
-        self.f.write(text)
-        self.written += len(text)
+        self.written = 0  # bytes (text recordings are ASCII but for the header)
+        self.capped_at_line: str | None = None  # what was first not written, once capped
 
     def _room(self, n: int, first: str) -> bool:
         if self.capped_at_line is not None:
@@ -81,6 +83,29 @@ class RecordingWriter:
             self.capped_at_line = first
             return False
         return True
+
+    @property
+    def capped(self) -> bool:
+        return self.capped_at_line is not None
+
+    def _end_summary(self, summary: dict) -> dict:
+        if self.capped:
+            summary = dict(summary, capped={"max_bytes": self.max_bytes, "first_line_dropped": self.capped_at_line})
+        return summary
+
+
+class RecordingWriter(Capped):
+    """Writes a version-1 (text) recording incrementally; the caller owns the file object."""
+
+    def __init__(self, f: IO[str], header: dict, max_bytes: int | None = None):
+        super().__init__(max_bytes)
+        self.f = f
+        self._put(MAGIC + "\n")
+        self._put("#header " + json.dumps(header, sort_keys=True) + "\n")
+
+    def _put(self, text: str) -> None:
+        self.f.write(text)
+        self.written += len(text)
 
     def line(self, raw: str) -> None:
         text = raw if raw.endswith("\n") else raw + "\n"
@@ -93,14 +118,9 @@ class RecordingWriter:
             if self._room(len(text), raws[0]):
                 self._put(text)
 
-    @property
-    def capped(self) -> bool:
-        return self.capped_at_line is not None
-
     def end(self, summary: dict) -> dict:
         """Close the recording with why tracing stopped; returns the end marker as written."""
-        if self.capped:
-            summary = dict(summary, capped={"max_bytes": self.max_bytes, "first_line_dropped": self.capped_at_line})
+        summary = self._end_summary(summary)
         self.f.write("#end " + json.dumps(summary, sort_keys=True) + "\n")
         self.f.flush()
         return summary
@@ -161,56 +181,92 @@ def _body(f: IO[str], start_lineno: int, state: dict) -> Iterator[str]:
         yield line
 
 
-def _open(path: Path) -> IO[str]:
+def _open(path: Path) -> IO[bytes]:
     try:
         if path.suffix == ".gz":  # recordings compress ~10x; tests keep theirs gzipped
-            return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-        return open(path, encoding="utf-8", errors="strict")
+            return gzip.open(path, "rb")
+        return open(path, "rb")
     except OSError as err:
         raise RecordingError(f"{path}: cannot open recording: {err.strerror}") from err
 
 
+def _text(f: IO[bytes]) -> IO[str]:
+    return io.TextIOWrapper(f, encoding="utf-8", errors="strict", newline="\n")
+
+
+def _start(f: IO[bytes], path: Path) -> tuple[str, dict]:
+    """The recording's magic and header (the first two lines of either version)."""
+    first = f.readline(64).decode("ascii", "replace").rstrip("\n")
+    if first not in (MAGIC, MAGIC_RAW):
+        raise RecordingError(f"{path}: not a qspan recording (first line is not {MAGIC!r} or {MAGIC_RAW!r})")
+    second = f.readline()
+    if not second.startswith(b"#header "):
+        raise RecordingError(f"{path}:2: missing #header line")
+    try:
+        header = json.loads(second[8:].decode("utf-8"))
+        codes(header)
+        if first == MAGIC_RAW:
+            [str(x) for x in header["ring_printfs"]]
+            int(header["ring_strlen"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RecordingError(f"{path}:2: malformed #header line") from None
+    return first, header
+
+
 def body_lines(path: str | Path) -> Iterator[str]:
-    """A recording's event lines as written, for replaying them as a tracer's output (read() checks it first)."""
-    with _open(Path(path)) as f:
-        f.readline()
-        f.readline()
-        yield from _body(f, 3, {"path": path})
+    """A recording's event lines as written (version 2: decoded, in time order), for replaying them
+    as a tracer's output (read() checks the recording first)."""
+    path = Path(path)
+    with _open(path) as f:
+        magic, header = _start(f, path)
+        if magic == MAGIC:
+            yield from _body(_text(f), 3, {"path": path})
+            return
+        from qspan.correlate import in_time_order
+        from qspan.output.ringrecording import raw_events
+
+        rev = {v: k for k, v in codes(header).items()}
+        for rec in in_time_order(raw_events(f, header, {"path": path})):
+            if isinstance(rec, Lost):
+                yield f"Lost {rec.count} events"
+            else:
+                a = rec.args
+                yield "%d %d %d %s %s %s %s" % (rev[rec.kind], rec.ts_ns, rec.tid, a[0], a[1], a[2], a[3])
 
 
 def read(path: str | Path, allow_truncated: bool = False) -> Recording:
     path = Path(path)
+    state: dict = {"path": path}
+    events: list[Event] = []
+    lost: list[Lost] = []
     with _open(path) as f:
         try:
-            first = f.readline()
-            if first.rstrip("\n") != MAGIC:
-                raise RecordingError(f"{path}: not a qspan recording (first line is not {MAGIC!r})")
-            second = f.readline()
-            if not second.startswith("#header "):
-                raise RecordingError(f"{path}:2: missing #header line")
-            try:
-                header = json.loads(second[8:])
+            magic, header = _start(f, path)
+            if magic == MAGIC:
                 code_table = codes(header)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise RecordingError(f"{path}:2: malformed #header line") from None
-            state: dict = {"path": path}
-            events: list[Event] = []
-            lost: list[Lost] = []
-            try:
-                for rec in parse_lines(_body(f, 3, state), code_table, string_kinds(header), first_lineno=3):
-                    (events if isinstance(rec, Event) else lost).append(rec)
-            except MalformedLine as err:
-                # lineno counts body lines from 3; comments were skipped, so say "near"
-                raise RecordingError(f"{path}: corrupted recording near {err}") from None
+                try:
+                    for rec in parse_lines(_body(_text(f), 3, state), code_table, string_kinds(header), first_lineno=3):
+                        (events if isinstance(rec, Event) else lost).append(rec)
+                except MalformedLine as err:
+                    # lineno counts body lines from 3; comments were skipped, so say "near"
+                    raise RecordingError(f"{path}: corrupted recording near {err}") from None
+            else:
+                from qspan.output.ringrecording import raw_events
+
+                for rec in raw_events(f, header, state):
+                    (events if type(rec) is Event else lost).append(rec)
         except UnicodeDecodeError as err:
             raise RecordingError(f"{path}: corrupted recording (not UTF-8 text at byte {err.start})") from None
         except (OSError, EOFError) as err:  # gzip: bad magic, CRC, cut stream
             raise RecordingError(f"{path}: corrupted recording: {err}") from None
     truncated = "end" not in state
     if truncated and not allow_truncated:
-        where = f" (last line cut at line {state['partial']})" if "partial" in state else ""
+        where = ""
+        if "partial" in state:
+            where = f" (last line cut at line {state['partial']})" if magic == MAGIC else \
+                f" (last frame cut at byte {state['partial']})"
         raise RecordingError(
-            f"{path}: recording is truncated{where}: no #end line after {len(events)} events; "
+            f"{path}: recording is truncated{where}: no end marker after {len(events)} events; "
             "pass --allow-truncated to analyse the complete events"
         )
     return Recording(header, events, lost, state.get("end", {}), truncated)

@@ -31,7 +31,7 @@ from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
 from qspan.transport import sites
 from qspan.transport.ringdecode import STRLEN
-from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, WatermarkCallback, make_output
+from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, RawCallback, WatermarkCallback, make_output
 
 # Bigger per-CPU perf buffers: the default loses events at ~100k events/s.
 PERF_RB_PAGES = "1024"
@@ -136,16 +136,17 @@ class TraceSession:
             on_attached: Callable[[], None] | None = None,
             on_watermark: WatermarkCallback | None = None,
             on_batch: BatchCallback | None = None,
-            on_lines: LinesCallback | None = None) -> TraceResult:
+            on_lines: LinesCallback | None = None, on_raw: RawCallback | None = None) -> TraceResult:
         """Trace until done; `on_line` gets every event line (and "Lost N events" lines).
 
-        With the maps and ring transports, see MapOutput for `on_batch`, `on_lines` and `on_watermark`.
+        With the maps and ring transports, see MapOutput for `on_batch`, `on_lines` and `on_watermark`;
+        with the ring transport, RingOutput for `on_raw`.
         """
         check_can_trace()
         if not process_alive(self.pid):
             raise TracerError(f"QEMU PID {self.pid} is not running")
         out = self._output = make_output(self.transport.name, on_line, self.all_lines, self.program_text,
-                                         on_batch, on_watermark, on_lines)
+                                         on_batch, on_watermark, on_lines, on_raw)
         if self.sites:
             sites.write_anchor(self.anchor_path)
         proc = self._proc = self._spawn()

@@ -19,7 +19,7 @@ from qspan.program import FLUSH_MARK, MAP_SIDES, SKIP_MAP
 from qspan.program.ring import LIVE_MAP, OFF_MAP, POLL_MS, RECORD_POLL_MS
 from qspan.transport.bpfmaps import EventMaps, open_scalars, write_scalar
 from qspan.transport.decode import MapDumpDecoder
-from qspan.transport.ringdecode import RingDecoder, printf_layouts
+from qspan.transport.ringdecode import RecordCounter, RingDecoder, printf_layouts
 from qspan.transport.rings import RingReader, Rings
 from qspan.transport.text import LOST_RE, parse_flush_mark
 
@@ -29,6 +29,8 @@ LineCallback = Callable[[str], None]
 LinesCallback = Callable[[list[str]], None]
 BatchCallback = Callable[[int, list[tuple]], None]
 WatermarkCallback = Callable[[int], None]
+# ring transport: each read of a CPU's ring, as the bytes it held (a version-2 recording's writer)
+RawCallback = Callable[[int, bytes], None]
 # An event stamped just before a flip can land in the next map: hold back this much.
 HOLD_NS = 2_000_000
 
@@ -192,14 +194,20 @@ class RingOutput(MapOutput):
     hold_ns = POLL_MS * 1_000_000
 
     def __init__(self, on_line: LineCallback, on_batch: Optional[BatchCallback],
-                 on_watermark: Optional[WatermarkCallback], on_lines: Optional[LinesCallback], program_text: str):
+                 on_watermark: Optional[WatermarkCallback], on_lines: Optional[LinesCallback], program_text: str,
+                 on_raw: Optional[RawCallback] = None):
         super().__init__(on_line, on_batch, on_watermark, on_lines)
         if on_batch is None:
             # A recording waits for nobody: read less often. Each read wakes qspan's two threads:
             # at 1,000 writes/s `qspan record` took 30-32 us of CPU a request reading every 25 ms,
             # 22 every 200 ms (two runs each). An 8 MiB ring holds seconds of the lab's full rate.
             self.poll_s = RECORD_POLL_MS / 1000
-        self.decoder = RingDecoder(printf_layouts(program_text))
+        layouts = printf_layouts(program_text)
+        self.decoder = RingDecoder(layouts)
+        # With on_raw, every read goes there as it is; without on_batch too, nothing is decoded
+        # (a version-2 recording): records and losses are only counted.
+        self.on_raw = on_raw
+        self._counter = RecordCounter(layouts) if on_raw is not None and on_batch is None else None
         self.rings: Rings | None = None
         self.reader: RingReader | None = None
         self._scalars: dict[str, int] = {}
@@ -240,6 +248,15 @@ class RingOutput(MapOutput):
         if final:
             self.reader.last_read()
         now, chunks = self.reader.take()
+        if self.on_raw is not None:
+            for cpu, data in chunks:
+                self.on_raw(cpu, data)
+        if self._counter is not None:
+            for cpu, data in chunks:
+                records, lost = self._counter.count(cpu, data)
+                self.lines += records
+                self.lost += lost
+            return
         for cpu, data in chunks:
             for line in self.decoder.add_records(cpu, data):
                 LineOutput.handle(self, line)  # a node's name: before the events that use it
@@ -268,10 +285,13 @@ class RingOutput(MapOutput):
 
 def make_output(transport_name: str, on_line: LineCallback, all_lines: bool, program_text: str,
                 on_batch: Optional[BatchCallback] = None, on_watermark: Optional[WatermarkCallback] = None,
-                on_lines: Optional[LinesCallback] = None) -> LineOutput:
-    """The output for a program's transport (aggregate mode's programs print lines: `all_lines`)."""
+                on_lines: Optional[LinesCallback] = None, on_raw: Optional[RawCallback] = None) -> LineOutput:
+    """The output for a program's transport (aggregate mode's programs print lines: `all_lines`;
+    `on_raw` is the ring transport's only)."""
     if transport_name == "ring":
-        return RingOutput(on_line, on_batch, on_watermark, on_lines, program_text)
+        return RingOutput(on_line, on_batch, on_watermark, on_lines, program_text, on_raw)
+    if on_raw is not None:
+        raise TracerError(f"only the ring transport hands on raw records, not {transport_name}")
     if transport_name == "maps":
         return MapOutput(on_line, on_batch, on_watermark, on_lines)
     return LineOutput(on_line, all_lines)
