@@ -56,26 +56,17 @@ def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
     the newest spans, and fetching them all while measuring would load the server.
     """
     from qspan import pipeline
+    from qspan.correlate import in_time_order
+    from qspan.model.events import Event
     from qspan.output import recording
-    from qspan.transport.text import parse_line
 
-    with open(path) as f:
-        f.readline()
-        header = json.loads(f.readline()[len("#header "):])
-        codes, strings = recording.codes(header), recording.string_kinds(header)
-        events, t0 = [], None
-        for line in f:
-            if line.startswith("#"):
-                continue
-            ev = parse_line(line, codes, strings)
-            ts = getattr(ev, "ts_ns", None)
-            if ts is None:
-                continue
-            t0 = ts if t0 is None else t0
-            if ts - t0 > to_s * 1e9:
-                break
-            events.append(ev)
-    return {s.end_ns for s in pipeline.correlate(events, header).spans if s.end_ns >= t0 + from_s * 1e9}
+    rec = recording.read(path, allow_truncated=True)  # either version: the ring transport's is binary
+    events = [ev for ev in in_time_order([*rec.events, *rec.lost]) if type(ev) is Event]
+    if not events:
+        return set()
+    t0 = events[0].ts_ns
+    events = [ev for ev in events if ev.ts_ns - t0 <= to_s * 1e9]
+    return {s.end_ns for s in pipeline.correlate(events, rec.header).spans if s.end_ns >= t0 + from_s * 1e9}
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import websockets
@@ -158,3 +159,25 @@ def test_detach(server, session):
     sid, _ = session
     status, body = server.request("DELETE", f"/api/sessions/{sid}")
     assert status == 200 and body["state"] == "detached" and body["reason"] == "stopped"
+
+
+def test_the_sessions_recording_holds_what_the_server_showed(server, session):
+    """The live session keeps the rings' records as read (recording v2): correlated offline,
+    they give the spans the server showed."""
+    from qspan import pipeline
+    from qspan.output import recording
+
+    sid, res = session
+    deadline = time.monotonic() + 30
+    while (st := server.get(f"/api/sessions/{sid}")[1]["status"])["state"] != "detached":
+        assert time.monotonic() < deadline, f"session did not end: {st}"
+        time.sleep(0.5)
+    path = st["recording"]
+    with open(path, "rb") as f:
+        assert f.readline() == b"#qspan-recording 2\n"
+    rec = recording.read(path)
+    assert rec.end["reason"] == "stopped" and rec.end["event_lines"] == len(rec.events)
+    spans = pipeline.correlate_recording(rec).spans
+    assert len([s for s in spans if s.op == "write"]) == res.summary["requests"]
+    end_frame = 5 + len(json.dumps(rec.end, sort_keys=True))  # tag, length, JSON
+    assert st["recording_bytes"] + end_frame == Path(path).stat().st_size  # status counts what is on disk
