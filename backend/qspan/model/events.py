@@ -23,7 +23,10 @@ OP_FLUSH = 3
 OP_NAMES = {OP_READ: "read", OP_WRITE: "write", OP_FLUSH: "flush"}
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+# 510 ns an event against 135 here (Python 3.11), and the live path and every recording
+# read build one Event per event. Nothing changes an Event once made, so it stays hashable.
+@dataclass(slots=True, unsafe_hash=True)
 class Event:
     kind: str
     ts_ns: int
