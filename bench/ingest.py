@@ -9,12 +9,17 @@ until each has run for --seconds, and prints events/s and spans/s for:
   entries (bpfmaps' struct layout + transport.decode.MapDumpDecoder, the
   maps transport);
 - record: what `qspan record` does with a poll or a dump (RingOutput or
-  MapOutput to the recording's writer, a null file here);
+  MapOutput to the recording's writer, a null file here): the ring
+  transport's raw frames (version 2) and, for comparison, the text lines
+  it wrote before;
 - parse: text lines to events (recordings, the printf transport);
 - correlate: events to spans (the pure correlator alone), and with each span's
   own probe cost accounted (a calibration in the header);
-- live (maps): decoded tuples to events, correlated with thread timelines,
-  stored in the bounded span store: what the server does per dump;
+- read v2 + correlate: a version-2 recording of the same events read back
+  (decoded) and correlated, what `qspan spans` does;
+- live (ring, maps): decoded records to events, correlated with thread
+  timelines, stored in the bounded span store: what the server does per
+  read of the rings or per dump;
 - live (text): the same from text lines (replay, printf transport).
 
     .venv/bin/python bench/ingest.py [RECORDING] [--seconds 5]
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,11 +41,12 @@ from qspan.live import LiveFeed
 from qspan.model.events import Event
 from qspan.output import recording
 from qspan.output.recording import RecordingWriter
+from qspan.output.ringrecording import RawRecordingWriter
 from qspan.program import FLUSH_MARK
 from qspan.transport.bpfmaps import KEY, VALUE
 from qspan.transport.decode import MapDumpDecoder
 from qspan.transport.outputs import MapOutput, RingOutput
-from qspan.transport.ringdecode import EVENT_RECORD, RECORD_SAMPLE, RingDecoder, printf_layouts
+from qspan.transport.ringdecode import EVENT_RECORD, RECORD_SAMPLE, STRLEN, RingDecoder, printf_formats, printf_layouts
 from qspan.transport.rings import RingReader
 from qspan.transport.text import parse_lines
 
@@ -124,14 +131,50 @@ def main() -> None:
             def read(self):
                 return [(0, next(self.next)[0])]
 
+        # a version-2 recording: the rings' bytes as read, records counted (ringrecording.py)
+        writer = RawRecordingWriter(open(os.devnull, "wb"), rec.header, printf_formats(ring_program), STRLEN)
+        out = RingOutput(writer.line, None, None, writer.lines, ring_program, on_raw=writer.ring)
+        return _polled(out, Polls()), 0
+
+    def record_ring_text():
+        # ... and as version-1 text lines, as `qspan record` wrote ring recordings before
+        class Polls:
+            def __init__(self):
+                self.next = iter(polls)
+
+            def read(self):
+                return [(0, next(self.next)[0])]
+
         writer = RecordingWriter(open(os.devnull, "w"), rec.header)
         out = RingOutput(writer.line, None, None, writer.lines, ring_program)
-        out.rings = Polls()
+        return _polled(out, Polls()), 0
+
+    def _polled(out: RingOutput, rings) -> int:
+        out.rings = rings
         out.reader = RingReader(out.rings, out.poll_s)  # its thread not started: one read per poll, here
         for _ in polls:
             out.reader.read_once()
             out.poll()
-        return out.lines, 0
+        return out.lines
+
+    def live_ring():
+        # what LiveSession does per read of the rings (the default transport): decode, release
+        # in order, events to the feed (node names as text lines, as RingOutput hands them on)
+        feed = LiveFeed(rec.header)
+        for ev in names:
+            feed.line("%d %d %d %d %s %s %d" % (code_of[ev.kind], ev.ts_ns, ev.tid, *ev.args))
+        d = RingDecoder(layouts)
+        for data, mark in polls:
+            d.add_records(0, data)
+            feed.batch(*d.release(mark, hold_ns=0))
+            feed.watermark(mark)
+        feed.drain()
+        return len(ints), feed.store.requests
+
+    def read_raw():
+        # a version-2 recording read back and correlated: `qspan spans` on what `qspan record` wrote
+        r = recording.read(raw_path)
+        return len(r.events), len(pipeline.correlate_recording(r).spans)
 
     def decode():
         d = MapDumpDecoder()
@@ -179,11 +222,24 @@ def main() -> None:
         feed.drain()
         return len(lines), feed.store.requests
 
+    # the recording's events as a version-2 recording (one frame a poll), for read_raw
+    raw_path = Path(tempfile.mkdtemp(prefix="qspan-ingest-")) / "raw.qspan"
+    with open(raw_path, "wb") as f:
+        w = RawRecordingWriter(f, rec.header, printf_formats(ring_program), STRLEN)
+        for ev in names:
+            w.line("%d %d %d %d %s %s %d" % (code_of[ev.kind], ev.ts_ns, ev.tid, *ev.args))
+        for data, _mark in polls:
+            w.ring(0, data)
+        w.end(rec.end)
+
     print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events; one core, {args.seconds:g} s each")
-    for name, fn in (("decode (ring transport)", decode_ring), ("record (ring transport)", record_ring),
+    for name, fn in (("decode (ring transport)", decode_ring), ("record (ring, raw: v2)", record_ring),
+                     ("record (ring, as text: v1)", record_ring_text),
                      ("decode (maps transport)", decode), ("record (maps transport)", record),
                      ("parse (text)", parse_only), ("correlate", correlate_only),
                      ("correlate, self-cost", correlate_costed),
+                     ("read v2 + correlate", read_raw),
+                     ("live path, ring transport", live_ring),
                      ("live path, maps transport", live_maps), ("live path, text replay", live_text)):
         dt, n_ev, n_sp = timed(fn)
         print(f"{name:<30} {n_ev / dt:>12,.0f} events/s" + (f"  {n_sp / dt:>10,.0f} spans/s" if n_sp else ""))

@@ -86,21 +86,28 @@ class Correlator(CoroutineEvents, ThreadEvents):
                 if t.pending_submit:
                     t.pending_submit.complete = False
             return
+        # The hot path (every event): locals, and CostLog.charge written out (bench/ingest.py).
         self._events += 1
         ts = self.last_ts = ev.ts_ns
         if ts >= self.loss_sweep.next_ns:
             self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.children,
                                                            self.threads.values(), self.running)
             self.pool.expire(ts)  # node visits no worker took are old
-        handler = self.handlers.get(ev.kind)
-        if handler is not None and (not self.sampling_off or handler in self._always):
-            increment = self._hit_increment.get(ev.kind)
-            if increment:
-                log = self.cost_logs.get(ev.tid)
-                if log is None:
-                    log = self.cost_logs[ev.tid] = CostLog()
-                log.charge(ts, increment)
-            handler(ev)
+        kind = ev.kind
+        handler = self.handlers.get(kind)
+        if handler is None or (self.sampling_off and handler not in self._always):
+            return
+        increment = self._hit_increment.get(kind)
+        if increment:
+            log = self.cost_logs.get(ev.tid)
+            if log is None:
+                log = self.cost_logs[ev.tid] = CostLog()
+            sums = log.sums
+            sums.append((sums[-1] if sums else log.base) + increment)
+            log.ts.append(ts)
+            if len(sums) > log.limit:
+                log.trim(ts)
+        handler(ev)
 
     def _window(self, ev: Event) -> None:
         """A sampling window opens or closes: what follows starts afresh, as at attach."""
