@@ -223,7 +223,8 @@ def main() -> None:
         return len(lines), feed.store.requests
 
     # the recording's events as a version-2 recording (one frame a poll), for read_raw
-    raw_path = Path(tempfile.mkdtemp(prefix="qspan-ingest-")) / "raw.qspan"
+    tmp = tempfile.TemporaryDirectory(prefix="qspan-ingest-")  # removed when main() returns
+    raw_path = Path(tmp.name) / "raw.qspan"
     with open(raw_path, "wb") as f:
         w = RawRecordingWriter(f, rec.header, printf_formats(ring_program), STRLEN)
         for ev in names:

@@ -89,7 +89,8 @@ def main() -> None:
     server = ServerProcess("--sampling", args.sampling)
     port = server.port
     frames: list[tuple[int, int | None]] = []  # (received monotonic ns, newest span end ns)
-    health: list[tuple[float, int, int, int]] = []  # (s into the run, lost events, sampling factor, sampled out)
+    # (s into the run, lost events, sampling factor, sampled out, server's lag ms, busy fraction)
+    health: list[tuple[float, int, int, int, float, float]] = []
     progress: list[tuple[float, int]] = []  # (s into the run, spans so far): the guest must keep writing
     ends: set[int] = set()
     rss: list[tuple[float, int]] = []
@@ -112,7 +113,7 @@ def main() -> None:
                         frames.append((now, st["newest_end_ns"]))
                         smp = st.get("sampling") or {}
                         health.append((time.monotonic() - t_start, st["lost_events"], smp.get("every", 1),
-                                       smp.get("sampled_out", 0)))
+                                       smp.get("sampled_out", 0), smp.get("lag_ms", 0.0), smp.get("busy", 0.0)))
                         if not progress or health[-1][0] - progress[-1][0] >= 1:
                             progress.append((health[-1][0], st["spans"]))
 
@@ -166,8 +167,9 @@ def main() -> None:
     if health:
         marks = [h for i, h in enumerate(health) if i % max(1, len(health) // 10) == 0] + [health[-1]]
         print(f"sampling ({args.sampling}): one {status.get('sampling', {}).get('window_ms')} ms window in N traced; "
-              "N and lost events over the run: "
-              + ", ".join(f"{t:.0f}s N={n} lost={lost}" for t, lost, n, _ in marks)
+              "N, lost events, the server's lag (what made it sample: > 400 ms) and busy share over the run: "
+              + ", ".join(f"{t:.0f}s N={n} lost={lost} lag={lag:.0f}ms busy={busy:.2f}"
+                          for t, lost, n, _, lag, busy in marks)
               + f"; requests cut by closing windows: {health[-1][3]}")
     # A run where the guest stopped writing measures nothing at full rate: say so.
     # Sampled runs see whole windows only, so allow a few seconds without spans.
