@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from qspan import pipeline
+from qspan import pipeline, runtime
 from qspan.correlate import in_time_order
 from qspan.live import LiveFeed
 from qspan.model.events import Event
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("recording", nargs="?", default=str(REPO / "tests/support/data/stock-qd4-w100.qspan.gz"))
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
+    runtime.tune_gc()  # as the CLI and the server run (qspan/runtime.py)
     path = Path(args.recording)
     rec = recording.read(path)
     lines = list(recording.body_lines(path))

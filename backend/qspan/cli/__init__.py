@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qspan import __version__
+from qspan import __version__, runtime
 from qspan.cli import common, inspect, offline, serve, trace
 
 EXAMPLES = """\
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.tune_gc()  # the live server and `qspan spans` handle an object or more per event
     return common.run(args.fn, args)
 
 
