@@ -12,6 +12,8 @@ reads every frame and the server's RSS is sampled. Prints:
 - memory: server RSS every --sample-s seconds, and its growth after the
   warm-up (the span store fills within seconds; per-second rows over 10 min);
 - events/s, spans, lost events, the tracer's own estimate of its cost;
+- CPU over the run in cores: QEMU, the server, bpftrace and what stayed idle
+  (on a 2-core machine whatever QEMU leaves is all the live path can use);
 - sampling: the factor the server chose (one window in N traced) and the
   lost-event count over the run, and the requests cut by closing windows.
 - a WARNING when no new span came for 10 s or more: the guest stopped writing,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -69,6 +72,28 @@ def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
     return {s.end_ns for s in pipeline.correlate(events, rec.header).spans if s.end_ns >= t0 + from_s * 1e9}
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process used so far (all its threads, exited ones too); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_s() -> float:
+    """Idle CPU seconds of the whole machine so far (idle and iowait, all CPUs)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def main() -> None:
     lab.sigterm_takes_lab_down()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +120,8 @@ def main() -> None:
     ends: set[int] = set()
     rss: list[tuple[float, int]] = []
     status: dict = {}
+    cpu_start: tuple[float, ...] = ()
+    cpu_end: tuple[float, ...] = ()
     try:
         server.wait_ready()
         sid = server.attach(info.pid)
@@ -130,7 +157,13 @@ def main() -> None:
         async def run():
             await asyncio.gather(reader(), sample())
 
+        def cpu_now() -> tuple[float, ...]:
+            tracer = children(server.proc.pid)  # bpftrace (and setpriv before it execs)
+            return (time.monotonic(), cpu_s(info.pid), cpu_s(server.proc.pid), sum(cpu_s(c) for c in tracer), idle_s())
+
+        cpu_start = cpu_now()
         asyncio.run(run())
+        cpu_end = cpu_now()
         status = api(server, "GET", f"/api/sessions/{sid}")["status"]
         lab.send_command(info, "stop")
         api(server, "DELETE", f"/api/sessions/{sid}")
@@ -164,6 +197,12 @@ def main() -> None:
     if newest:
         print(f"  of which pipeline (newest span in each frame -> the client), ms: p50 {percentile(newest, 50):.0f}, "
               f"p99 {percentile(newest, 99):.0f}; the rest is waiting for the next frame")
+    if cpu_start:
+        # Where the two cores went: what is left for the server is what the live path can use.
+        wall = cpu_end[0] - cpu_start[0]
+        qemu, srv, bpf, idle = ((b - a) / wall for a, b in zip(cpu_start[1:], cpu_end[1:]))
+        print(f"CPU over the run, in cores of {os.cpu_count()}: QEMU {qemu:.2f}, qspan server {srv:.2f}, "
+              f"bpftrace {bpf:.2f}, idle {idle:.2f}")
     if health:
         marks = [h for i, h in enumerate(health) if i % max(1, len(health) // 10) == 0] + [health[-1]]
         print(f"sampling ({args.sampling}): one {status.get('sampling', {}).get('window_ms')} ms window in N traced; "
