@@ -59,6 +59,8 @@ class Correlator(CoroutineEvents, ThreadEvents):
         }
         # handled while a sampling window is closed: the window itself, and names (printed once)
         self._always = {self.handlers["trace.window"], self.handlers["node.name"]}
+        # event -> (handler, what its probe hit adds to its thread's cost log, 0 if uncalibrated): one lookup
+        self._dispatch = {ev: (h, self._hit_increment.get(ev, 0)) for ev, h in self.handlers.items()}
 
     def _forget_flow(self) -> None:
         """What the correlator knows of requests, coroutines and threads in flight (reset by sampling)."""
@@ -93,11 +95,12 @@ class Correlator(CoroutineEvents, ThreadEvents):
             self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.children,
                                                            self.threads.values(), self.running)
             self.pool.expire(ts)  # node visits no worker took are old
-        kind = ev.kind
-        handler = self.handlers.get(kind)
-        if handler is None or (self.sampling_off and handler not in self._always):
+        entry = self._dispatch.get(ev.kind)
+        if entry is None:
             return
-        increment = self._hit_increment.get(kind)
+        handler, increment = entry
+        if self.sampling_off and handler not in self._always:
+            return
         if increment:
             log = self.cost_logs.get(ev.tid)
             if log is None:

@@ -112,12 +112,15 @@ class ThreadTimeline:
         cats = {"other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0}
         by_co: dict[int, InsteadItem] = {}
         for seg in reversed(self.segments):
-            if seg.end_ns <= a:
+            end = seg.end_ns
+            if end <= a:
                 break
-            dur = min(seg.end_ns, b) - max(seg.start_ns, a)
+            start = seg.start_ns
+            dur = (end if end < b else b) - (start if start > a else a)
             if dur <= 0:
                 continue
-            if seg.kind == "co":
+            kind = seg.kind
+            if kind == "co":
                 cat = "background" if seg.request is None else "other_requests" if seg.role == "request" else "spawned"
                 item = by_co.get(seg.co)
                 if item is None:
@@ -125,7 +128,7 @@ class ThreadTimeline:
                     item = by_co[seg.co] = InsteadItem(seg.co, seg.request, seg.role, node, 0)
                 item.dur_ns += dur
             else:
-                cat = {"loop": "event_loop"}.get(seg.kind, seg.kind)
+                cat = "event_loop" if kind == "loop" else kind
             cats[cat] += dur
         top = sorted(by_co.values(), key=lambda i: (-i.dur_ns, i.co))[:INSTEAD_TOP]
         return cats, top

@@ -68,7 +68,7 @@ class LiveFeed:
                 self.malformed += 1
                 continue
             counts[kind] = counts.get(kind, 0) + 1
-            events.append(Event(kind, e[0], e[3], (e[5], e[6], e[7], e[8])))
+            events.append(Event(kind, e[0], e[3], e[5:]))  # entries are (.., ARG0..ARG3): the args are its tail
         self.lines += len(entries)
         if lost:
             self.lost += lost

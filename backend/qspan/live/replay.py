@@ -65,5 +65,5 @@ class ReplaySession(FedSession):
             "started_at": self.started_at, "attached_at": None, "ended_at": self.ended_at,
             "recording": str(self.path), "replay": True,
             "qemu_version": self.header.get("target", {}).get("version"),
-            "newest_end_ns": feed.store.spans[-1]["end_ns"] if feed.store.spans else None,
+            "newest_end_ns": feed.store.newest_end_ns,
         }

@@ -207,7 +207,7 @@ class LiveSession(FedSession):
         feed = self.feed
         with self._lock:
             spans = feed.store.requests if feed else 0
-            newest = feed.store.spans[-1]["end_ns"] if feed and feed.store.spans else None
+            newest = feed.store.newest_end_ns if feed else None
             counts = dict(feed.event_counts) if feed else {}
             sampled_out = feed.correlator.stats["sampled_out"] if feed else 0
         return {

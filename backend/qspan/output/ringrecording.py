@@ -125,4 +125,4 @@ def raw_events(f: IO[bytes], header: dict, state: dict) -> Iterator[Event | Lost
         kind = code_table.get(e[4])
         if kind is None:
             raise RecordingError(f"{path}: corrupted recording: unknown event code {e[4]} in a ring record")
-        yield Event(kind, e[0], e[3], (e[5], e[6], e[7], e[8]))
+        yield Event(kind, e[0], e[3], e[5:])  # (TS, CPU, SEQ, TID, CODE, ARG0..ARG3)
