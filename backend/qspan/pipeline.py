@@ -112,6 +112,8 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
                        on_attached=lambda: progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"))
         writer.end(result.summary())
     msg = f"{result.event_lines} events in {result.traced_s:.1f} s"
+    if result.detach_s >= 1:
+        msg += f" (then {result.detach_s:.1f} s for bpftrace to detach its probes)"
     if result.lost_events:
         msg += f", {result.lost_events} EVENTS LOST (spans touching them are marked incomplete)"
     progress(msg)

@@ -100,6 +100,14 @@ def test_record_then_replay_gives_the_same_spans(vm, tmp_path, transport):
     doc = json.loads(out.read_text())
     assert doc["trace"]["end"]["lost_events"] == 0
     assert len([x for x in doc["spans"] if x["op"] == "read"]) == res.summary["requests"] == 200
+    # the ring transport keeps the rings' bytes (version 2); the others write text
+    version = b"2" if transport == "ring" else b"1"
+    assert rec.read_bytes().startswith(b"#qspan-recording " + version + b"\n")
+    # The trace lasts what was asked, bpftrace's exit apart (it detaches its probes one by one:
+    # ~3 s here). The runner looks at the clock at least every 200 ms (a recording's ring
+    # poll; printf and maps 100 ms): a bound of 1 s is five times that.
+    end = doc["trace"]["end"]
+    assert 12 <= end["traced_s"] < 13 and end["detach_s"] >= 0, end
 
 
 def test_qemu_exiting_mid_trace_is_reported_and_keeps_the_events(tmp_path):

@@ -2,13 +2,10 @@
 
 `TraceSession` starts bpftrace on a generated program, waits until the probes
 are attached, then hands the events on until the duration ends, the caller
-stops it, or QEMU exits. What bpftrace prints goes to one of three outputs,
-chosen by the program's transport: `LineOutput` (printf: every event is a
-line), `MapOutput` (maps: flush marks say which map to drain) or `RingOutput`
-(ring: qspan reads its own perf rings every 25 ms, 200 for a recording); the last two decode the
-entries and hand them on in time order. bpftrace's chatter on stderr (the
-RLIMIT_MEMLOCK warning on this kind of machine) is tolerated; its errors
-become one TracerError message. "Lost N events" lines are counted, never hidden.
+stops it, or QEMU exits, through the output of the program's transport
+(outputs.py: printf lines, map dumps, or qspan's own perf rings). bpftrace's
+chatter on stderr (the RLIMIT_MEMLOCK warning here) is tolerated; its errors
+become one TracerError. "Lost N events" lines are counted, never hidden.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
 from qspan.transport import sites
+from qspan.transport.pipe import pump, take
 from qspan.transport.ringdecode import STRLEN
 from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, RawCallback, WatermarkCallback, make_output
 
@@ -45,12 +43,14 @@ class TraceResult:
     event_lines: int
     lost_events: int
     attach_s: float
-    traced_s: float
+    traced_s: float  # from attached until qspan asked bpftrace to stop (or it ended by itself)
     stderr: str
+    detach_s: float = 0.0  # from then until bpftrace had exited: it detaches its probes one by one
 
     def summary(self) -> dict:
         return {"reason": self.reason, "event_lines": self.event_lines, "lost_events": self.lost_events,
-                "attach_s": round(self.attach_s, 3), "traced_s": round(self.traced_s, 3)}
+                "attach_s": round(self.attach_s, 3), "traced_s": round(self.traced_s, 3),
+                "detach_s": round(self.detach_s, 3)}
 
 
 def bpftrace_path() -> str:
@@ -75,21 +75,6 @@ def check_can_trace() -> None:
             subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError) as err:
             raise TracerUnavailable(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {err}") from err
-
-
-def _pump(stream, chunks: "queue.SimpleQueue[bytes]") -> None:
-    """Read a pipe until EOF into `chunks`; an empty chunk marks the end."""
-    fd = stream.fileno()
-    try:
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.put(chunk)
-    except OSError:
-        pass
-    finally:
-        chunks.put(b"")
 
 
 def stderr_errors(stderr: str) -> str:
@@ -151,6 +136,7 @@ class TraceSession:
             sites.write_anchor(self.anchor_path)
         proc = self._proc = self._spawn()
         t0 = time.monotonic()
+        self._stopping_since: float | None = None
         try:
             reason, attached_at = self._follow(proc, out, t0, duration_s, on_attached)
         finally:
@@ -170,7 +156,9 @@ class TraceSession:
             raise self._attach_failure(reason, stderr)
         if reason == "tracer-died":
             reason = "qemu-exited" if not process_alive(self.pid) else "tracer-died"
-        return TraceResult(reason, out.lines, out.lost, attached_at - t0, end - attached_at, stderr)
+        stopped = self._stopping_since if self._stopping_since is not None else end
+        stopped = max(stopped, attached_at)
+        return TraceResult(reason, out.lines, out.lost, attached_at - t0, stopped - attached_at, stderr, end - stopped)
 
     def _spawn(self) -> subprocess.Popen:
         prog = Path(self._dir.name) / "qspan.bt"
@@ -201,11 +189,9 @@ class TraceSession:
                 on_attached: Callable[[], None] | None) -> tuple[str, float | None]:
         """Read bpftrace's output until it exits; returns (why it ended, when the probes were attached)."""
         assert proc.stdout is not None
-        # A thread only moves bpftrace's output into memory, so bpftrace never waits
-        # on a full pipe while we correlate: it would stop draining its perf buffers
-        # and the maps it prints and clears, and events would be lost.
+        # bpftrace's output goes into memory on a thread of its own (pipe.py says why)
         chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        threading.Thread(target=_pump, args=(proc.stdout, chunks), name="qspan-bpftrace-out", daemon=True).start()
+        threading.Thread(target=pump, args=(proc.stdout, chunks), name="qspan-bpftrace-out", daemon=True).start()
         reason, attached_at, stopping_since = "tracer-died", None, None
         buf = b""
         while True:
@@ -214,11 +200,12 @@ class TraceSession:
                 why = self._should_stop(now, t0, attached_at, duration_s)
                 if why:
                     reason, stopping_since = why, self._interrupt(now)
+                    self._stopping_since = stopping_since
                 else:
                     out.set_sample_every(self.sample_every)
             elif now - stopping_since > 10:
                 proc.kill()
-            chunk, eof = _take(chunks, out.poll_s)
+            chunk, eof = take(chunks, out.poll_s)
             if attached_at is not None:
                 out.poll()
             if chunk:
@@ -286,15 +273,3 @@ def _pdeathsig(required: bool) -> list[str]:
         raise TracerError("setpriv (util-linux) is not installed: the ring transport needs it so that bpftrace "
                           "ends if qspan is killed (apt-get install util-linux, or --transport maps)")
     return []
-
-
-def _take(chunks: "queue.SimpleQueue[bytes]", wait_s: float) -> tuple[bytes, bool]:
-    """What the pump has read (waiting up to wait_s for something), and whether the pipe ended."""
-    parts: list[bytes] = []
-    try:
-        parts.append(chunks.get(timeout=wait_s))
-        while parts[-1]:  # take everything already read, then split once
-            parts.append(chunks.get_nowait())
-    except queue.Empty:
-        pass
-    return b"".join(parts), bool(parts) and not parts[-1]
