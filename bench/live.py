@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -173,6 +174,9 @@ def main() -> None:
     finally:
         server.stop()
         lab.down(tmp / "lab")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if status.get("recording"):  # the session's recording: ~5 MB/s at full rate, the benchmark's own
+            Path(status["recording"]).unlink(missing_ok=True)
 
     # freshness: each span's end -> the first frame whose newest end covers it
     seen = [(t, e) for t, e in frames if e is not None]
