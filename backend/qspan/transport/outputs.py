@@ -179,7 +179,8 @@ class MapOutput(LineOutput):
 class RingOutput(MapOutput):
     """ring transport: the events are in qspan's perf rings (transport/rings.py), read every POLL_MS.
 
-    Same hand-on as MapOutput (`on_batch`, `on_lines`, `on_watermark`); the
+    Same hand-on as MapOutput (`on_batch`, `on_lines`, `on_watermark`), and
+    `on_raw`: each read of a ring as its bytes (a version-2 recording). The
     watermark is the clock of bpftrace's nsecs (rings.bpftrace_clock_ns) read
     before the rings are: every record stamped earlier, less `hold_ns` for a
     probe preempted between its clock read and its write, is in them by then.

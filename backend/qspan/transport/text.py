@@ -1,6 +1,6 @@
 """The event line format: text lines into typed records, and map entries into lines.
 
-A recording, the printf transport and node names all carry one line per event,
+A text (version 1) recording, the printf transport and node names carry one line per event,
 `CODE TS_NS TID ARG0 ARG1 ARG2 ARG3` (program/__init__.py); `parse_lines` is a
 generator over any iterable of such lines.
 """
@@ -80,5 +80,5 @@ def parse_flush_mark(line: str) -> tuple[int, int]:
 
 
 def entry_line(e: tuple) -> str:
-    """A map entry (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) as the event line recordings hold."""
+    """A map entry (TS_NS, CPU, SEQ, TID, CODE, ARG0..ARG3) as the event line text recordings hold."""
     return "%d %d %d %d %d %d %d" % (e[4], e[0], e[3], e[5], e[6], e[7], e[8])
