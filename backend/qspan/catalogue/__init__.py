@@ -208,7 +208,8 @@ def parse_probes(path: Traversable | Path, events: dict[str, EventSpec], also_ma
                 f"{where}: expected EVENT SOURCE QEMU TARGET FILTER and {N_ARGS} args, got {len(parts)} columns"
             )
         probes.append(_probe(where, parts, events))
-    mapped = {p.event for p in probes} | set(also_mapped) | {n for n in events if n.startswith("trace.")}  # trace.*: qspan's own program
+    # trace.*: qspan's own program; drv.*: what a driver profile may map, each one optional (docs/profiles.md)
+    mapped = {p.event for p in probes} | set(also_mapped) | {n for n in events if n.startswith(("trace.", "drv."))}
     for name, spec in events.items():
         if name not in mapped:
             raise CatalogueError(f"{spec.where}: event {name} has no probe in {path.name} or a profile")
