@@ -142,6 +142,11 @@ function setHealth(s) {
   if (o && o.est_us_per_request !== null && o.est_us_per_request !== undefined) {
     parts.push(`tracer ≈ ${o.est_us_per_request} us/request on QEMU (${o.events_per_request} events/request)`);
   }
+  const own = s.tracer_cpu;
+  if (own && own.us_per_request !== null && own.us_per_request !== undefined) {
+    // measured from /proc since attach, unlike the estimate above
+    parts.push(`qspan's own CPU ${own.us_per_request} us/request (server and bpftrace, ${own.cores} cores)`);
+  }
   const smp = s.sampling;
   if (smp && smp.every > 1) {
     // the server fell behind and traces fewer windows: every span shown is still whole

@@ -57,6 +57,9 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
             # the tracer's own cost estimate, from the events it saw (tracers/costs.txt)
             m = re.search(r"tracer ≈ ([0-9.]+) us/request on QEMU \(([0-9.]+) events/request\)", health)
             assert m and float(m.group(1)) > 0 and float(m.group(2)) > 5, health
+            # ... and what qspan itself used, as /proc counted it (the server and bpftrace)
+            m = re.search(r"qspan's own CPU ([0-9.]+) us/request \(server and bpftrace, ([0-9.]+) cores\)", health)
+            assert m and float(m.group(1)) > 0 and 0 < float(m.group(2)) < 2, health
             # and what its probes cost each request's critical path, inside the phases drawn
             page.wait_for_function("document.getElementById('selfcost').textContent.length > 0", timeout=60_000)
             own = page.inner_text("#selfcost")

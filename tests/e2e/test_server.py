@@ -49,6 +49,8 @@ def test_attach_then_spans_match_the_guest(server, session):
     status, body = server.get(f"/api/sessions/{sid}")
     assert status == 200
     assert body["status"]["lost_events"] == 0 and body["status"]["events"] > 0
+    own = body["status"]["tracer_cpu"]  # qspan's own CPU since attach, from /proc
+    assert own["us_per_request"] > 0 and own["server_cpu_s"] > 0 and own["bpftrace_cpu_s"] >= 0
     assert body["breakdown"]["write"]["requests"] == res.summary["requests"]
     status, spans = server.get(f"/api/sessions/{sid}/spans?op=write&limit=20000")
     assert status == 200 and len(spans) == res.summary["requests"]

@@ -53,3 +53,11 @@ def test_function_code_reads_the_binary(tmp_path):
     assert set(code) == {"cal_push", "cal_sub"}
     assert hitkind.first_instruction_kind(code["cal_push"]) == "emulated"
     assert hitkind.first_instruction_kind(code["cal_sub"]) == "stepped"
+
+
+def test_measured_cost_is_per_request_and_in_cores():
+    m = overhead.measured(server_cpu_s=0.3, bpftrace_cpu_s=0.1, requests=20_000, wall_s=10.0)
+    assert m["us_per_request"] == 20.0 and m["cores"] == 0.04
+    assert m["server_cpu_s"] == 0.3 and m["bpftrace_cpu_s"] == 0.1
+    none = overhead.measured(0.1, 0.0, requests=0, wall_s=0.0)
+    assert none["us_per_request"] is None and none["cores"] is None  # nothing to divide by yet

@@ -76,6 +76,8 @@ class LiveSession(FedSession):
         self.target: Target | None = None
         self.header: dict = {}
         self._event_us: dict[str, float] = {}
+        self._cpu_since: tuple[float, float, int | None] | None = None  # (monotonic, own CPU, bpftrace PID)
+        self._tracer_cpu_last: dict | None = None
 
     def start(self) -> None:
         """Plan synchronously (errors reach the caller), trace in a thread."""
@@ -91,6 +93,8 @@ class LiveSession(FedSession):
     def _attached(self) -> None:
         self.state = "attached"
         self.attached_at = time.time()
+        # qspan's own CPU is measured from here: the server's process, and bpftrace (its start included)
+        self._cpu_since = (time.monotonic(), _own_cpu_s(), self._session.bpftrace_pid if self._session else None)
 
     def _run(self) -> None:
         assert self._session is not None and self.feed is not None
@@ -183,6 +187,16 @@ class LiveSession(FedSession):
         if every != self._session.sample_every:
             self._session.set_sample_every(every)
 
+    def _tracer_cpu(self, requests: int) -> dict | None:
+        """qspan's own CPU since attach (server process and bpftrace), while attached; after
+        that, as last measured (bpftrace's /proc entry goes with it)."""
+        if self._cpu_since is None or self.state != "attached":
+            return self._tracer_cpu_last
+        t0, own0, bpf_pid = self._cpu_since
+        bpf = _process_cpu_s(bpf_pid) if bpf_pid is not None else 0.0
+        self._tracer_cpu_last = overhead.measured(_own_cpu_s() - own0, bpf, requests, time.monotonic() - t0)
+        return self._tracer_cpu_last
+
     def tick(self) -> None:
         """Correlate what is old enough even when few lines arrive (called by the server)."""
         if self.feed is None:
@@ -224,6 +238,8 @@ class LiveSession(FedSession):
             "newest_end_ns": newest,
             # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)
             "overhead": overhead.estimate(counts, self._event_us, spans),
+            # and what qspan itself took, as /proc counted it since attach
+            "tracer_cpu": self._tracer_cpu(spans),
             "sampling": {
                 "mode": self.sampling, "every": self._session.sample_every if self._session else 1,
                 "window_ms": program.WINDOW_MS, "sampled_out": sampled_out,
@@ -231,3 +247,19 @@ class LiveSession(FedSession):
                 "error": self._session.sampling_error if self._session else None,
             },
         }
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process has used (all its threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds process `pid` has used so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -30,3 +30,16 @@ def estimate(counts: dict[str, int], per_event_us: dict[str, float], requests: i
         "by_event_us_per_request": {ev: round(n * per_event_us.get(ev, 0.0) / per_req, 2)
                                     for ev, n in sorted(counts.items())} if requests else {},
     }
+
+
+def measured(server_cpu_s: float, bpftrace_cpu_s: float, requests: int, wall_s: float) -> dict:
+    """qspan's own CPU since attach, as /proc counted it: per guest request and in cores.
+
+    The server's share is the whole process's (its web work and any other session
+    included), so with one session it is what this trace costs the host."""
+    total = server_cpu_s + bpftrace_cpu_s
+    return {
+        "us_per_request": round(total / requests * 1e6, 1) if requests else None,
+        "cores": round(total / wall_s, 3) if wall_s > 0 else None,
+        "server_cpu_s": round(server_cpu_s, 3), "bpftrace_cpu_s": round(bpftrace_cpu_s, 3),
+    }

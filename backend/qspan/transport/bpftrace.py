@@ -107,6 +107,10 @@ class TraceSession:
     def sampling_error(self) -> str | None:
         return self._output.sampling_error if self._output else None
 
+    @property
+    def bpftrace_pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
     def stop(self) -> None:
         """Ask the session to end (safe from a signal handler or another thread)."""
         self._stop_requested = True
