@@ -11,7 +11,8 @@ reads every frame and the server's RSS is sampled. Prints:
   p99, max;
 - memory: server RSS every --sample-s seconds, and its growth after the
   warm-up (the span store fills within seconds; per-second rows over 10 min);
-- events/s, spans, lost events, the tracer's own estimate of its cost;
+- events/s, spans, lost events, the tracer's own estimate of its cost, and
+  qspan's own CPU as the server measures it (status `tracer_cpu`);
 - CPU over the run in cores: QEMU, the server, bpftrace and what stayed idle
   (on a 2-core machine whatever QEMU leaves is all the live path can use);
 - sampling: the factor the server chose (one window in N traced) and the
@@ -232,6 +233,9 @@ def main() -> None:
     o = status.get("overhead") or {}
     print(f"tracer's own estimate: {o.get('est_us_per_request')} us of probe cost per request, "
           f"{o.get('events_per_request')} events per request")
+    own = status.get("tracer_cpu") or {}
+    print(f"qspan's own CPU as the server measured it: {own.get('us_per_request')} us per request, "
+          f"{own.get('cores')} cores (server {own.get('server_cpu_s')} s, bpftrace {own.get('bpftrace_cpu_s')} s)")
     warm = [(t, k) for t, k in rss if t >= args.warmup_s]
     print("server RSS MiB: " + ", ".join(f"{t:.0f}s {k / 1024:.1f}" for t, k in rss[:: max(1, len(rss) // 12)]))
     if len(warm) >= 2:
