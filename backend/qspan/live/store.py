@@ -42,9 +42,6 @@ class SpanStore:
     def newest_end_ns(self) -> int | None:
         return self._spans[-1].end_ns if self._spans else None
 
-    def __len__(self) -> int:
-        return len(self._spans)
-
     def add(self, spans: list[Span], timelines: dict[int, Timeline]) -> None:
         ring = self._spans
         for s in spans:

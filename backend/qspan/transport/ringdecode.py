@@ -51,6 +51,16 @@ class PrintfLayout:
     def payload(self) -> int:
         return 8 + sum(self.sizes)
 
+    @property
+    def raw_size(self) -> int:
+        """The sample's raw size: the payload, padded so that the whole record is 8-aligned."""
+        return self.payload + (-(self.payload + 4) % 8)
+
+    @property
+    def record_size(self) -> int:
+        """The perf record this printf makes: perf header, raw size, raw data."""
+        return 12 + self.raw_size
+
 
 def printf_formats(program_text: str) -> tuple[str, ...]:
     """Every printf format of a generated program, in bpftrace's id order (text order), as written."""
@@ -70,11 +80,6 @@ def printf_layouts(program_text: str) -> tuple[PrintfLayout, ...]:
     return tuple(layout_of(fmt) for fmt in printf_formats(program_text))
 
 
-def _record_size(lay: PrintfLayout) -> int:
-    """The perf record one printf makes: header, raw size, payload padded so the record is 8-aligned."""
-    return 12 + lay.payload + (-(lay.payload + 4) % 8)
-
-
 class RecordCounter:
     """How many printf records and lost records a ring's bytes hold, without decoding them (pure).
 
@@ -89,7 +94,7 @@ class RecordCounter:
     def __init__(self, layouts: tuple[PrintfLayout, ...]):
         self.size = EVENT_RECORD.size
         # the stride check can only say "all events" if no other printf makes records of that size
-        self._stride_ok = all(lay.code is not None for lay in layouts if _record_size(lay) == self.size)
+        self._stride_ok = all(lay.code is not None for lay in layouts if lay.record_size == self.size)
 
     def count(self, cpu: int, data: bytes) -> tuple[int, int]:
         """(printf records, events the kernel counted lost) in one ring's new bytes."""
@@ -154,7 +159,7 @@ class RingDecoder(MapDumpDecoder):
                     off += rsize  # exit(), clear(), ...: the program uses none while qspan reads the rings
                     continue
                 lay = self.layouts[pid] if 0 <= pid < len(self.layouts) else None
-                if lay is None or raw != lay.payload + (-(lay.payload + 4) % 8):  # padded: record 8-aligned
+                if lay is None or raw != lay.raw_size:
                     raise TracerError(f"a ring record (printf id {pid}, {raw} bytes) does not match the program: "
                                       "is this bpftrace's record layout?")
                 values = self._values(lay, data, off + 20)
