@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 from qspanlab import lab  # noqa: E402
 from qspanlab.harness import ServerProcess  # noqa: E402
 from qspan.output.report import percentile  # noqa: E402
+from qspan.target import process_cpu_s  # noqa: E402
 from qspan.transport.rings import bpftrace_clock_ns  # noqa: E402
 
 
@@ -72,15 +73,6 @@ def span_ends(path: Path, from_s: float, to_s: float) -> set[int]:
     t0 = events[0].ts_ns
     events = [ev for ev in events if ev.ts_ns - t0 <= to_s * 1e9]
     return {s.end_ns for s in pipeline.correlate(events, rec.header).spans if s.end_ns >= t0 + from_s * 1e9}
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process used so far (all its threads, exited ones too); 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def idle_s() -> float:
@@ -161,7 +153,8 @@ def main() -> None:
 
         def cpu_now() -> tuple[float, ...]:
             tracer = children(server.proc.pid)  # bpftrace (and setpriv before it execs)
-            return (time.monotonic(), cpu_s(info.pid), cpu_s(server.proc.pid), sum(cpu_s(c) for c in tracer), idle_s())
+            return (time.monotonic(), process_cpu_s(info.pid), process_cpu_s(server.proc.pid),
+                    sum(process_cpu_s(c) for c in tracer), idle_s())
 
         cpu_start = cpu_now()
         asyncio.run(run())

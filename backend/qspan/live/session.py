@@ -24,7 +24,7 @@ from qspan.live.feed import FedSession, LiveFeed
 from qspan.live.shedder import LoadShedder
 from qspan.output import overhead, recording
 from qspan.output.ringrecording import RawRecordingWriter
-from qspan.target import Target
+from qspan.target import Target, process_cpu_s
 from qspan.transport.bpftrace import TraceSession, check_can_trace
 from qspan.transport.ringdecode import STRLEN, printf_formats
 from qspan.transport.rings import bpftrace_clock_ns
@@ -193,7 +193,7 @@ class LiveSession(FedSession):
         if self._cpu_since is None or self.state != "attached":
             return self._tracer_cpu_last
         t0, own0, bpf_pid = self._cpu_since
-        bpf = _process_cpu_s(bpf_pid) if bpf_pid is not None else 0.0
+        bpf = process_cpu_s(bpf_pid) if bpf_pid is not None else 0.0
         self._tracer_cpu_last = overhead.measured(_own_cpu_s() - own0, bpf, requests, time.monotonic() - t0)
         return self._tracer_cpu_last
 
@@ -253,13 +253,3 @@ def _own_cpu_s() -> float:
     """CPU seconds this process has used (all its threads)."""
     t = os.times()
     return t.user + t.system
-
-
-def _process_cpu_s(pid: int) -> float:
-    """CPU seconds process `pid` has used so far; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -84,6 +84,16 @@ class Target:
         return d
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds process `pid` has used so far (all its threads, exited ones too); 0 once it is gone."""
+    try:
+        with open(PROC / str(pid) / "stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie (an exited QEMU its parent has not reaped)."""
     try:
