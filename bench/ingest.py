@@ -124,39 +124,32 @@ def main() -> None:
             out += len(d.release(mark, hold_ns=0)[1])
         return out, 0
 
-    def record_ring():
-        class Polls:  # stands in for qspan's perf rings (transport/rings.py)
-            def __init__(self):
-                self.next = iter(polls)
+    class Polls:  # stands in for qspan's perf rings (transport/rings.py): one poll a read
+        def __init__(self):
+            self.next = iter(polls)
 
-            def read(self):
-                return [(0, next(self.next)[0])]
+        def read(self):
+            return [(0, next(self.next)[0])]
 
-        # a version-2 recording: the rings' bytes as read, records counted (ringrecording.py)
-        writer = RawRecordingWriter(open(os.devnull, "wb"), rec.header, printf_formats(ring_program), STRLEN)
-        out = RingOutput(writer.line, None, None, writer.lines, ring_program, on_raw=writer.ring)
-        return _polled(out, Polls()), 0
-
-    def record_ring_text():
-        # ... and as version-1 text lines, as `qspan record` wrote ring recordings before
-        class Polls:
-            def __init__(self):
-                self.next = iter(polls)
-
-            def read(self):
-                return [(0, next(self.next)[0])]
-
-        writer = RecordingWriter(open(os.devnull, "w"), rec.header)
-        out = RingOutput(writer.line, None, None, writer.lines, ring_program)
-        return _polled(out, Polls()), 0
-
-    def _polled(out: RingOutput, rings) -> int:
-        out.rings = rings
+    def polled(out: RingOutput) -> int:
+        out.rings = Polls()
         out.reader = RingReader(out.rings, out.poll_s)  # its thread not started: one read per poll, here
         for _ in polls:
             out.reader.read_once()
             out.poll()
         return out.lines
+
+    def record_ring():
+        # a version-2 recording: the rings' bytes as read, records counted (ringrecording.py)
+        with open(os.devnull, "wb") as f:
+            writer = RawRecordingWriter(f, rec.header, printf_formats(ring_program), STRLEN)
+            return polled(RingOutput(writer.line, None, None, writer.lines, ring_program, on_raw=writer.ring)), 0
+
+    def record_ring_text():
+        # ... and as version-1 text lines, as `qspan record` wrote ring recordings before
+        with open(os.devnull, "w") as f:
+            writer = RecordingWriter(f, rec.header)
+            return polled(RingOutput(writer.line, None, None, writer.lines, ring_program)), 0
 
     def live_ring():
         # what LiveSession does per read of the rings (the default transport): decode, release
