@@ -27,13 +27,12 @@ from qspan.errors import QspanError, TracerError
 from qspan.model.events import Event, Lost
 from qspan.model.spans import Span, span_dict
 from qspan.output import document as spans_doc
-from qspan.output.recording import Recording, RecordingWriter, make_header
-from qspan.output.ringrecording import RawRecordingWriter
+from qspan.output.recording import Recording, make_header
+from qspan.output.ringrecording import open_writer
 from qspan.program import Program
 from qspan.program import aggregate as aggregate_program
 from qspan.target import Target
 from qspan.transport.bpftrace import TraceResult, TraceSession, check_can_trace, stderr_errors
-from qspan.transport.ringdecode import STRLEN, printf_formats
 
 Progress = Callable[[str], None]
 
@@ -98,17 +97,12 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
     check_can_trace()
     s = session(p, sample_every)
     sampled = f", one {program.WINDOW_MS} ms window in {sample_every}" if sample_every > 1 else ""
-    raw = p.program.transport.name == "ring"  # a version-2 recording: the rings' bytes, decoded when read
-    with _sigint_stops(s), open(out, "wb" if raw else "w") as f:
-        writer: RecordingWriter | RawRecordingWriter
-        if raw:
-            writer = RawRecordingWriter(f, p.header, printf_formats(p.program.text), STRLEN)
-        else:
-            writer = RecordingWriter(f, p.header)
+    # ring transport: a version-2 recording, the rings' bytes, decoded when read
+    with _sigint_stops(s), open_writer(out, p.header, p.program.transport.name, p.program.text) as writer:
         progress(f"attaching {len(p.program.probes)} probes to QEMU {p.target.version} "
                  f"(PID {p.target.pid}, profile {p.profile.name}) ...")
         result = s.run(writer.line, duration_s, on_lines=writer.lines,
-                       on_raw=writer.ring if isinstance(writer, RawRecordingWriter) else None,
+                       on_raw=writer.on_raw,
                        on_attached=lambda: progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"))
         writer.end(result.summary())
     msg = f"{result.event_lines} events in {result.traced_s:.1f} s"

@@ -23,10 +23,9 @@ from qspan.errors import QspanError
 from qspan.live.feed import FedSession, LiveFeed
 from qspan.live.shedder import LoadShedder
 from qspan.output import overhead, recording
-from qspan.output.ringrecording import RawRecordingWriter
+from qspan.output.ringrecording import RawRecordingWriter, open_writer
 from qspan.target import Target, process_cpu_s
 from qspan.transport.bpftrace import TraceSession, check_can_trace
-from qspan.transport.ringdecode import STRLEN, printf_formats
 from qspan.transport.rings import bpftrace_clock_ns
 from qspan.transport.text import entry_line
 
@@ -102,21 +101,16 @@ class LiveSession(FedSession):
             # The ring transport's recording keeps the rings' bytes (ringrecording.py): writing them
             # costs a copy, where formatting each event as a text line cost ~0.6 us of the live
             # path's time an event, and that time is what makes it sample at full rate.
-            raw = self._session.transport.name == "ring"
-            with open(self.record_path, "xb" if raw else "x") as f:
-                writer: recording.RecordingWriter | RawRecordingWriter
-                if raw:
-                    writer = RawRecordingWriter(f, self.header, printf_formats(self._session.program_text), STRLEN,
-                                                self.record_max_bytes)
-                else:
-                    writer = recording.RecordingWriter(f, self.header, self.record_max_bytes)
+            with open_writer(self.record_path, self.header, self._session.transport.name, self._session.program_text,
+                             exclusive=True, max_bytes=self.record_max_bytes) as writer:
                 self._writer = writer
+                raw = writer.on_raw is not None  # the rings' bytes: events and losses are in them already
                 batched = self._session.transport.batched
                 result = self._session.run(lambda line: self._line(writer, line, raw), None,
                                            on_attached=self._attached, on_watermark=self._watermark,
                                            on_batch=(lambda lost, entries: self._batch(writer, lost, entries, raw))
                                            if batched else None,
-                                           on_raw=writer.ring if isinstance(writer, RawRecordingWriter) else None)
+                                           on_raw=writer.on_raw)
                 end = writer.end(result.summary())
             self.reason = result.reason
             with self._lock:

@@ -118,6 +118,8 @@ class RecordingWriter(Capped):
             if self._room(len(text), raws[0]):
                 self._put(text)
 
+    on_raw = None  # the ring transport's raw reads: not kept in a text recording
+
     def end(self, summary: dict) -> dict:
         """Close the recording with why tracing stopped; returns the end marker as written."""
         summary = self._end_summary(summary)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 from qspan.errors import RecordingError, TracerError
 from qspan.model.events import Event, Lost
-from qspan.output.recording import MAGIC_RAW, Capped, codes, string_kinds
-from qspan.transport.ringdecode import RingDecoder, layout_of
+from qspan.output.recording import MAGIC_RAW, Capped, RecordingWriter, codes, string_kinds
+from qspan.transport.ringdecode import STRLEN, RingDecoder, layout_of, printf_formats
 from qspan.transport.text import MalformedLine, parse_line
 
 _FRAME = struct.Struct("<cI")  # tag, length of what follows
@@ -55,6 +57,11 @@ class RawRecordingWriter(Capped):
             self._put(_FRAME.pack(RING, _CPU.size + len(data)) + _CPU.pack(cpu))
             self._put(data)
 
+    @property
+    def on_raw(self):
+        """What the tracer hands each ring read to (TraceSession.run's on_raw)."""
+        return self.ring
+
     def line(self, raw: str) -> None:
         data = raw.rstrip("\n").encode("utf-8", "replace")
         if self._room(_FRAME.size + len(data), raw):
@@ -70,6 +77,19 @@ class RawRecordingWriter(Capped):
         self.f.write(_FRAME.pack(END, len(data)) + data)
         self.f.flush()
         return summary
+
+
+@contextmanager
+def open_writer(path: Path, header: dict, transport: str, program_text: str, exclusive: bool = False,
+                max_bytes: int | None = None) -> Iterator[RecordingWriter | RawRecordingWriter]:
+    """The recording a trace of `program_text` writes to `path`: version 2 (the rings' bytes) with
+    the ring transport, version 1 (text) otherwise; `exclusive`: the file must not exist yet."""
+    raw = transport == "ring"
+    with open(path, ("x" if exclusive else "w") + ("b" if raw else "")) as f:
+        if raw:
+            yield RawRecordingWriter(f, header, printf_formats(program_text), STRLEN, max_bytes)
+        else:
+            yield RecordingWriter(f, header, max_bytes)
 
 
 def _frames(f: IO[bytes], state: dict) -> Iterator[tuple[bytes, bytes]]:
