@@ -134,3 +134,15 @@ def test_a_capped_ring_recording_stops_at_a_frame_and_still_reads_back(raw, tmp_
     rec = recording.read(out)
     assert rec.end["capped"]["max_bytes"] == cap and "bytes of CPU" in rec.end["capped"]["first_line_dropped"]
     assert 0 < len(rec.events) < len(recording.read(RAW).events)
+
+
+def test_a_loss_bpftrace_printed_is_placed_after_the_records_read_before_it(raw, tmp_path):
+    head, _, frames = _split(raw)
+    i = next(k for k, (tag, p) in enumerate(frames) if tag == RING and len(p) > 2 + 72 * 4)
+    before = frames[i][1]
+    newest = int.from_bytes(before[-72 + 20:-72 + 28], "little")  # the frame's last record's stamp
+    frames.insert(i + 1, (LINE, b"Lost 3 events"))
+    path = tmp_path / "printed-loss.qspan"
+    path.write_bytes(_join(head, frames))
+    (loss,) = recording.read(path).lost
+    assert loss == Lost(3, newest)

@@ -122,7 +122,6 @@ def raw_events(f: IO[bytes], header: dict, state: dict) -> Iterator[Event | Lost
     code_table, strings = codes(header), string_kinds(header)
     decoder = RingDecoder(tuple(layout_of(fmt, int(header["ring_strlen"])) for fmt in header["ring_printfs"]),
                           mark_losses=True)
-    last_ts = 0
     for tag, payload in _frames(f, state):
         if tag == LINE:
             texts = [payload.decode("utf-8", "replace")]
@@ -135,7 +134,8 @@ def raw_events(f: IO[bytes], header: dict, state: dict) -> Iterator[Event | Lost
                 yield Lost(count, after_ts)
         for text in texts:
             try:
-                rec = parse_line(text, code_table, strings, 0, last_ts)
+                # a "Lost N events" bpftrace printed belongs after the newest record read so far
+                rec = parse_line(text, code_table, strings, 0, decoder.last_ts)
             except MalformedLine as err:
                 raise RecordingError(f"{path}: corrupted recording: {err}") from None
             if rec is not None:

@@ -128,7 +128,7 @@ class RingDecoder(MapDumpDecoder):
         # mark_losses (a recording read back): where each loss was, as (the stamp of the record
         # before it in its ring, or of the last seen, count), for take_loss_marks()
         self._marks: list[tuple[int, int]] | None = [] if mark_losses else None
-        self._last_ts = 0
+        self.last_ts = 0  # the stamp of the last event record added (in ring order)
 
     def add_records(self, cpu: int, data: bytes) -> list[str]:
         """Decode one ring's new bytes; its events are kept for release(), other printfs returned as lines."""
@@ -152,7 +152,7 @@ class RingDecoder(MapDumpDecoder):
                 count = _LOST.unpack_from(data, off + 8)[1]
                 self._new_lost += count
                 if self._marks is not None:
-                    self._marks.append((events[-1][0] if events else self._last_ts, count))
+                    self._marks.append((events[-1][0] if events else self.last_ts, count))
             elif rtype == RECORD_SAMPLE:
                 raw, pid = _SAMPLE.unpack_from(data, off + 8) if rsize >= 20 else (0, -1)
                 if pid >= ASYNC_ACTIONS:
@@ -188,7 +188,7 @@ class RingDecoder(MapDumpDecoder):
         # reading the clock and writing lands a little out of time order: release() sorts.
         self._pending.extend(events)
         if events:
-            self._last_ts = events[-1][0]
+            self.last_ts = events[-1][0]
 
     def take_loss_marks(self) -> list[tuple[int, int]]:
         """(stamp before the loss, events lost) for each loss in the records added since the last call
