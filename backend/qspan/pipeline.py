@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qspan import catalogue, program, target
+from qspan import catalogue, program, runtime, target
 from qspan.catalogue import Catalogue, Profile
 from qspan.correlate import Correlator, Timeline, in_time_order
 from qspan.errors import QspanError, TracerError
@@ -134,8 +134,9 @@ class Correlation:
 def correlate(events: Iterable[Event | Lost], header: dict, timelines: bool = False) -> Correlation:
     """All spans of a finished event stream (sorted into time order first: per-CPU buffers interleave)."""
     c = Correlator(header, capture_timeline=timelines)
-    for ev in in_time_order(events):
-        c.add(ev)
+    with runtime.collector_paused():
+        for ev in in_time_order(events):
+            c.add(ev)
     captured = dict(c.timelines)
     result = c.finish()
     return Correlation(result.spans, result.stats, captured)
