@@ -8,8 +8,11 @@ setup:
 demo: setup
 	.venv/bin/qspan-lab demo
 
+# Everything, then the pure-logic tests again on the pure-Python correlator (the fallback
+# wherever the compiled one is not built: qspan/compiled.py).
 test: setup
 	.venv/bin/python -m pytest -v -rfE tests
+	QSPAN_PURE=1 .venv/bin/python -m pytest -q -rfE tests/unit
 
 # Pure-logic tests only: no QEMU, no bpftrace, no docker-compose, no root (tests/unit/;
 # conftest.py fails a unit test that asks for tracing). Same set as -m "not e2e".

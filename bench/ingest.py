@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from qspan import pipeline, runtime
+from qspan import compiled, pipeline, runtime
 from qspan.correlate import in_time_order
 from qspan.live import LiveFeed
 from qspan.model.events import Event
@@ -228,6 +228,7 @@ def main() -> None:
         w.end(rec.end)
 
     print(f"recording: {path.name}: {len(lines)} lines, {len(rec.events)} events; one core, {args.seconds:g} s each")
+    print(f"correlator: {compiled.state}")
     for name, fn in (("decode (ring transport)", decode_ring), ("record (ring, raw: v2)", record_ring),
                      ("record (ring, as text: v1)", record_ring_text),
                      ("decode (maps transport)", decode), ("record (maps transport)", record),

@@ -45,13 +45,18 @@ step "Python environment (.venv): qspan with its test extras, and the lab packag
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e lab
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,compiled]' -e lab
 for cmd in qspan qspan-lab; do
     if ! .venv/bin/$cmd --help >/dev/null; then
         echo "setup: .venv/bin/$cmd does not run after pip install (see the errors above)" >&2
         exit 1
     fi
 done
+
+step "the compiled correlator (mypyc; kept in .venv, rebuilt only when its sources change)"
+if [ "$(.venv/bin/python -m qspan.compiled)" != "compiled (mypyc)" ]; then
+    .venv/bin/python -m qspan.compiled build
+fi
 
 step "lab guest (kernel + initramfs + qspan-load)"
 bash lab/guest/build.sh build/guest

@@ -38,6 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from qspan import compiled
+
+compiled.prefer("correlate", __path__)  # the mypyc build of these modules, if current (qspan/compiled.py)
+
 from qspan.correlate.config import CorrelatorConfig
 from qspan.correlate.correlator import Correlator
 from qspan.correlate.sweep import SWEEP_NS, SWEEPS_AFTER_LOSS, WAIT_KEEP_NS

@@ -9,45 +9,39 @@ a request's coroutine, which close its wait and its span.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
+from qspan.correlate.config import CorrelatorConfig
+from qspan.correlate.pool import ThreadPool
+from qspan.correlate.request import _Req
 from qspan.correlate.selfcost import CostLog, span_cost
+from qspan.correlate.sweep import LossSweep
+from qspan.correlate.threads import ThreadEvents, _Thread
 from qspan.correlate.timeline import Timeline
 from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event
-from qspan.model.spans import Child, Handoff, Span
-
-if TYPE_CHECKING:
-    from qspan.correlate.config import CorrelatorConfig
-    from qspan.correlate.pool import ThreadPool
-    from qspan.correlate.request import _Req
-    from qspan.correlate.sweep import LossSweep
-    from qspan.correlate.threads import _Thread
+from qspan.model.spans import Child, Handoff, InsteadItem, Span
 
 
-class CoroutineEvents:
-    """The Correlator's handlers of coroutine events (a mixin: the state is the Correlator's)."""
+class CoroutineEvents(ThreadEvents):
+    """The Correlator's handlers of coroutine events (its base class; the state is the Correlator's)."""
 
-    # The Correlator's state that these handlers use (see Correlator._forget_flow):
+    # The Correlator's state that these handlers use, besides ThreadEvents' (see Correlator._forget_flow):
     config: CorrelatorConfig
-    roles: dict[str, str]
+    roles: Mapping[str, str]
     capture_timeline: bool
     timelines: dict[int, Timeline]
     spans: list[Span]
-    stats: dict[str, int]
-    threads: dict[int, _Thread]
     alive: set[int]
     running: dict[int, _Thread]
-    co_req: dict[int, _Req]
     co_node: dict[int, int]
     children: dict[int, Child]
-    pool: ThreadPool
     loss_sweep: LossSweep
     cost_logs: dict[int, CostLog]
     _hit_increment: Mapping[str, int]
 
-    thread: Callable[[int], _Thread]  # ThreadEvents': a thread's record
-    _name: Callable[[int], tuple[str, str]]  # a node's name and driver
+    def _name(self, bs: int) -> tuple[str, str]:
+        """A node's name and driver (the Correlator's)."""
+        raise NotImplementedError
 
     def _co_switch(self, ev: Event) -> None:
         from_co, to_co, action = ev.args[0], ev.args[1], ev.args[2]
@@ -164,9 +158,9 @@ class CoroutineEvents:
         if w.ready_ns is not None:
             # Ready before it was resumed: it waited for thread t, which did something else instead.
             ready = min(max(w.ready_ns, w.yield_ns), ts)
-            if t.timeline is None:
-                instead, top = {}, []
-            else:
+            instead: dict[str, int] = {}
+            top: list[InsteadItem] = []
+            if t.timeline is not None:
                 instead, top = t.timeline.instead(ready, ts, lambda bs: self._name(bs)[0])
             req.handoffs.append(
                 Handoff(req.co, w.signal, w.from_tid, t.tid, ready, ts, ts - ready, w.from_tid != t.tid, instead, top)

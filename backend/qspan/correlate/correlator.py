@@ -16,13 +16,13 @@ from qspan.correlate.pool import ThreadPool
 from qspan.correlate.selfcost import CostLog, hit_increment
 from qspan.correlate.request import _Req
 from qspan.correlate.sweep import LossSweep
-from qspan.correlate.threads import GuestKicks, ThreadEvents, _Thread
+from qspan.correlate.threads import GuestKicks, _Thread
 from qspan.correlate.timeline import Timeline
 from qspan.model.events import Event, Lost
 from qspan.model.spans import Child, NodeVisit, Result, Span
 
 
-class Correlator(CoroutineEvents, ThreadEvents):
+class Correlator(CoroutineEvents):
     """Feed events in timestamp order with add(); take spans with finish()."""
 
     def __init__(self, header: dict, capture_timeline: bool = False):
@@ -78,7 +78,7 @@ class Correlator(CoroutineEvents, ThreadEvents):
     # -- plumbing -------------------------------------------------------------
 
     def add(self, ev: Event | Lost) -> None:
-        if type(ev) is Lost:
+        if isinstance(ev, Lost):
             self.stats["lost_events"] += ev.count
             self.loss_sweep.after_loss()
             # Anything in flight may have missed an event: say so on its span.
@@ -139,7 +139,7 @@ class Correlator(CoroutineEvents, ThreadEvents):
         t = self.thread(ev.tid)
         if t.pending_submit is not None:
             self.stats["unbound_submits"] += 1
-        req = _Req(self.next_id, op, blk, offset, nbytes, ev.tid, ev.ts_ns, cursor_ns=ev.ts_ns)
+        req = _Req(self.next_id, op, blk, offset, nbytes, ev.tid, ev.ts_ns)
         kick = self.kicks.take(ev.tid, ev.ts_ns)
         if kick is not None:
             req.kicked(kick)

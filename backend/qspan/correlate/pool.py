@@ -15,12 +15,8 @@ offset).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
+from qspan.correlate.request import _Req
 from qspan.model.spans import PoolHop
-
-if TYPE_CHECKING:
-    from qspan.correlate.request import _Req
 
 OP_FLUSH = 3  # an fsync carries no offset: it matches the oldest pending flush
 # A node visit whose work never reaches a worker (linux-aio, io_uring, a cache hit) would be
@@ -28,13 +24,20 @@ OP_FLUSH = 3  # an fsync carries no offset: it matches the oldest pending flush
 PENDING_KEEP_NS = 2_000_000_000
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Candidate:
     req: _Req
     co: int
     offset: int
     op: int
     visit_ns: int
+
+    def __init__(self, req: _Req, co: int, offset: int, op: int, visit_ns: int) -> None:
+        self.req = req
+        self.co = co
+        self.offset = offset
+        self.op = op
+        self.visit_ns = visit_ns
 
 
 class ThreadPool:

@@ -9,24 +9,33 @@ duration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qspan.model.events import OP_NAMES
 from qspan.model.spans import Child, Handoff, NodeVisit, Phase, PoolHop, Span
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # init: see qspan/model/spans.py
 class _Wait:
     yield_ns: int
-    pool: PoolHop | None = None
-    hop: bool = False  # a profile hop (drv.hop) preceded the yield
-    hop_done_ns: int | None = None
-    ready_ns: int | None = None
-    signal: str = "unknown"
-    from_tid: int = 0
+    pool: PoolHop | None
+    hop: bool  # a profile hop (drv.hop) preceded the yield
+    hop_done_ns: int | None
+    ready_ns: int | None
+    signal: str
+    from_tid: int
+
+    def __init__(self, yield_ns: int, pool: PoolHop | None, hop: bool, hop_done_ns: int | None) -> None:
+        self.yield_ns = yield_ns
+        self.pool = pool
+        self.hop = hop
+        self.hop_done_ns = hop_done_ns
+        self.ready_ns = None
+        self.signal = "unknown"
+        self.from_tid = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Req:
     id: int
     op: int
@@ -35,23 +44,49 @@ class _Req:
     bytes: int
     tid: int
     submit_ns: int
-    start_ns: int = 0  # the guest's kick when seen, else submit_ns
-    co: int = 0
-    cursor_ns: int = 0  # end of the last closed phase
-    run_name: str = "submit"
-    wait: _Wait | None = None
-    early: tuple[int, str, int] | None = None  # a wake-up signal seen before the coroutine yielded
-    hop_pending: bool = False  # drv.hop seen, the coroutine has not yielded yet
-    hop_done_ns: int | None = None  # drv.hop_done seen before the coroutine yielded
-    last_hop_done_ns: int | None = None
-    ack_ns: int | None = None
-    phases: list[Phase] = field(default_factory=list)
-    handoffs: list[Handoff] = field(default_factory=list)
-    nodes: list[NodeVisit] = field(default_factory=list)
-    pool: list[PoolHop] = field(default_factory=list)
-    children: list[Child] = field(default_factory=list)
-    complete: bool = True
-    waited: bool = False  # its coroutine has yielded at least once
+    start_ns: int  # the guest's kick when seen, else 0 (then submit_ns)
+    co: int
+    cursor_ns: int  # end of the last closed phase
+    run_name: str
+    wait: _Wait | None
+    early: tuple[int, str, int] | None  # a wake-up signal seen before the coroutine yielded
+    hop_pending: bool  # drv.hop seen, the coroutine has not yielded yet
+    hop_done_ns: int | None  # drv.hop_done seen before the coroutine yielded
+    last_hop_done_ns: int | None
+    ack_ns: int | None
+    phases: list[Phase]
+    handoffs: list[Handoff]
+    nodes: list[NodeVisit]
+    pool: list[PoolHop]
+    children: list[Child]
+    complete: bool
+    waited: bool  # its coroutine has yielded at least once
+
+    def __init__(self, id: int, op: int, blk: int, offset: int, bytes: int, tid: int, submit_ns: int) -> None:
+        self.id = id
+        self.op = op
+        self.blk = blk
+        self.offset = offset
+        self.bytes = bytes
+        self.tid = tid
+        self.submit_ns = submit_ns
+        self.start_ns = 0
+        self.co = 0
+        self.cursor_ns = submit_ns
+        self.run_name = "submit"
+        self.wait = None
+        self.early = None
+        self.hop_pending = False
+        self.hop_done_ns = None
+        self.last_hop_done_ns = None
+        self.ack_ns = None
+        self.phases = []
+        self.handoffs = []
+        self.nodes = []
+        self.pool = []
+        self.children = []
+        self.complete = True
+        self.waited = False
 
     def phase(self, name: str, end_ns: int) -> None:
         """Close the next phase at end_ns (clamped: phases never overlap or go back)."""
@@ -113,7 +148,7 @@ class _Req:
         self.run_name = "run"
         last = self.pool[-1] if self.pool else None
         hop = last if last is not None and last.resumed_ns is None and last.co == self.co else None
-        w = self.wait = _Wait(ts, pool=hop, hop=self.hop_pending, hop_done_ns=self.hop_done_ns)
+        w = self.wait = _Wait(ts, hop, self.hop_pending, self.hop_done_ns)
         self.hop_pending, self.hop_done_ns = False, None
         if self.early is not None:
             # Woken before it yielded (a fast completion): ready as soon as it yields.

@@ -22,10 +22,9 @@ how far the corrected latencies are from the untraced guest's).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from qspan.model.spans import Span
+from qspan.model.spans import Span
 
 # Older hits are dropped as new ones come (a span longer than this is charged for its last part only)
 COST_HORIZON_NS = 2_000_000_000
@@ -51,7 +50,7 @@ class CostLog:
     lists short."""
 
     __slots__ = ("ts", "sums", "base", "limit")
-    MAX_KEPT = 16_384  # past this many hits, those older than COST_HORIZON_NS go
+    MAX_KEPT: ClassVar[int] = 16_384  # past this many hits, those older than COST_HORIZON_NS go
 
     def __init__(self) -> None:
         self.ts: list[int] = []
@@ -99,7 +98,8 @@ def span_cost(span: Span, logs: dict[int, CostLog], hop_role: str, kick: int) ->
     home = logs.get(span.tid)
     if home is not None:
         # the home thread's stretches: consecutive phases merged, so an event on a boundary counts once
-        start = end = None
+        start: int | None = None
+        end = 0
         for p in span.phases:
             # (a zero-length one does not split the stretch: its hit would count on both sides)
             if p.dur_ns and (p.name in OFF_HOME_PHASES or p.name == hop_role):

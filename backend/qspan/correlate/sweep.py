@@ -11,12 +11,10 @@ taken for a leak. Without losses nothing is swept.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from qspan.correlate.correlator import _Thread
-    from qspan.correlate.request import _Req
-    from qspan.model.spans import Child
+from qspan.correlate.request import _Req
+from qspan.correlate.threads import _Thread
+from qspan.model.spans import Child
 
 SWEEP_NS = 5_000_000_000
 SWEEPS_AFTER_LOSS = 3  # a coroutine last named just before a loss is gone by the third sweep

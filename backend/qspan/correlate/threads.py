@@ -10,15 +10,10 @@ an event loop then reads (GuestKicks).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from qspan.correlate.timeline import ThreadTimeline, Who
+from qspan.correlate.pool import ThreadPool
+from qspan.correlate.request import _Req
+from qspan.correlate.timeline import ThreadTimeline
 from qspan.model.events import Event
-
-if TYPE_CHECKING:
-    from qspan.correlate.pool import ThreadPool
-    from qspan.correlate.request import _Req
 
 
 class _Thread:
@@ -99,7 +94,12 @@ class GuestKicks:
 
 
 class ThreadEvents:
-    """The Correlator's handlers of thread-level events (a mixin: the state is the Correlator's)."""
+    """The Correlator's handlers of thread-level events (the base of its chain of handler
+    classes, ThreadEvents <- CoroutineEvents <- Correlator; the state is the Correlator's).
+
+    One chain, not mixins: a class compiled by mypyc (the fast build, see setup.py) may
+    have one base only. What a later class of the chain provides is declared here as a
+    method that it overrides."""
 
     # The Correlator's state that these handlers use (see Correlator._forget_flow):
     watched: frozenset[int]
@@ -108,8 +108,14 @@ class ThreadEvents:
     kicks: GuestKicks
     pool: ThreadPool
     stats: dict[str, int]
-    _who: Who  # what a coroutine works for, asked by the thread's timeline
-    _ended_above: Callable[[_Thread, int, int], None]  # the coroutines above one on a stack ended
+
+    def _who(self, co: int) -> tuple[str, int | None, int]:
+        """What a coroutine works for, asked by the thread's timeline (the Correlator's)."""
+        raise NotImplementedError
+
+    def _ended_above(self, t: _Thread, co: int, ts: int) -> None:
+        """The coroutines above co on t's stack ended (CoroutineEvents')."""
+        raise NotImplementedError
 
     def thread(self, tid: int) -> _Thread:
         t = self.threads.get(tid)
@@ -157,12 +163,16 @@ class ThreadEvents:
         if prev in watched:
             t = self.thread(prev)
             stack = t.stack
+            timeline = t.timeline
+            assert timeline is not None  # thread() gives every watched thread one
             # TASK_RUNNING (0) or only the preemption marker bit: still runnable
-            t.timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "asleep" if prev_state & 0x7F else "runnable")
+            timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "asleep" if prev_state & 0x7F else "runnable")
         if nxt in watched:
             t = self.thread(nxt)
             stack = t.stack
-            t.timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "on")
+            timeline = t.timeline
+            assert timeline is not None
+            timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "on")
 
     def _sched_wakeup(self, ev: Event) -> None:
         t = self.thread(ev.args[0])

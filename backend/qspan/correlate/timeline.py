@@ -36,7 +36,7 @@ INSTEAD_TOP = 5
 Who = Callable[[int], tuple[str, int | None, int]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # init: see qspan/model/spans.py (the compiled build)
 class _Segment:
     start_ns: int
     end_ns: int
@@ -46,17 +46,33 @@ class _Segment:
     request: int | None
     node: int  # bs of the last node the coroutine entered, 0 if none
 
+    def __init__(self, start_ns: int, end_ns: int, kind: str, co: int, role: str, request: int | None,
+                 node: int) -> None:
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.kind = kind
+        self.co = co
+        self.role = role
+        self.request = request
+        self.node = node
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class Timeline:
     """A watched thread's timeline around one span.
 
     Kept as the correlator's own (never mutated) segments and made into dicts
     only when someone asks: the live server keeps hundreds, and shows a few.
+    (Not a frozen dataclass, whose __init__ sets fields through object.__setattr__:
+    one is made per span on the live path.)
     """
 
     tid: int
     segments: tuple[_Segment, ...]
+
+    def __init__(self, tid: int, segments: tuple[_Segment, ...]) -> None:
+        self.tid = tid
+        self.segments = segments
 
     def dicts(self) -> list[dict]:
         return [{"tid": self.tid, "start_ns": seg.start_ns, "dur_ns": seg.end_ns - seg.start_ns, "kind": seg.kind,

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from qspan import pipeline, program
+from qspan import compiled, pipeline, program
 from qspan.catalogue import costs
 from qspan.errors import QspanError
 from qspan.live.feed import FedSession, LiveFeed
@@ -234,6 +234,7 @@ class LiveSession(FedSession):
             "overhead": overhead.estimate(counts, self._event_us, spans),
             # and what qspan itself took, as /proc counted it since attach
             "tracer_cpu": self._tracer_cpu(spans),
+            "correlator": compiled.state,  # compiled (mypyc) or pure Python, and why (qspan/compiled.py)
             "sampling": {
                 "mode": self.sampling, "every": self._session.sample_every if self._session else 1,
                 "window_ms": program.WINDOW_MS, "sampled_out": sampled_out,

@@ -10,6 +10,7 @@ the kernel dropped before the tracer could read them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # co.switch actions (QEMU's CoroutineAction)
 CO_YIELD = 1
@@ -26,15 +27,23 @@ OP_NAMES = {OP_READ: "read", OP_WRITE: "write", OP_FLUSH: "flush"}
 # Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
 # 510 ns an event against 135 here (Python 3.11), and the live path and every recording
 # read build one Event per event. Nothing changes an Event once made, so it stays hashable.
-@dataclass(slots=True, unsafe_hash=True)
+# And its own __init__: see qspan/model/spans.py (the compiled build).
+@dataclass(slots=True, unsafe_hash=True, init=False)
 class Event:
     kind: str
     ts_ns: int
     tid: int
-    args: tuple[int | str, ...] = ()
+    # ints, but for a few string arguments (node.name's): Any, so handlers use them untested
+    args: tuple[Any, ...]
+
+    def __init__(self, kind: str, ts_ns: int, tid: int, args: tuple[Any, ...] = ()) -> None:
+        self.kind = kind
+        self.ts_ns = ts_ns
+        self.tid = tid
+        self.args = args
 
     def arg(self, i: int) -> int:
-        return self.args[i] if i < len(self.args) else 0  # type: ignore[return-value]
+        return self.args[i] if i < len(self.args) else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,17 @@
 Units are in the field names: `_ns` are CLOCK_MONOTONIC nanoseconds (the
 tracer's clock), `_us` microseconds. docs/spans-schema.md documents every
 field; tests/unit/test_docs.py fails when a field here is not documented there.
+
+The records made per span have their own __init__ (init=False to the dataclass):
+where qspan's correlator is compiled (qspan/compiled.py) mypyc compiles a
+written __init__ but not the one dataclasses generates, and that one, setting
+each field through a descriptor, cost the compiled correlator half its speed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 SCHEMA = "qspan.spans/1"
 
@@ -22,14 +28,19 @@ INSTEAD_CATEGORIES = (
 )
 
 
-@dataclass
+@dataclass(init=False)
 class Phase:
     name: str
     start_ns: int
     dur_ns: int
 
+    def __init__(self, name: str, start_ns: int, dur_ns: int) -> None:
+        self.name = name
+        self.start_ns = start_ns
+        self.dur_ns = dur_ns
 
-@dataclass
+
+@dataclass(init=False)
 class InsteadItem:
     """One coroutine that ran on the waiting thread while a request waited."""
 
@@ -39,8 +50,15 @@ class InsteadItem:
     node: str | None
     dur_ns: int
 
+    def __init__(self, co: int, request: int | None, role: str, node: str | None, dur_ns: int) -> None:
+        self.co = co
+        self.request = request
+        self.role = role
+        self.node = node
+        self.dur_ns = dur_ns
 
-@dataclass
+
+@dataclass(init=False)
 class Handoff:
     """A wait for a thread to resume the request's coroutine once its work was ready."""
 
@@ -52,11 +70,24 @@ class Handoff:
     resumed_ns: int
     delay_ns: int
     cross_thread: bool
-    instead_ns: dict[str, int] = field(default_factory=dict)  # INSTEAD_CATEGORIES -> ns
-    instead_top: list[InsteadItem] = field(default_factory=list)
+    instead_ns: dict[str, int]  # INSTEAD_CATEGORIES -> ns
+    instead_top: list[InsteadItem]
+
+    def __init__(self, co: int, signal: str, from_tid: int, to_tid: int, ready_ns: int, resumed_ns: int,
+                 delay_ns: int, cross_thread: bool, instead_ns: dict[str, int], instead_top: list[InsteadItem]) -> None:
+        self.co = co
+        self.signal = signal
+        self.from_tid = from_tid
+        self.to_tid = to_tid
+        self.ready_ns = ready_ns
+        self.resumed_ns = resumed_ns
+        self.delay_ns = delay_ns
+        self.cross_thread = cross_thread
+        self.instead_ns = instead_ns
+        self.instead_top = instead_top
 
 
-@dataclass
+@dataclass(init=False)
 class NodeVisit:
     node: str  # node name, or bs pointer as hex when unnamed
     driver: str
@@ -66,8 +97,17 @@ class NodeVisit:
     ts_ns: int
     co: int
 
+    def __init__(self, node: str, driver: str, bs: int, offset: int, bytes: int, ts_ns: int, co: int) -> None:
+        self.node = node
+        self.driver = driver
+        self.bs = bs
+        self.offset = offset
+        self.bytes = bytes
+        self.ts_ns = ts_ns
+        self.co = co
 
-@dataclass
+
+@dataclass(init=False)
 class Child:
     """A coroutine a request started and did not await: off its critical path."""
 
@@ -78,8 +118,17 @@ class Child:
     start_ns: int
     end_ns: int | None  # spawn_done or termination; null when not seen
 
+    def __init__(self, co: int, role: str, offset: int | None, bytes: int | None, start_ns: int,
+                 end_ns: int | None) -> None:
+        self.co = co
+        self.role = role
+        self.offset = offset
+        self.bytes = bytes
+        self.start_ns = start_ns
+        self.end_ns = end_ns
 
-@dataclass
+
+@dataclass(init=False)
 class PoolHop:
     co: int  # the coroutine that submitted it
     submit_ns: int
@@ -88,8 +137,17 @@ class PoolHop:
     io_done_ns: int | None
     resumed_ns: int | None
 
+    def __init__(self, co: int, submit_ns: int, worker_tid: int | None, io_start_ns: int | None,
+                 io_done_ns: int | None, resumed_ns: int | None) -> None:
+        self.co = co
+        self.submit_ns = submit_ns
+        self.worker_tid = worker_tid
+        self.io_start_ns = io_start_ns
+        self.io_done_ns = io_done_ns
+        self.resumed_ns = resumed_ns
 
-@dataclass
+
+@dataclass(init=False)
 class Span:
     id: int
     op: str  # read, write, flush
@@ -114,6 +172,33 @@ class Span:
     qspan_ns: int | None = None
     qspan_hits: dict | None = None  # {"uprobe": n, "tracepoint": n}
 
+    def __init__(self, id: int, op: str, offset: int, bytes: int, tid: int, co: int, start_ns: int,
+                 submit_ns: int, end_ns: int, dur_ns: int, ack_ns: int | None, co_end_ns: int,
+                 phases: list[Phase], hop_done_ns: int | None, handoffs: list[Handoff], nodes: list[NodeVisit],
+                 pool: list[PoolHop], children: list[Child], complete: bool, qspan_ns: int | None = None,
+                 qspan_hits: dict | None = None) -> None:
+        self.id = id
+        self.op = op
+        self.offset = offset
+        self.bytes = bytes
+        self.tid = tid
+        self.co = co
+        self.start_ns = start_ns
+        self.submit_ns = submit_ns
+        self.end_ns = end_ns
+        self.dur_ns = dur_ns
+        self.ack_ns = ack_ns
+        self.co_end_ns = co_end_ns
+        self.phases = phases
+        self.hop_done_ns = hop_done_ns
+        self.handoffs = handoffs
+        self.nodes = nodes
+        self.pool = pool
+        self.children = children
+        self.complete = complete
+        self.qspan_ns = qspan_ns
+        self.qspan_hits = qspan_hits
+
 
 @dataclass
 class Result:
@@ -123,20 +208,31 @@ class Result:
     stats: dict
 
 
+def _as_dict(cls: type) -> Callable[[object], dict]:
+    """A record's fields as a dict."""
+    if cls.__dictoffset__:  # a plain class (pure Python): a copy of its __dict__ is the fastest
+        return lambda obj: obj.__dict__.copy()
+    names = tuple(f.name for f in fields(cls))  # a compiled record has no __dict__
+    return lambda obj: {k: getattr(obj, k) for k in names}
+
+
+_phase, _instead, _handoff, _node, _child, _hop, _span = (
+    _as_dict(c) for c in (Phase, InsteadItem, Handoff, NodeVisit, Child, PoolHop, Span))
+
+
 def _handoff_dict(h: Handoff) -> dict:
-    d = h.__dict__.copy()
+    d = _handoff(h)
     d["instead_ns"] = dict(h.instead_ns)
-    d["instead_top"] = [i.__dict__.copy() for i in h.instead_top]
+    d["instead_top"] = [_instead(i) for i in h.instead_top]
     return d
 
 
 def span_dict(s: Span) -> dict:
-    """dataclasses.asdict(s), ~20x faster: the live path converts every span (asdict was 2/3 of its time)."""
-    d = s.__dict__.copy()
-    d["phases"] = [p.__dict__.copy() for p in s.phases]
+    """dataclasses.asdict(s), several times faster: the live path converts every span (asdict was 2/3 of its time)."""
+    d = _span(s)
+    d["phases"] = [_phase(p) for p in s.phases]
     d["handoffs"] = [_handoff_dict(h) for h in s.handoffs]
-    d["nodes"] = [n.__dict__.copy() for n in s.nodes]
-    d["pool"] = [p.__dict__.copy() for p in s.pool]
-    d["children"] = [c.__dict__.copy() for c in s.children]
+    d["nodes"] = [_node(n) for n in s.nodes]
+    d["pool"] = [_hop(p) for p in s.pool]
+    d["children"] = [_child(c) for c in s.children]
     return d
-
