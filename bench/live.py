@@ -185,7 +185,7 @@ def main() -> None:
     lags.sort()
     print(f"live path: {args.duration} s of tracing, guest writes qd {args.qd} "
           f"{'at ' + str(args.rate) + '/s' if args.rate else 'at full rate'}, {args.scenario} lab")
-    print(f"correlator in the server: {status.get('correlator')}")
+    print(f"correlator in the server: {status.get('correlator')}; its collector's pauses: {status.get('collector')}")
     print(f"frames received: {len(frames)} ({len(frames) / args.duration:.1f}/s); spans seen: {len(ends)}; "
           f"events/s at the end: {status.get('events_per_s')}; lost events: {status.get('lost_events')}")
     if lags:

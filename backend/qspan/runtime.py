@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,3 +37,47 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+class CollectorPauses:
+    """How long CPython's cyclic collector stopped this process, per generation (gc.callbacks).
+
+    The live server's freshness is bounded by its longest stall; a full collection walks
+    every object it holds, so this is the first thing to look at when frames come late.
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.count = [0, 0, 0]
+        self.total_s = [0.0, 0.0, 0.0]
+        self.max_s = [0.0, 0.0, 0.0]
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        g, took = info["generation"], time.perf_counter() - self._started
+        self.count[g] += 1
+        self.total_s[g] += took
+        self.max_s[g] = max(self.max_s[g], took)
+
+    def close(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict:
+        return {f"gen{g}": {"collections": self.count[g], "total_s": round(self.total_s[g], 3),
+                            "max_ms": round(self.max_s[g] * 1000, 1)} for g in range(3)}
+
+
+_pauses: CollectorPauses | None = None
+
+
+def collector_pauses() -> CollectorPauses:
+    """This process's collector pauses, counted from the first call on."""
+    global _pauses
+    if _pauses is None:
+        _pauses = CollectorPauses()
+    return _pauses
+

@@ -1,4 +1,5 @@
-"""The compiled correlator (qspan/compiled.py): used when current, never when stale, same spans as pure Python."""
+"""The compiled correlator (qspan/compiled.py): used when current, never when stale, same spans as pure
+Python; and what the cyclic collector costs (qspan/runtime.py)."""
 
 import gc
 import hashlib
@@ -105,3 +106,18 @@ def test_correlating_makes_no_reference_cycles(name):
         gc.enable()
     assert len(result.spans) == 200 and len(events) > 2000
     assert found == 0, f"{found} objects in reference cycles: {kinds}"
+
+
+def test_collector_pauses_are_counted_per_generation():
+    from qspan.runtime import CollectorPauses
+
+    pauses = CollectorPauses()
+    try:
+        gc.collect(0)
+        gc.collect(2)
+        s = pauses.summary()
+    finally:
+        pauses.close()
+    assert s["gen0"]["collections"] >= 1 and s["gen2"]["collections"] >= 1
+    assert s["gen2"]["max_ms"] > 0 and s["gen2"]["total_s"] >= s["gen2"]["max_ms"] / 1000 - 1e-3
+    assert pauses._callback not in gc.callbacks

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from qspan import compiled, pipeline, program
+from qspan import compiled, pipeline, program, runtime
 from qspan.catalogue import costs
 from qspan.errors import QspanError
 from qspan.live.feed import FedSession, LiveFeed
@@ -77,6 +77,7 @@ class LiveSession(FedSession):
         self._event_us: dict[str, float] = {}
         self._cpu_since: tuple[float, float, int | None] | None = None  # (monotonic, own CPU, bpftrace PID)
         self._tracer_cpu_last: dict | None = None
+        runtime.collector_pauses()  # counted from the first session on (the status shows them)
 
     def start(self) -> None:
         """Plan synchronously (errors reach the caller), trace in a thread."""
@@ -235,6 +236,8 @@ class LiveSession(FedSession):
             # and what qspan itself took, as /proc counted it since attach
             "tracer_cpu": self._tracer_cpu(spans),
             "correlator": compiled.state,  # compiled (mypyc) or pure Python, and why (qspan/compiled.py)
+            # the server process's cyclic-collector stalls: what bounds freshness when frames come late
+            "collector": runtime.collector_pauses().summary(),
             "sampling": {
                 "mode": self.sampling, "every": self._session.sample_every if self._session else 1,
                 "window_ms": program.WINDOW_MS, "sampled_out": sampled_out,
