@@ -8,9 +8,9 @@ __path__ looks there before the sources, so `import qspan.correlate.correlator`
 loads the extension. Any edit to a source file changes the digest and the
 sources are used again until the next build: a stale build is never run.
 
-Why (bench/ingest.py, a 20 s full-rate recording, one run): the correlator alone
-handled ~300k events/s pure and ~600k compiled; with the collector off (see
-pipeline.correlate) ~355k and ~780k.
+Why (a 20 s full-rate recording, 3.2 M events, one run): bench/ingest.py's
+correlate stage handled 313k events/s pure and 486k compiled, its live path 255k
+and 391k; the correlator alone, best of three, 355k and 685k.
 
 QSPAN_PURE=1 in the environment uses the sources whatever is built (the unit tests
 run both ways).
@@ -84,7 +84,7 @@ def build() -> int:
     t0 = time.monotonic()
     digest = sources_digest()
     print(f"qspan.compiled: compiling {len(sources())} modules of qspan.{{{','.join(PACKAGES)}}} with mypyc "
-          "(about a minute) ...", file=sys.stderr, flush=True)
+          "(~20 s) ...", file=sys.stderr, flush=True)
     shutil.rmtree(BUILD_DIR, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="qspan-mypyc-") as tmp:
         cwd = os.getcwd()

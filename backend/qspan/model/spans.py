@@ -216,8 +216,8 @@ def _as_dict(cls: type) -> Callable[[object], dict]:
     return lambda obj: {k: getattr(obj, k) for k in names}
 
 
-_phase, _instead, _handoff, _node, _child, _hop, _span = (
-    _as_dict(c) for c in (Phase, InsteadItem, Handoff, NodeVisit, Child, PoolHop, Span))
+_phase, _instead, _handoff, _node, _child, _hop, _span = [
+    _as_dict(c) for c in (Phase, InsteadItem, Handoff, NodeVisit, Child, PoolHop, Span)]
 
 
 def _handoff_dict(h: Handoff) -> dict:
