@@ -9,8 +9,8 @@ loads the extension. Any edit to a source file changes the digest and the
 sources are used again until the next build: a stale build is never run.
 
 Why (a 20 s full-rate recording, 3.2 M events, one run): bench/ingest.py's
-correlate stage handled 313k events/s pure and 486k compiled, its live path 255k
-and 391k; the correlator alone, best of three, 355k and 685k.
+correlate stage handled 334k events/s pure and 553k compiled, its live path 282k
+and 433k; the correlator alone, best of three, 409k and 798k.
 
 QSPAN_PURE=1 in the environment uses the sources whatever is built (the unit tests
 run both ways).

@@ -113,3 +113,23 @@ def test_a_hit_at_a_zero_length_wait_is_charged_once():
     assert [(p.name, p.dur_ns) for p in s.phases][1:3] == [("queue", 0), ("device", 0)]
     # submit, enter, node.io, yield, enter, ack; and the worker's two tracepoints
     assert s.qspan_hits == {"uprobe": 6, "tracepoint": 2}
+
+
+def test_cost_log_windows_agree_with_counting_by_hand_in_the_tail_and_before_it():
+    # sum_between searches the newest TAIL_SEARCH hits first: windows inside the tail, across
+    # its start and wholly before it, and empty ones, must all count as a plain scan does.
+    import random
+
+    from qspan.correlate.selfcost import TAIL_SEARCH, unpack
+
+    rng = random.Random(7)
+    log = CostLog()
+    stamps = sorted(rng.sample(range(1, 10_000), 3 * TAIL_SEARCH))
+    stamps += [stamps[-1]] * 3  # equal stamps at the end, as two probes in one nanosecond
+    for ts in stamps:
+        log.charge(ts, hit_increment(1000, False))
+    for _ in range(2000):
+        a = rng.choice([*stamps, rng.randrange(0, 10_001)])
+        b = a + rng.choice([0, 1, 7, 50, 500, 5000])
+        expected = sum(1 for ts in stamps if a <= ts <= b)
+        assert unpack(log.sum_between(a, b))[1] == expected, (a, b)

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 from qspan.model.spans import Span
 
+TAIL_SEARCH = 64  # sum_between looks at the newest this many hits first
 # Older hits are dropped as new ones come (a span longer than this is charged for its last part only)
 COST_HORIZON_NS = 2_000_000_000
 # Phases whose time runs on another thread than the span's own (see the module's docstring)
@@ -76,7 +77,13 @@ class CostLog:
 
     def sum_between(self, a: int, b: int) -> int:
         """The packed sum of the hits stamped a <= ts <= b."""
-        i, j = bisect_left(self.ts, a) - 1, bisect_right(self.ts, b) - 1
+        ts = self.ts
+        # Spans end where the log does: search its tail first (bisect over all of a
+        # 16k-hit log was 7 % of the compiled correlator's time, perf).
+        tail = len(ts) - TAIL_SEARCH
+        lo = tail if tail > 0 and ts[tail] < a else 0
+        i = bisect_left(ts, a, lo) - 1
+        j = bisect_right(ts, b, i + 1 if b >= a else 0) - 1
         return (self.sums[j] if j >= 0 else self.base) - (self.sums[i] if i >= 0 else self.base)
 
     def window(self, a: int, b: int) -> tuple[int, int, int]:
