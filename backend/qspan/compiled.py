@@ -31,7 +31,8 @@ BUILD_DIR = Path(sys.prefix) / "share" / "qspan" / "compiled"
 STAMP = "STAMP"
 
 _digest: str | None = None
-state = "pure Python: not built (python -m qspan.compiled build)"  # what prefer() found, for `qspan --version`
+# What prefer() found: the live status, bench/ and `python -m qspan.compiled` show it.
+state = "pure Python: not built (python -m qspan.compiled build)"
 
 
 def sources() -> list[Path]:
