@@ -93,7 +93,8 @@ def build() -> int:
         try:
             setup(name="qspan-compiled",
                   # only the compiled modules must type-check: what they import is taken as declared
-                  ext_modules=mypycify(["--follow-imports=silent",
+                  # (and mypy's cache in the temporary directory, not in the source tree)
+                  ext_modules=mypycify(["--follow-imports=silent", "--cache-dir", os.path.join(tmp, "mypy"),
                                         *(str(p.relative_to(SOURCE_ROOT.parent)) for p in sources())],
                                        opt_level="3", target_dir=os.path.join(tmp, "c")),
                   script_args=["-q", "build_ext", "--build-lib", str(BUILD_DIR), "--build-temp", tmp])

@@ -25,10 +25,11 @@ def tune_gc() -> None:
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: for a bounded batch job that allocates a lot.
 
-    What the correlator drops is freed by reference counting (it makes no cycles per
-    event), so pausing the collector for a whole recording's correlation loses no memory
-    for long; and the collector, walking the growing heap of spans, was a quarter of that
-    job's time (bench/ingest.py). Whatever cycles there are go at the next collection.
+    What the correlator drops is freed by reference counting (it makes no reference
+    cycles: tests/unit/test_compiled.py), so pausing the collector for a whole recording's
+    correlation loses no memory; the collector, walking the growing heap of spans, cost
+    that job ~15 % of its speed (300k -> 355k events/s pure, a 3.2 M-event recording).
+    Whatever cycles there are go at the next collection.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -80,4 +81,3 @@ def collector_pauses() -> CollectorPauses:
     if _pauses is None:
         _pauses = CollectorPauses()
     return _pauses
-

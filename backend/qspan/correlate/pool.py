@@ -15,6 +15,7 @@ offset).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from qspan.correlate.request import _Req
 from qspan.model.spans import PoolHop
 

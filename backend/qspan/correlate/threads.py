@@ -97,7 +97,7 @@ class ThreadEvents:
     """The Correlator's handlers of thread-level events (the base of its chain of handler
     classes, ThreadEvents <- CoroutineEvents <- Correlator; the state is the Correlator's).
 
-    One chain, not mixins: a class compiled by mypyc (the fast build, see setup.py) may
+    One chain, not mixins: a class compiled by mypyc (qspan/compiled.py) may
     have one base only. What a later class of the chain provides is declared here as a
     method that it overrides."""
 

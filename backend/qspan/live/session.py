@@ -94,7 +94,8 @@ class LiveSession(FedSession):
         self.state = "attached"
         self.attached_at = time.time()
         # qspan's own CPU is measured from here: the server's process, and bpftrace (its start included)
-        self._cpu_since = (time.monotonic(), _own_cpu_s(), self._session.bpftrace_pid if self._session else None)
+        bpftrace_pid = self._session.bpftrace_pid if self._session else None
+        self._cpu_since = (time.monotonic(), process_cpu_s(os.getpid()), bpftrace_pid)
 
     def _run(self) -> None:
         assert self._session is not None and self.feed is not None
@@ -189,7 +190,8 @@ class LiveSession(FedSession):
             return self._tracer_cpu_last
         t0, own0, bpf_pid = self._cpu_since
         bpf = process_cpu_s(bpf_pid) if bpf_pid is not None else 0.0
-        self._tracer_cpu_last = overhead.measured(_own_cpu_s() - own0, bpf, requests, time.monotonic() - t0)
+        own = process_cpu_s(os.getpid()) - own0
+        self._tracer_cpu_last = overhead.measured(own, bpf, requests, time.monotonic() - t0)
         return self._tracer_cpu_last
 
     def tick(self) -> None:
@@ -245,9 +247,3 @@ class LiveSession(FedSession):
                 "error": self._session.sampling_error if self._session else None,
             },
         }
-
-
-def _own_cpu_s() -> float:
-    """CPU seconds this process has used (all its threads)."""
-    t = os.times()
-    return t.user + t.system
