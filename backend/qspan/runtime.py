@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,23 +22,39 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+_pause_lock = threading.Lock()
+_pausers = 0  # threads inside collector_paused()
+_resume = False  # whether the collector was enabled when the first of them came in
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: for a bounded batch job that allocates a lot.
+    """No cyclic garbage collection inside: for work that allocates a lot and makes no cycles.
 
     What the correlator drops is freed by reference counting (it makes no reference
-    cycles: tests/unit/test_compiled.py), so pausing the collector for a whole recording's
-    correlation loses no memory; the collector, walking the growing heap of spans, cost
-    that job ~15 % of its speed (300k -> 355k events/s pure, a 3.2 M-event recording).
-    Whatever cycles there are go at the next collection.
+    cycles: tests/unit/test_compiled.py), so pausing the collector loses no memory:
+    whatever cycles others make go at the next collection after the pause. Offline, the
+    collector walking the growing heap of spans cost ~15 % of a recording's correlation
+    (300k -> 355k events/s pure, a 3.2 M-event recording). Live, a collection in the middle
+    of a big read walked every record and event of it: 100-300 ms, a bigger backlog at the
+    next read, a bigger walk (bench/live.py, docs/performance.md).
+
+    Thread-safe: the collector is paused while any thread is inside, and comes back on
+    (if it was on) when the last one leaves.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    global _pausers, _resume
+    with _pause_lock:
+        if _pausers == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pausers += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _pause_lock:
+            _pausers -= 1
+            if _pausers == 0 and _resume:
+                gc.enable()
 
 
 class CollectorPauses:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from qspan import runtime
 from qspan.errors import RecordingError
 from qspan.model.events import Event, Lost
 from qspan.transport.text import DEFAULT_STRING_KINDS, MalformedLine, parse_lines
@@ -241,7 +242,10 @@ def read(path: str | Path, allow_truncated: bool = False) -> Recording:
     state: dict = {"path": path}
     events: list[Event] = []
     lost: list[Lost] = []
-    with _open(path) as f:
+    # A recording's events are read into one list, millions of objects that form no cycles:
+    # the cyclic collector walking that growing list was half of the read's time (3.2 M events:
+    # 4.1 s with the collector, 2.2 s without).
+    with _open(path) as f, runtime.collector_paused():
         try:
             magic, header = _start(f, path)
             if magic == MAGIC:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qspan import runtime
 from qspan.errors import TracerError
 from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.program.sites import ANCHOR_PATH, Site
@@ -210,25 +211,28 @@ class TraceSession:
             elif now - stopping_since > 10:
                 proc.kill()
             chunk, eof = take(chunks, out.poll_s)
-            if attached_at is not None:
-                out.poll()
-            if chunk:
-                buf += chunk
-                *complete, buf = buf.split(b"\n")
-                for raw in complete:
-                    line = raw.decode("utf-8", "replace")
-                    if line == BEGIN_MARK and stopping_since is not None:
-                        continue  # stopped before bpftrace attached: attach nothing more
-                    if line == BEGIN_MARK:
-                        if not self._attach_sites(proc):
-                            reason, stopping_since = "site-failed", self._interrupt(time.monotonic())
-                            continue
-                        attached_at = time.monotonic()
-                        out.attached(proc.pid, self.sample_every)
-                        if on_attached:
-                            on_attached()
-                    else:
-                        out.handle(line)
+            # A read's records become events, spans and a recording's bytes in one go, objects
+            # without cycles: no collector walks them meanwhile (runtime.collector_paused).
+            with runtime.collector_paused():
+                if attached_at is not None:
+                    out.poll()
+                if chunk:
+                    buf += chunk
+                    *complete, buf = buf.split(b"\n")
+                    for raw in complete:
+                        line = raw.decode("utf-8", "replace")
+                        if line == BEGIN_MARK and stopping_since is not None:
+                            continue  # stopped before bpftrace attached: attach nothing more
+                        if line == BEGIN_MARK:
+                            if not self._attach_sites(proc):
+                                reason, stopping_since = "site-failed", self._interrupt(time.monotonic())
+                                continue
+                            attached_at = time.monotonic()
+                            out.attached(proc.pid, self.sample_every)
+                            if on_attached:
+                                on_attached()
+                        else:
+                            out.handle(line)
             if eof:
                 sites.detach(self._site_fds)  # bpftrace is gone: nothing would store what the sites see
                 for raw in buf.split(b"\n"):
