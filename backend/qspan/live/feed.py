@@ -15,7 +15,7 @@ import threading
 from qspan.correlate import Correlator
 from qspan.live.reorder import WATERMARK_MARGIN_NS, ReorderBuffer
 from qspan.live.store import SpanStore
-from qspan.model.events import Event, Lost
+from qspan.model.events import Lost, events_of_entries
 from qspan.output.document import spans_document
 from qspan.output.recording import codes, string_kinds
 from qspan.transport.text import MalformedLine, parse_line
@@ -60,15 +60,8 @@ class LiveFeed:
 
     def batch(self, lost: int, entries: list[tuple]) -> None:
         """A dump from the maps transport: already in time order, so no reorder buffer."""
-        codes, counts = self.codes, self.event_counts
-        events = []
-        for e in entries:
-            kind = codes.get(e[4])
-            if kind is None:
-                self.malformed += 1
-                continue
-            counts[kind] = counts.get(kind, 0) + 1
-            events.append(Event(kind, e[0], e[3], e[5:]))  # entries are (.., ARG0..ARG3): the args are its tail
+        events, unknown = events_of_entries(entries, self.codes, self.event_counts)
+        self.malformed += unknown
         self.lines += len(entries)
         if lost:
             self.lost += lost

@@ -52,3 +52,23 @@ class Lost:
 
     count: int
     after_ts_ns: int
+
+
+def events_of_entries(entries: list[tuple[Any, ...]], codes: dict[int, str],
+                      counts: dict[str, int]) -> tuple[list[Event], int]:
+    """A ring read's or a dump's decoded entries (TS, CPU, SEQ, TID, CODE, ARG0..ARG3) as events,
+    each kind counted in `counts`; and how many had a code the header does not know.
+
+    Here, not in the live feed: compiled with the model (qspan/compiled.py), it takes 165 ns
+    an entry where the feed's interpreted loop took 284 (collector off, one run).
+    """
+    events: list[Event] = []
+    unknown = 0
+    for e in entries:
+        kind = codes.get(e[4])
+        if kind is None:
+            unknown += 1
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
+        events.append(Event(kind, e[0], e[3], e[5:]))
+    return events, unknown
