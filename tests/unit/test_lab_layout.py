@@ -75,3 +75,15 @@ def test_the_guest_holds_its_command_port_open_before_it_says_ready():
     raw = next(i for i, ln in enumerate(code) if ln.startswith("stty -F /dev/ttyS1"))
     ready = next(i for i, ln in enumerate(code) if "QSPAN-GUEST ready" in ln)
     assert opened < raw < ready
+
+
+def test_the_lab_machine_may_have_two_vcpus_so_tcg_keeps_the_guests_barriers():
+    """QEMU 7.2's TCG emits a guest's memory barriers only when the machine may have more than
+    one vCPU (CF_PARALLEL); virtio's notification handshake with the iothread needs them, and
+    without them a full-rate guest lost an interrupt and stopped writing for good, with nothing
+    attached (bench/guest_stall.py: 2 of 2 runs with maxcpus=1, 0 of 4 with 2)."""
+    from qspanlab import lab
+    argv = lab._qemu_argv(["qemu-system-x86_64"], Path("/tmp/d"), Path("/tmp/g"), "stock")
+    smp = argv[argv.index("-smp") + 1]
+    assert re.fullmatch(r"1,maxcpus=(\d+)", smp) and int(smp.split("=")[1]) >= 2
+    assert lab.MAX_CPUS >= 2
