@@ -227,8 +227,8 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
     symbols, usdt, build_id = elf_facts(f"/proc/{pid}/exe")
     if "qemu_coroutine_switch" not in symbols and not usdt:
         raise TargetError(
-            f"PID {pid} ({exe}) exports no qemu_coroutine_switch and has no qemu USDT probes: "
-            "qspan cannot trace this build"
+            f"PID {pid} ({exe}) has no qemu_coroutine_switch in its symbol tables (.dynsym, .symtab) "
+            "and no qemu USDT probes: qspan cannot trace this build"
         )
     threads = _threads_from_proc(pid)
     qmp_path = find_qmp_socket(pid)

@@ -1,6 +1,9 @@
-"""What qspan reads from a QEMU binary's ELF file: exported functions, USDT notes, build-id, entry bytes."""
+"""What qspan reads from a QEMU binary's ELF file: its functions, USDT notes, build-id, entry bytes."""
 
 from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -8,38 +11,90 @@ from elftools.elf.elffile import ELFFile
 from qspan.errors import TargetError
 
 
+def _functions(elf: ELFFile) -> dict[str, int]:
+    """Defined functions by name -> address: `.dynsym` (what a binary exports) and `.symtab`
+    where the binary keeps one (a self-built QEMU without modules exports ~850 functions but
+    keeps all ~10,000 there; Debian's is stripped and exports ~9,400). A name defined at two
+    addresses (static functions of two files) is left out: a probe by name would take either."""
+    found: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    for name in (".dynsym", ".symtab"):
+        table = elf.get_section_by_name(name)
+        if table is None:
+            continue
+        for sym in table.iter_symbols():
+            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+                continue
+            addr = sym["st_value"]
+            if found.setdefault(sym.name, addr) != addr:
+                ambiguous.add(sym.name)
+    for name in ambiguous:
+        del found[name]
+    return found
+
+
+@dataclass(frozen=True)
+class UsdtProbe:
+    """One SystemTap SDT probe site (a `.note.stapsdt` entry): what bpftrace's usdt: probes attach to."""
+
+    provider: str
+    name: str
+    pc: int
+    semaphore: int
+    args: str
+
+
+def _note_bytes(desc) -> bytes:
+    return desc if isinstance(desc, bytes) else str(desc).encode("latin-1")
+
+
+def usdt_probes(elf: ELFFile) -> list[UsdtProbe]:
+    """Every SDT probe of the file, in note order.
+
+    Matched by the note's owner, "stapsdt", never by its type: pyelftools 0.33 names type 3
+    (NT_STAPSDT) "NT_GNU_BUILD_ID", the GNU owner's type 3, and hands over its descriptor as
+    bytes. Descriptor: pc, link-time base, semaphore (3 words), then provider, name and
+    argument string, each NUL-terminated."""
+    probes: list[UsdtProbe] = []
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOTE":
+            continue
+        for note in section.iter_notes():
+            if note["n_name"] != "stapsdt":
+                continue
+            raw = _note_bytes(note["n_desc"])
+            pc, _base, semaphore = struct.unpack_from("<QQQ", raw)
+            provider, name, args = (raw[24:].split(b"\0") + [b"", b""])[:3]
+            probes.append(UsdtProbe(provider.decode(errors="replace"), name.decode(errors="replace"), pc, semaphore,
+                                    args.decode(errors="replace")))
+    return probes
+
+
+def build_id(elf: ELFFile) -> str:
+    """The GNU build-id, hex ("" if none): the GNU owner's note only (see usdt_probes)."""
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOTE":
+            continue
+        for note in section.iter_notes():
+            if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
+                return str(note["n_desc"])
+    return ""
+
+
 def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
-    """Exported function names, number of qemu USDT probes, and GNU build-id of an ELF file."""
-    symbols: set[str] = set()
-    usdt = 0
-    build_id = ""
+    """Function names a probe can name, number of qemu USDT probes, and GNU build-id of an ELF file."""
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            dynsym = elf.get_section_by_name(".dynsym")
-            if dynsym is not None:
-                for sym in dynsym.iter_symbols():
-                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF":
-                        symbols.add(sym.name)
-            for section in elf.iter_sections():
-                if section["sh_type"] != "SHT_NOTE":
-                    continue
-                for note in section.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        build_id = note["n_desc"]
-                    elif note["n_name"] == "stapsdt" and note["n_type"] == 3:
-                        # desc: pc, base, semaphore (3 addresses), then "provider\0name\0args\0"
-                        desc = note["n_desc"]
-                        raw = desc if isinstance(desc, bytes) else desc.encode("latin-1")
-                        if raw[24:].split(b"\0", 1)[0] == b"qemu":
-                            usdt += 1
-    except (OSError, ELFError) as err:
+            symbols = frozenset(_functions(elf))
+            usdt = sum(1 for p in usdt_probes(elf) if p.provider == "qemu")
+            return symbols, usdt, build_id(elf)
+    except (OSError, ELFError, struct.error) as err:
         raise TargetError(f"{path}: cannot read the QEMU binary: {err}") from err
-    return frozenset(symbols), usdt, build_id
 
 
 def function_code(path: str, names: set[str], n: int = 256) -> dict[str, tuple[int, bytes]]:
-    """Each exported function in `names`: its offset in the file and its first `n` bytes.
+    """Each function in `names` (exported, or in `.symtab`): its offset in the file and its first `n` bytes.
 
     The file offset is what a uprobe is attached at (the kernel's uprobes are
     inode + offset); the bytes say how the kernel handles a probe on an
@@ -49,11 +104,7 @@ def function_code(path: str, names: set[str], n: int = 256) -> dict[str, tuple[i
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            dynsym = elf.get_section_by_name(".dynsym")
-            if dynsym is None:
-                return out
-            addrs = {sym.name: sym["st_value"] for sym in dynsym.iter_symbols()
-                     if sym.name in names and sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF"}
+            addrs = {name: addr for name, addr in _functions(elf).items() if name in names}
             for seg in elf.iter_segments():
                 if seg["p_type"] != "PT_LOAD" or not seg["p_flags"] & 1:  # executable segments only
                     continue
