@@ -18,9 +18,11 @@ fi
 packages=(qemu-system-x86 qemu-utils bpftrace busybox-static
           cpio gzip kmod gcc libc6-dev make python3 python3-venv python3-dev procps util-linux binutils
           dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev
+          libpixman-1-dev zlib1g-dev libfdt-dev
           chromium fonts-dejavu-core docker-compose)
 # (line 3: driver O for the seed lab, built against the QEMU source package headers;
-#  line 4: the browser the dashboard tests drive headless, and docker-compose to validate
+#  line 4: what a QEMU build needs besides, for the dtrace-enabled QEMU the e2e tests trace;
+#  line 5: the browser the dashboard tests drive headless, and docker-compose to validate
 #  docker-compose.yml: there is no container engine here)
 missing=()
 for p in "${packages[@]}"; do
@@ -69,6 +71,9 @@ bash lab/driver-o/build.sh build/driver-o
 
 step "QEMU 10.0 from bookworm-backports, unpacked for the lab (not installed)"
 bash lab/qemu10/fetch.sh build/qemu-10.0
+
+step "QEMU 7.2 with USDT probes (the dtrace trace backend), from the same source package (~3 min the first time)"
+bash lab/qemu-dtrace/build.sh "$(dirname "$(ls -d build/driver-o/src/qemu-*/configure | head -1)")" build/qemu-7.2-dtrace
 
 step "done"
 echo "setup: .venv/bin/qspan (the tracer) and .venv/bin/qspan-lab (up|down|status|load|demo);"

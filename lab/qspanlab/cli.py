@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="start a lab QEMU and boot its guest")
     u.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
     u.add_argument("--qemu", default="7.2", choices=lab.QEMU_BUILDS,
-                   help="7.2: Debian's installed QEMU; 10.0: bookworm-backports, unpacked under build/ (default 7.2)")
+                   help="7.2: Debian's installed QEMU; 10.0: bookworm-backports, unpacked under build/; "
+                        "7.2-dtrace: 7.2 built with USDT probes under build/ (default 7.2)")
     u.add_argument("--replica-delay-us", type=int, default=lab.SeedKnobs.replica_delay_us,
                    help="seed scenarios: driver O's replica latency (default %(default)s)")
     u.add_argument("--b-cpu-us", type=int, default=lab.SeedKnobs.b_cpu_us,

@@ -33,7 +33,7 @@ DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
 SCENARIOS = ("stock", "seed", "seed-mitigated")
 # QEMU builds the lab can run: Debian's installed 7.2, or 10.0 from bookworm-backports
 # unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there).
-QEMU_BUILDS = ("7.2", "10.0")
+QEMU_BUILDS = ("7.2", "10.0", "7.2-dtrace")
 SYSTEM_MODULE_DIR = "/usr/lib/x86_64-linux-gnu/qemu"
 
 
@@ -93,6 +93,9 @@ def qemu_command(build: str) -> tuple[list[str], list[str]]:
         wrapper = ["unshare", "-m", "sh", "-c",
                    f'mount --bind "{out / "empty"}" {SYSTEM_MODULE_DIR} 2>/dev/null || true; exec "$@"', "qemu10"]
         return wrapper, [str(root / "usr/bin/qemu-system-x86_64"), "-L", str(root / "usr/share/qemu")]
+    if build == "7.2-dtrace":
+        return [], [str(build_qemu_dtrace()), "-L", "/usr/share/qemu", "-L", "/usr/share/seabios",
+                    "-L", "/usr/lib/ipxe/qemu"]
     raise LabError(f"unknown QEMU build {build!r} (one of {', '.join(QEMU_BUILDS)})")
 
 
@@ -110,6 +113,21 @@ def build_driver_o() -> Path:
     if proc.returncode != 0:
         raise LabError(f"building driver O failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
     return out / "libqspan-o.so"
+
+
+def build_qemu_dtrace() -> Path:
+    """QEMU 7.2 with USDT probes (the dtrace trace backend), built from the source package that
+    driver O's build fetches (lab/qemu-dtrace/build.sh; ~3 min the first time)."""
+    build_driver_o()
+    tree = next((BUILD / "driver-o" / "src").glob("qemu-*/configure"), None)
+    if tree is None:
+        raise LabError(f"no QEMU source package under {BUILD / 'driver-o' / 'src'}")
+    out = BUILD / "qemu-7.2-dtrace"
+    proc = subprocess.run(["bash", str(LAB / "qemu-dtrace" / "build.sh"), str(tree.parent), str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"building QEMU 7.2 with dtrace probes failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return out / "qemu-system-x86_64"
 
 
 def replica_path(d: Path) -> Path:
