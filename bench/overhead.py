@@ -27,7 +27,7 @@ One run, one machine: compare the ratios, not the absolute numbers (TCG and a
 shared 2-core VM). Under TCG the guest's latency also moves with whatever
 competes with the vCPU thread for a core, the tracer included.
 
-    .venv/bin/python bench/overhead.py [--scenario stock] [--rounds 3] [--count 2000] [--qd 4] [--rate 0]
+    .venv/bin/python bench/overhead.py [--scenario stock] [--qemu 7.2] [--rounds 3] [--count 2000] [--qd 4] [--rate 0]
                                        [--transports ring,maps,printf,aggregate] [--self-cost]
                                        [--baseline /tmp/old/.venv/bin/python]
 """
@@ -132,6 +132,8 @@ def main() -> None:
     lab.sigterm_takes_lab_down()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default="stock", choices=lab.SCENARIOS)
+    ap.add_argument("--qemu", default="7.2", choices=lab.QEMU_BUILDS,
+                    help="the lab's QEMU build (7.2-dtrace: coroutine events from USDT probes)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--qd", type=int, default=4)
@@ -156,7 +158,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="qspan-bench-") as tmp:
         d = Path(tmp) / "lab"
-        info = lab.up(d, scenario=args.scenario)
+        info = lab.up(d, scenario=args.scenario, qemu=args.qemu)
         try:
             lab.load(info, load)  # warm-up: page cache, thread pool workers
             for r in range(args.rounds):
@@ -196,7 +198,7 @@ def main() -> None:
         finally:
             lab.down(d)
 
-    print(f"scenario {args.scenario}, guest: {load}, {args.rounds} rounds, modes alternating: {', '.join(modes)}")
+    print(f"scenario {args.scenario} on QEMU {args.qemu}, guest: {load}, {args.rounds} rounds, modes alternating: {', '.join(modes)}")
     print("per request: guest latency (us), QEMU on-CPU time by thread (us), tracer on-CPU time (us)")
     head = f"{'mode':<7}{'round':>6}{'p50':>7}{'p99':>8}{'IOPS':>7}{'iothr':>7}{'vcpu':>7}{'workr':>7}{'other':>7}{'QEMU':>7}{'tracer':>8}{'ev/req':>8}{'lost':>6}"
     print(head)
