@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -275,3 +276,43 @@ def test_probe_sites_patch_qemu_only_while_traced_even_when_qspan_is_killed(vm):
         assert not tracer_pids() - tracers_before, how
     res = lab.load(vm, "--op write --qd 4 --count 200 --verify")  # and the guest's I/O is unharmed
     assert res.rc == 0 and res.summary["verify"] == "ok" and res.summary["errors"] == 0
+
+
+def test_doctor_says_how_every_event_would_be_observed(vm):
+    r = run_qspan("doctor", "--pid", str(vm.pid))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verdict: traceable, every event" in r.stdout
+    lines = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.startswith("  ok    ") and "." in ln.split()[1]}
+    assert {"co.switch", "req.submit", "req.ack", "node.io", "sched.switch"} <= set(lines), r.stdout
+    if vm.qemu == "7.2-dtrace":
+        assert "usdt:qemu_aio_coroutine_enter" in lines["co.switch"]
+        assert re.search(r"43 exported functions \(\.dynsym\), [\d,]+ functions in \.symtab", r.stdout)
+        assert re.search(r"[\d,]+ qemu USDT probes", r.stdout)
+    else:
+        assert "site:qemu_aio_coroutine_enter +0x" in lines["co.switch"]
+        assert "no .symtab (stripped)" in r.stdout and "no qemu USDT probes" in r.stdout
+
+
+def test_doctor_explains_a_build_it_cannot_trace(tmp_path):
+    """The dtrace build stripped of .symtab and of its USDT notes: a QEMU with nothing qspan can
+    follow requests by. doctor says so, why, and which builds would work; and a PID that is no
+    QEMU is told apart."""
+    require_tracing()
+    bare = tmp_path / "qemu-system-x86_64"
+    shutil.copy(lab.build_qemu_dtrace(), bare)
+    subprocess.run(["strip", "-s", "--remove-section=.note.stapsdt", str(bare)], check=True)
+    proc = subprocess.Popen([str(bare), "-accel", "tcg", "-display", "none", "-nodefaults", "-S",
+                             "-L", "/usr/share/qemu", "-L", "/usr/share/seabios"])
+    try:
+        time.sleep(1)
+        assert proc.poll() is None
+        r = run_qspan("doctor", "--pid", str(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.returncode == 1
+    assert "no .symtab (stripped)" in r.stdout and "no qemu USDT probes" in r.stdout
+    assert "verdict: cannot trace:" in r.stdout and "no qemu_coroutine_switch in its symbol tables" in r.stdout
+    assert "what would work instead:" in r.stdout and "--enable-trace-backends=dtrace" in r.stdout
+    other = run_qspan("doctor", "--pid", str(os.getpid()))
+    assert other.returncode == 1 and "is not QEMU" in other.stdout and "what would work" not in other.stdout

@@ -15,6 +15,7 @@ from qspan.cli import common, inspect, offline, serve, trace
 EXAMPLES = """\
 examples:
   qspan ps                                     list running QEMU processes
+  qspan doctor --pid 1234                      what qspan can trace of PID 1234, and what it cannot
   qspan tracer --pid 1234 --print              show the bpftrace program for PID 1234
   qspan record --pid 1234 --duration 10 --out trace.qspan
   qspan record --pid 1234 --print-program      the same program, nothing attached

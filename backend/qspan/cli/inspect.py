@@ -1,4 +1,4 @@
-"""Commands that look and attach nothing: ps, inspect, tracer --print."""
+"""Commands that look and attach nothing: ps, inspect, doctor, tracer --print."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from qspan import doctor
+
+    text, code = doctor.run(args.pid)
+    print(text)
+    return code
+
+
 def print_program(p: pipeline.Plan) -> int:
     """The generated program, and why catalogue lines were left out, on stdout."""
     sys.stdout.write(p.program.text)
@@ -49,6 +57,9 @@ def add(sub, parents) -> None:
     sub.add_parser("ps", help="list running QEMU processes and how they can be traced").set_defaults(fn=cmd_ps)
     s = sub.add_parser("inspect", parents=[parents.TARGET], help="show what qspan knows about one QEMU process")
     s.set_defaults(fn=cmd_inspect)
+    s = sub.add_parser("doctor", parents=[parents.TARGET],
+                       help="what qspan can and cannot see of one QEMU process, and what would work instead")
+    s.set_defaults(fn=cmd_doctor)
     s = sub.add_parser("tracer", parents=[parents.GENERATE], help="show the generated bpftrace program")
     s.add_argument("--print", action="store_true", help="print the program (nothing is attached)")
     s.set_defaults(fn=cmd_tracer)

@@ -81,16 +81,40 @@ def build_id(elf: ELFFile) -> str:
     return ""
 
 
-def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
-    """Function names a probe can name, number of qemu USDT probes, and GNU build-id of an ELF file."""
+@dataclass(frozen=True)
+class BinaryTables:
+    """What a binary offers a tracer: functions by name, where they come from, USDT probes, build-id."""
+
+    functions: frozenset[str]  # probe-able by name (see _functions)
+    dynsym_functions: int  # exported
+    symtab_functions: int | None  # None: no .symtab (stripped)
+    qemu_usdt: int
+    build_id: str
+
+
+def _count_functions(elf: ELFFile, section: str) -> int | None:
+    table = elf.get_section_by_name(section)
+    if table is None:
+        return None
+    return sum(1 for sym in table.iter_symbols()
+               if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF")
+
+
+def binary_tables(path: str) -> BinaryTables:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            symbols = frozenset(_functions(elf))
-            usdt = sum(1 for p in usdt_probes(elf) if p.provider == "qemu")
-            return symbols, usdt, build_id(elf)
+            return BinaryTables(frozenset(_functions(elf)), _count_functions(elf, ".dynsym") or 0,
+                                _count_functions(elf, ".symtab"),
+                                sum(1 for p in usdt_probes(elf) if p.provider == "qemu"), build_id(elf))
     except (OSError, ELFError, struct.error) as err:
         raise TargetError(f"{path}: cannot read the QEMU binary: {err}") from err
+
+
+def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
+    """Function names a probe can name, number of qemu USDT probes, and GNU build-id of an ELF file."""
+    t = binary_tables(path)
+    return t.functions, t.qemu_usdt, t.build_id
 
 
 def function_code(path: str, names: set[str], n: int = 256) -> dict[str, tuple[int, bytes]]:
