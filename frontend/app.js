@@ -7,7 +7,7 @@ const PLOT = { displaylogo: false, responsive: true };
 const LAYOUT = { margin: { l: 60, r: 10, t: 10, b: 40 }, legend: { orientation: "h" } };
 const CATEGORY_COLORS = {
   other_requests: "#d62728", spawned: "#ff7f0e", background: "#9467bd",
-  event_loop: "#7f7f7f", asleep: "#1f77b4", runnable: "#bcbd22",
+  event_loop: "#7f7f7f", asleep: "#1f77b4", runnable: "#bcbd22", unwatched: "#e0e0e0",
 };
 
 function showError(message) {

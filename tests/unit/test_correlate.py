@@ -190,6 +190,25 @@ def test_coroutine_resumed_on_another_thread():
     assert s.dur_ns == 80 and sum(p.dur_ns for p in s.phases) == 80
 
 
+def test_a_wait_on_a_thread_qspan_does_not_watch_says_so():
+    """An iothread created after attach (not in the header's threads) serves a request: its
+    handoff's wait is all `unwatched`, not an empty breakdown that sums to nothing."""
+    NEW_IOT, A = 150, 0xA
+    ev = [
+        E("req.submit", 1000, NEW_IOT, 0xB1, 4096, 4096, 2), enter(1001, NEW_IOT, LEADER, A),
+        yield_(1010, NEW_IOT, A, LEADER),
+        E("co.schedule", 1050, REMOTE, 0, A),
+        enter(1090, NEW_IOT, LEADER, A),
+        term(1100, NEW_IOT, A, LEADER),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    (h,) = s.handoffs
+    assert h.delay_ns == 40 and h.instead_ns == {
+        "other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0,
+        "unwatched": 40}
+    assert h.instead_top == []
+
+
 def test_wakeup_before_yield_counts_from_the_yield():
     A = 0xA
     ev = [

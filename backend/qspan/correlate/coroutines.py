@@ -19,7 +19,7 @@ from qspan.correlate.sweep import LossSweep
 from qspan.correlate.threads import ThreadEvents, _Thread
 from qspan.correlate.timeline import Timeline
 from qspan.model.events import CO_ENTER, CO_TERMINATE, CO_YIELD, Event
-from qspan.model.spans import Child, Handoff, InsteadItem, Span
+from qspan.model.spans import INSTEAD_CATEGORIES, Child, Handoff, InsteadItem, Span
 
 
 class CoroutineEvents(ThreadEvents):
@@ -158,10 +158,14 @@ class CoroutineEvents(ThreadEvents):
         if w.ready_ns is not None:
             # Ready before it was resumed: it waited for thread t, which did something else instead.
             ready = min(max(w.ready_ns, w.yield_ns), ts)
-            instead: dict[str, int] = {}
             top: list[InsteadItem] = []
             if t.timeline is not None:
                 instead, top = t.timeline.instead(ready, ts, lambda bs: self._name(bs)[0])
+            else:
+                # A thread whose scheduling is not traced: the wait is said to be unknown, not left
+                # out (an iothread created after attach looked fully explained with nothing in it).
+                instead = dict.fromkeys(INSTEAD_CATEGORIES, 0)
+                instead["unwatched"] = ts - ready
             req.handoffs.append(
                 Handoff(req.co, w.signal, w.from_tid, t.tid, ready, ts, ts - ready, w.from_tid != t.tid, instead, top)
             )

@@ -125,7 +125,8 @@ class ThreadTimeline:
 
     def instead(self, a: int, b: int, node_name: Callable[[int], str]) -> tuple[dict[str, int], list[InsteadItem]]:
         """What the thread did between a and b, while a request waited for it."""
-        cats = {"other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0}
+        cats = {"other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0,
+                "unwatched": 0}
         by_co: dict[int, InsteadItem] = {}
         for seg in reversed(self.segments):
             end = seg.end_ns

@@ -25,6 +25,9 @@ INSTEAD_CATEGORIES = (
     "event_loop",  # the thread ran its event loop / bottom halves, outside coroutines
     "asleep",  # the thread was off-CPU, sleeping (in poll or blocked)
     "runnable",  # the thread was runnable but waited for a CPU
+    # qspan does not trace that thread's scheduling, so what it did is not known: the main loop
+    # beside iothreads (left out for cost), or an iothread created after attach
+    "unwatched",
 )
 
 
