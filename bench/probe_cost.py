@@ -62,7 +62,7 @@ def program_text(exe: Path, pid: int, site: str, action: str) -> str:
     probe = ProbeSpec("co.switch", "uprobe", VersionMatch("*", (0, 0)), site, "proc", args, "bench")
     backend = program.transport_module(_transport(action))
     body = "" if action == "empty" else backend.store(probe, spec)
-    out = [backend.begin(), f"{attach} /{flt}/ {{ {body} }}"]
+    out = [backend.begin(""), f"{attach} /{flt}/ {{ {body} }}"]
     if action in ("maps", "ring"):
         out += backend.end(cat, named=False)
     return "\n".join(out) + "\n"

@@ -152,6 +152,11 @@ function setHealth(s) {
     // the server fell behind and traces fewer windows: every span shown is still whole
     parts.push(`sampling 1 in ${smp.every} windows of ${smp.window_ms} ms (server behind; ${smp.sampled_out} requests cut)`);
   }
+  for (const f of s.followed_threads || []) {
+    // an iothread created after attach: watched from then on, or said not to be
+    parts.push(f.followed ? `iothread ${f.name} (${f.tid}) followed from ${f.at_s} s`
+      : `iothread ${f.name} (${f.tid}) NOT followed: ${f.why}`);
+  }
   if (s.recording_capped) {
     parts.push(`recording stopped at ${Math.round(s.recording_bytes / 1048576)} MiB (--record-max-mb); live view goes on`);
   }

@@ -76,7 +76,7 @@ def session(p: Plan, sample_every: int = 1) -> TraceSession:
     """A tracer for the plan, not yet started (TraceSession.run starts it)."""
     check_sampling(sample_every, p.program.transport.name)
     return TraceSession(p.program.text, p.target.pid, transport=p.program.transport, sample_every=sample_every,
-                        sites=p.program.sites)
+                        sites=p.program.sites, watched=p.program.watched)
 
 
 @contextmanager
@@ -111,6 +111,9 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
     if result.lost_events:
         msg += f", {result.lost_events} EVENTS LOST (spans touching them are marked incomplete)"
     progress(msg)
+    for f in result.followed_threads:
+        progress(f"iothread {f['name']} (tid {f['tid']}) appeared {f['at_s']:.1f} s into the trace: "
+                 + ("watched from then on" if f["followed"] else f"NOT watched ({f['why']})"))
     return result
 
 

@@ -30,7 +30,7 @@ class Correlator(CoroutineEvents):
         self.capture_timeline = capture_timeline
         self.timelines: dict[int, Timeline] = {}
         self.config = CorrelatorConfig.from_header(header)
-        self.watched = self.config.watched  # asked for every scheduler event
+        self.watched = set(self.config.watched)  # asked for every scheduler event; grows (ThreadEvents._watch)
         self.roles = self.config.roles
         # what each calibrated event adds to its thread's running cost (selfcost.py); empty: no calibration
         self._hit_increment = {ev: hit_increment(ns, ev in self.config.tracepoints)

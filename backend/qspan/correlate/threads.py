@@ -102,7 +102,7 @@ class ThreadEvents:
     method that it overrides."""
 
     # The Correlator's state that these handlers use (see Correlator._forget_flow):
-    watched: frozenset[int]
+    watched: set[int]
     threads: dict[int, _Thread]
     co_req: dict[int, _Req]
     kicks: GuestKicks
@@ -134,8 +134,20 @@ class ThreadEvents:
         self.kicks.read(ev.tid, ev.args[0])
 
     def _loop_poll(self, ev: Event) -> None:
+        if ev.tid not in self.watched:
+            self._watch(ev.tid)  # only watched threads' polls pass the probe's filter
         self._in_event_loop(ev)
         self.kicks.polled(ev.tid)
+
+    def _watch(self, tid: int) -> None:
+        """tid's scheduling is traced from here on: an iothread qspan began to watch after attach
+        (transport/follow.py adds it to the program's map of watched threads). Its loop.poll and
+        sched.wakeup events pass only that map's filter, so the first of them says so, in stream
+        order; its timeline starts there."""
+        self.watched.add(tid)
+        t = self.threads.get(tid)
+        if t is not None and t.timeline is None:
+            t.timeline = ThreadTimeline(tid, self._who)
 
     def _in_event_loop(self, ev: Event) -> None:
         # Only the event loop reads a host notifier or polls, never a coroutine: any coroutine
@@ -175,6 +187,8 @@ class ThreadEvents:
             timeline.mark(ev.ts_ns, stack[-1] if stack else 0, "on")
 
     def _sched_wakeup(self, ev: Event) -> None:
+        if ev.args[0] not in self.watched:
+            self._watch(ev.args[0])  # only a watched thread's wake-ups pass the probe's filter
         t = self.thread(ev.args[0])
         if t.timeline is not None:
             t.timeline.woken(ev.ts_ns)

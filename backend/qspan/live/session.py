@@ -247,6 +247,8 @@ class LiveSession(FedSession):
             "overhead": overhead.estimate(counts, self._event_us, spans),
             # and what qspan itself took, as /proc counted it since attach
             "tracer_cpu": self._tracer_cpu(spans),
+            # iothreads created after attach: watched from when they were seen, or why not (transport/follow.py)
+            "followed_threads": list(self._session.follower.followed) if self._session else [],
             "correlator": compiled.state,  # compiled (mypyc) or pure Python, and why (qspan/compiled.py)
             # the server process's cyclic-collector stalls: what bounds freshness when frames come late
             "collector": runtime.collector_pauses().summary(),

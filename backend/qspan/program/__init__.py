@@ -28,16 +28,17 @@ from qspan.program.hitkind import first_instruction_kind, hit_kind
 from qspan.program.maps import FLUSH_MARK, FLUSH_MS, MAP_CAPACITY, MAP_SIDES, SKIP_MAP, WINDOW_EVENT, WINDOW_MS
 from qspan.program.model import Program, ProgramInput, Transport
 from qspan.program.sites import Site, at_site
-from qspan.program.probes import BEGIN_MARK, REQUIRED_EVENTS, attach_point, predicate, print_once, select_probes
+from qspan.program.probes import (BEGIN_MARK, REQUIRED_EVENTS, WATCH_MAP, attach_point, predicate, print_once,
+                                  select_probes, watch_init, watched_tids)
 
 __all__ = [
-    "BEGIN_MARK", "DEFAULT_TRANSPORT", "FLUSH_MARK", "FLUSH_MS", "MAP_CAPACITY", "MAP_SIDES", "REQUIRED_EVENTS", "SKIP_MAP",
+    "BEGIN_MARK", "WATCH_MAP", "DEFAULT_TRANSPORT", "FLUSH_MARK", "FLUSH_MS", "MAP_CAPACITY", "MAP_SIDES", "REQUIRED_EVENTS", "SKIP_MAP",
     "TRANSPORTS", "TRANSPORT_MODULES", "WINDOW_EVENT", "WINDOW_MS", "Program", "ProgramInput", "Transport",
     "attach_point", "choose_profile", "generate", "predicate", "print_once", "program_input", "select_probes",
     "transport_module",
 ]
 
-# Transport name -> its program module (begin(), store(probe, spec), end(cat, named), HEADER, TRANSPORT).
+# Transport name -> its program module (begin(watch), store(probe, spec), end(cat, named), HEADER, TRANSPORT).
 TRANSPORT_MODULES: dict[str, ModuleType] = {m.TRANSPORT.name: m for m in (ring, maps, printf)}
 TRANSPORTS = tuple(TRANSPORT_MODULES)
 DEFAULT_TRANSPORT = "ring"
@@ -65,7 +66,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
         f"// watched threads: {', '.join(map(str, inp.watched_tids)) or 'none'}",
         backend.HEADER,
         "",
-        backend.begin(),
+        backend.begin(watch_init(inp)),
         "",
     ]
     kinds: dict[str, list[str]] = {}
@@ -100,7 +101,7 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
     out += backend.end(cat, any(cat.events[p.event].has_strings for p in probes + extra))
     out.append("")
     return Program("\n".join(out), tuple(probes) + tuple(extra), tuple(skipped), backend.TRANSPORT, kinds,
-                   tuple(used_sites.values()))
+                   tuple(used_sites.values()), watched_tids(inp))
 
 
 def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:

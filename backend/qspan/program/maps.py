@@ -44,9 +44,9 @@ WAIT_MARK = "QSPAN-WAIT"
 HEADER = f"// transport maps: events kept in BPF maps, dumped every {FLUSH_MS} ms (see program/maps.py)"
 
 
-def begin() -> str:
+def begin(watch: str) -> str:
     # the sampling state starts "everything traced"
-    return f'BEGIN {{ printf("{BEGIN_MARK}\\n"); {SKIP_MAP} = 0; @qspan_off = 0; }}'
+    return f'BEGIN {{ printf("{BEGIN_MARK}\\n"); {SKIP_MAP} = 0; @qspan_off = 0; {watch} }}'
 
 
 def store(p: ProbeSpec, spec: EventSpec) -> str:

@@ -54,3 +54,4 @@ class Program:
     transport: Transport
     probe_kinds: dict[str, list[str]] = field(default_factory=dict)  # event -> costs.txt hit kinds of its probes
     sites: tuple[Site, ...] = ()  # the sites whose anchor probes qspan attaches inside QEMU after bpftrace started
+    watched: tuple[int, ...] = ()  # the threads its WATCH_MAP holds from attach on (probes.watched_tids)

@@ -15,8 +15,8 @@ TRANSPORT = Transport("printf", batched=False, sampling=False)
 HEADER = "// transport printf: CODE TS_NS TID ARG0 ARG1 ARG2 ARG3 (decimal), one line per event"
 
 
-def begin() -> str:
-    return f'BEGIN {{ printf("{BEGIN_MARK}\\n"); }}'
+def begin(watch: str) -> str:
+    return f'BEGIN {{ printf("{BEGIN_MARK}\\n"); {watch} }}'
 
 
 def store(p: ProbeSpec, spec: EventSpec) -> str:

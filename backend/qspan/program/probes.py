@@ -55,21 +55,36 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
     return chosen, skipped
 
 
+# The threads whose scheduling is traced, a BPF hash map (tid -> 1) rather than tids written into
+# the filters: qspan adds an iothread created after attach without reloading the program
+# (transport/follow.py). bpftrace 0.17's tid is 64-bit; the tracepoints' pids are cast to match.
+WATCH_MAP = "@qspan_watch"
+
+
+def watched_tids(inp: ProgramInput) -> tuple[int, ...]:
+    """The threads watched from attach on: the event loops where coroutines run (target.watched_tids)."""
+    return inp.watched_tids or (inp.pid,)
+
+
+def watch_init(inp: ProgramInput) -> str:
+    """BEGIN's statements that fill WATCH_MAP with the threads watched from attach on."""
+    return " ".join(f"{WATCH_MAP}[(uint64){t}] = 1;" for t in watched_tids(inp))
+
+
 def predicate(kind: str, inp: ProgramInput) -> str:
     """The bpftrace filter of a probe's FILTER column (catalogue.FILTERS)."""
-    watched = inp.watched_tids or (inp.pid,)
     if kind == "proc":
         return f"pid == {inp.pid}"
     if kind == "watched":
-        return " || ".join(f"tid == {t}" for t in watched)
+        return f"{WATCH_MAP}[tid]"
     if kind == "switch":
-        return " || ".join(f"args->prev_pid == {t} || args->next_pid == {t}" for t in watched)
+        return f"{WATCH_MAP}[(uint64)args->prev_pid] || {WATCH_MAP}[(uint64)args->next_pid]"
     if kind == "wakee":
-        return " || ".join(f"args->pid == {t}" for t in watched)
+        return f"{WATCH_MAP}[(uint64)args->pid]"
     if kind == "vcpus":
         return f"pid == {inp.pid}" + (f" && ({' || '.join(f'tid == {t}' for t in inp.vcpu_tids)})" if inp.vcpu_tids else "")
     if kind == "workers":
-        return f"pid == {inp.pid}" + "".join(f" && tid != {t}" for t in watched)
+        return f"pid == {inp.pid} && {WATCH_MAP}[tid] == 0"
     raise ValueError(kind)
 
 

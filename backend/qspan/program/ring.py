@@ -47,9 +47,9 @@ HEADER = (f"// transport ring: events printed into perf rings that qspan reads i
           "no wake-up per event (see program/ring.py)")
 
 
-def begin() -> str:
+def begin(watch: str) -> str:
     # Off until qspan's rings are in place: an event printed before would wake bpftrace.
-    return f'BEGIN {{ printf("{BEGIN_MARK}\\n"); {SKIP_MAP} = 0; @qspan_off = 1; {LIVE_MAP} = 0; }}'
+    return f'BEGIN {{ printf("{BEGIN_MARK}\\n"); {SKIP_MAP} = 0; @qspan_off = 1; {LIVE_MAP} = 0; {watch} }}'
 
 
 def event_printf(code: int, args: tuple[str, ...], ts: str = "nsecs") -> str:

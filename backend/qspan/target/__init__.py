@@ -168,7 +168,8 @@ def find_qmp_socket(pid: int) -> str | None:
     return None
 
 
-def _threads_from_proc(pid: int) -> list[ThreadInfo]:
+def threads_from_proc(pid: int) -> list[ThreadInfo]:
+    """QEMU's threads and their roles by name (QMP, where inspect() can ask it, names iothreads exactly)."""
     threads = []
     for task in sorted((PROC / str(pid) / "task").iterdir(), key=lambda p: int(p.name)):
         tid = int(task.name)
@@ -230,7 +231,7 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
             f"PID {pid} ({exe}) has no qemu_coroutine_switch in its symbol tables (.dynsym, .symtab) "
             "and no qemu USDT probes: qspan cannot trace this build"
         )
-    threads = _threads_from_proc(pid)
+    threads = threads_from_proc(pid)
     qmp_path = find_qmp_socket(pid)
     version = ""
     nodes: list[BlockNode] = []

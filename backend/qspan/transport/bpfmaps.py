@@ -121,6 +121,21 @@ def write_scalar(fd: int, value: int) -> None:
     bpf_call(BPF_MAP_UPDATE_ELEM, Elem(fd, 0, ctypes.addressof(key), ctypes.addressof(val), 0))
 
 
+def write_elem(fd: int, key: int, value: int) -> None:
+    """Set `@map[key] = value` in a bpftrace map of 8-byte keys and values; OSError on failure."""
+    k, v = ctypes.c_uint64(key), ctypes.c_uint64(value)
+    bpf_call(BPF_MAP_UPDATE_ELEM, Elem(fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0))
+
+
+def open_map(pid: int, name: str) -> int:
+    """An fd of bpftrace process `pid`'s map `name` ("@qspan_watch") of 8-byte keys and values."""
+    for fd, found, info in process_maps(pid):
+        if found and found.endswith(name.lstrip("@")) and (info.key_size, info.value_size) == (8, 8):
+            return fd
+        os.close(fd)
+    raise TracerError(f"bpftrace (PID {pid}) has no map {name}")
+
+
 def open_scalars(pid: int, names: tuple[str, ...]) -> dict[str, int]:
     """fds of bpftrace process `pid`'s scalar maps called `names` ("@qspan_skip", ...)."""
     out: dict[str, int] = {}

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qspan import runtime
@@ -28,6 +28,7 @@ from qspan.program import BEGIN_MARK, MAP_CAPACITY, Transport
 from qspan.program.sites import ANCHOR_PATH, Site
 from qspan.target import process_alive
 from qspan.transport import sites
+from qspan.transport.follow import FOLLOW_S, ThreadFollower
 from qspan.transport.pipe import pump, take
 from qspan.transport.ringdecode import STRLEN
 from qspan.transport.outputs import BatchCallback, LineCallback, LineOutput, LinesCallback, RawCallback, WatermarkCallback, make_output
@@ -47,11 +48,13 @@ class TraceResult:
     traced_s: float  # from attached until qspan asked bpftrace to stop (or it ended by itself)
     stderr: str
     detach_s: float = 0.0  # from then until bpftrace had exited: it detaches its probes one by one
+    followed_threads: list[dict] = field(default_factory=list)  # iothreads that appeared while traced (follow.py)
 
     def summary(self) -> dict:
         return {"reason": self.reason, "event_lines": self.event_lines, "lost_events": self.lost_events,
                 "attach_s": round(self.attach_s, 3), "traced_s": round(self.traced_s, 3),
-                "detach_s": round(self.detach_s, 3)}
+                "detach_s": round(self.detach_s, 3)} | (
+                    {"followed_threads": self.followed_threads} if self.followed_threads else {})
 
 
 def bpftrace_path() -> str:
@@ -87,8 +90,10 @@ def stderr_errors(stderr: str) -> str:
 class TraceSession:
     def __init__(self, program_text: str, pid: int, transport: Transport, attach_timeout_s: float = 120.0,
                  all_lines: bool = False, sample_every: int = 1, sites: tuple[Site, ...] = (),
-                 anchor_path: str = ANCHOR_PATH):
+                 anchor_path: str = ANCHOR_PATH, watched: tuple[int, ...] = ()):
         self.program_text = program_text
+        # the threads the program watches from attach on; iothreads created later join them (follow.py)
+        self.follower = ThreadFollower(pid, watched)
         # probes inside QEMU's functions (transport/sites.py): attached once bpftrace has started
         self.sites, self.anchor_path = sites, anchor_path
         self._site_fds: list[int] = []
@@ -145,6 +150,7 @@ class TraceSession:
         try:
             reason, attached_at = self._follow(proc, out, t0, duration_s, on_attached)
         finally:
+            self.follower.close()
             sites.detach(self._site_fds)
             if proc.poll() is None:
                 proc.kill()
@@ -163,7 +169,8 @@ class TraceSession:
             reason = "qemu-exited" if not process_alive(self.pid) else "tracer-died"
         stopped = self._stopping_since if self._stopping_since is not None else end
         stopped = max(stopped, attached_at)
-        return TraceResult(reason, out.lines, out.lost, attached_at - t0, stopped - attached_at, stderr, end - stopped)
+        return TraceResult(reason, out.lines, out.lost, attached_at - t0, stopped - attached_at, stderr, end - stopped,
+                           list(self.follower.followed))
 
     def _spawn(self) -> subprocess.Popen:
         prog = Path(self._dir.name) / "qspan.bt"
@@ -199,6 +206,7 @@ class TraceSession:
         threading.Thread(target=pump, args=(proc.stdout, chunks), name="qspan-bpftrace-out", daemon=True).start()
         reason, attached_at, stopping_since = "tracer-died", None, None
         buf = b""
+        followed_at = 0.0
         while True:
             now = time.monotonic()
             if stopping_since is None:
@@ -208,6 +216,9 @@ class TraceSession:
                     self._stopping_since = stopping_since
                 else:
                     out.set_sample_every(self.sample_every)
+                    if attached_at is not None and now - followed_at >= FOLLOW_S:
+                        followed_at = now
+                        self.follower.check(now - attached_at)
             elif now - stopping_since > 10:
                 proc.kill()
             chunk, eof = take(chunks, out.poll_s)
@@ -229,6 +240,7 @@ class TraceSession:
                                 continue
                             attached_at = time.monotonic()
                             out.attached(proc.pid, self.sample_every)
+                            self.follower.open(proc.pid)
                             if on_attached:
                                 on_attached()
                         else:
