@@ -31,8 +31,9 @@ DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
 # stock: virtio-blk -> file node (aio=threads) on iothread0.
 # seed, seed-mitigated: virtio-blk -> driver O (lab/driver-o) -> file node B, O's replica on tmpfs.
 SCENARIOS = ("stock", "seed", "seed-mitigated")
-# QEMU builds the lab can run: Debian's installed 7.2, or 10.0 from bookworm-backports
-# unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there).
+# QEMU builds the lab can run: Debian's installed 7.2, 10.0 from bookworm-backports
+# unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there), or 7.2
+# built with USDT probes by lab/qemu-dtrace/build.sh.
 QEMU_BUILDS = ("7.2", "10.0", "7.2-dtrace")
 SYSTEM_MODULE_DIR = "/usr/lib/x86_64-linux-gnu/qemu"
 

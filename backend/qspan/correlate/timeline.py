@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qspan.model.spans import InsteadItem
+from qspan.model.spans import INSTEAD_CATEGORIES, InsteadItem
 
 # Timeline segments older than this are dropped; a handoff longer than this is
 # attributed only over its last TIMELINE_HORIZON_NS.
@@ -125,8 +125,7 @@ class ThreadTimeline:
 
     def instead(self, a: int, b: int, node_name: Callable[[int], str]) -> tuple[dict[str, int], list[InsteadItem]]:
         """What the thread did between a and b, while a request waited for it."""
-        cats = {"other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0,
-                "unwatched": 0}
+        cats = dict.fromkeys(INSTEAD_CATEGORIES, 0)
         by_co: dict[int, InsteadItem] = {}
         for seg in reversed(self.segments):
             end = seg.end_ns

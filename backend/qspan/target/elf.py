@@ -11,26 +11,46 @@ from elftools.elf.elffile import ELFFile
 from qspan.errors import TargetError
 
 
-def _functions(elf: ELFFile) -> dict[str, int]:
-    """Defined functions by name -> address: `.dynsym` (what a binary exports) and `.symtab`
-    where the binary keeps one (a self-built QEMU without modules exports ~850 functions but
-    keeps all ~10,000 there; Debian's is stripped and exports ~9,400). A name defined at two
-    addresses (static functions of two files) is left out: a probe by name would take either."""
+FUNCTION_TABLES = (".dynsym", ".symtab")
+
+
+def _function_tables(elf: ELFFile) -> tuple[dict[str, int], dict[str, int]]:
+    """Defined functions by name -> address, and how many each table of FUNCTION_TABLES holds
+    (a table the file lacks is not counted).
+
+    `.dynsym` is what a binary exports, `.symtab` where the binary keeps one (a self-built
+    QEMU without modules exports few functions but keeps all ~10,000 there; Debian's is
+    stripped and exports ~9,400). A name defined at two addresses (static functions of two
+    files) is left out: a probe by name would take either."""
     found: dict[str, int] = {}
+    counts: dict[str, int] = {}
     ambiguous: set[str] = set()
-    for name in (".dynsym", ".symtab"):
+    for name in FUNCTION_TABLES:
         table = elf.get_section_by_name(name)
         if table is None:
             continue
+        counts[name] = 0
         for sym in table.iter_symbols():
-            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF":
                 continue
+            counts[name] += 1
             addr = sym["st_value"]
-            if found.setdefault(sym.name, addr) != addr:
+            if sym.name and found.setdefault(sym.name, addr) != addr:
                 ambiguous.add(sym.name)
     for name in ambiguous:
         del found[name]
-    return found
+    return found, counts
+
+
+def _functions(elf: ELFFile) -> dict[str, int]:
+    return _function_tables(elf)[0]
+
+
+def _notes(elf: ELFFile):
+    """Every ELF note of the file (pyelftools' parsed notes), section after section."""
+    for section in elf.iter_sections():
+        if section["sh_type"] == "SHT_NOTE":
+            yield from section.iter_notes()
 
 
 @dataclass(frozen=True)
@@ -56,28 +76,22 @@ def usdt_probes(elf: ELFFile) -> list[UsdtProbe]:
     bytes. Descriptor: pc, link-time base, semaphore (3 words), then provider, name and
     argument string, each NUL-terminated."""
     probes: list[UsdtProbe] = []
-    for section in elf.iter_sections():
-        if section["sh_type"] != "SHT_NOTE":
+    for note in _notes(elf):
+        if note["n_name"] != "stapsdt":
             continue
-        for note in section.iter_notes():
-            if note["n_name"] != "stapsdt":
-                continue
-            raw = _note_bytes(note["n_desc"])
-            pc, _base, semaphore = struct.unpack_from("<QQQ", raw)
-            provider, name, args = (raw[24:].split(b"\0") + [b"", b""])[:3]
-            probes.append(UsdtProbe(provider.decode(errors="replace"), name.decode(errors="replace"), pc, semaphore,
-                                    args.decode(errors="replace")))
+        raw = _note_bytes(note["n_desc"])
+        pc, _base, semaphore = struct.unpack_from("<QQQ", raw)
+        provider, name, args = (raw[24:].split(b"\0") + [b"", b""])[:3]
+        probes.append(UsdtProbe(provider.decode(errors="replace"), name.decode(errors="replace"), pc, semaphore,
+                                args.decode(errors="replace")))
     return probes
 
 
 def build_id(elf: ELFFile) -> str:
     """The GNU build-id, hex ("" if none): the GNU owner's note only (see usdt_probes)."""
-    for section in elf.iter_sections():
-        if section["sh_type"] != "SHT_NOTE":
-            continue
-        for note in section.iter_notes():
-            if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
-                return str(note["n_desc"])
+    for note in _notes(elf):
+        if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
+            return str(note["n_desc"])
     return ""
 
 
@@ -85,27 +99,19 @@ def build_id(elf: ELFFile) -> str:
 class BinaryTables:
     """What a binary offers a tracer: functions by name, where they come from, USDT probes, build-id."""
 
-    functions: frozenset[str]  # probe-able by name (see _functions)
+    functions: frozenset[str]  # probe-able by name (see _function_tables)
     dynsym_functions: int  # exported
     symtab_functions: int | None  # None: no .symtab (stripped)
     qemu_usdt: int
     build_id: str
 
 
-def _count_functions(elf: ELFFile, section: str) -> int | None:
-    table = elf.get_section_by_name(section)
-    if table is None:
-        return None
-    return sum(1 for sym in table.iter_symbols()
-               if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF")
-
-
 def binary_tables(path: str) -> BinaryTables:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            return BinaryTables(frozenset(_functions(elf)), _count_functions(elf, ".dynsym") or 0,
-                                _count_functions(elf, ".symtab"),
+            functions, counts = _function_tables(elf)
+            return BinaryTables(frozenset(functions), counts.get(".dynsym", 0), counts.get(".symtab"),
                                 sum(1 for p in usdt_probes(elf) if p.provider == "qemu"), build_id(elf))
     except (OSError, ELFError, struct.error) as err:
         raise TargetError(f"{path}: cannot read the QEMU binary: {err}") from err

@@ -115,22 +115,26 @@ def process_maps(pid: int) -> Iterator[tuple[int, str, MapInfo]]:
         yield fd, info.name.decode(errors="replace"), info
 
 
-def write_scalar(fd: int, value: int) -> None:
-    """Set a bpftrace scalar map (`@name = N`: an 8-byte key 0, an 8-byte value); OSError on failure."""
-    key, val = ctypes.c_uint64(0), ctypes.c_uint64(value)
-    bpf_call(BPF_MAP_UPDATE_ELEM, Elem(fd, 0, ctypes.addressof(key), ctypes.addressof(val), 0))
-
-
 def write_elem(fd: int, key: int, value: int) -> None:
     """Set `@map[key] = value` in a bpftrace map of 8-byte keys and values; OSError on failure."""
     k, v = ctypes.c_uint64(key), ctypes.c_uint64(value)
     bpf_call(BPF_MAP_UPDATE_ELEM, Elem(fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0))
 
 
+def write_scalar(fd: int, value: int) -> None:
+    """Set a bpftrace scalar map (`@name = N`: an 8-byte key 0, an 8-byte value); OSError on failure."""
+    write_elem(fd, 0, value)
+
+
+def _is_map(found: str, name: str, info: MapInfo) -> bool:
+    """Whether kernel map `found` is bpftrace's `name` ("@qspan_skip") of 8-byte keys and values."""
+    return bool(found) and found.endswith(name.lstrip("@")) and (info.key_size, info.value_size) == (8, 8)
+
+
 def open_map(pid: int, name: str) -> int:
     """An fd of bpftrace process `pid`'s map `name` ("@qspan_watch") of 8-byte keys and values."""
     for fd, found, info in process_maps(pid):
-        if found and found.endswith(name.lstrip("@")) and (info.key_size, info.value_size) == (8, 8):
+        if _is_map(found, name, info):
             return fd
         os.close(fd)
     raise TracerError(f"bpftrace (PID {pid}) has no map {name}")
@@ -140,8 +144,8 @@ def open_scalars(pid: int, names: tuple[str, ...]) -> dict[str, int]:
     """fds of bpftrace process `pid`'s scalar maps called `names` ("@qspan_skip", ...)."""
     out: dict[str, int] = {}
     for fd, name, info in process_maps(pid):
-        want = next((n for n in names if name and name.endswith(n.lstrip("@")) and n not in out), None)
-        if want is None or (info.key_size, info.value_size) != (8, 8):
+        want = next((n for n in names if n not in out and _is_map(name, n, info)), None)
+        if want is None:
             os.close(fd)
             continue
         out[want] = fd

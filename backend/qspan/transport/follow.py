@@ -37,15 +37,14 @@ class ThreadFollower:
         except TracerError as err:
             self._error = str(err)  # tracing goes on; a thread created later is then reported, not followed
 
-    def check(self, at_s: float) -> list[dict]:
-        """QEMU's iothreads now; the new ones are watched from here on. Returns what it added."""
-        added: list[dict] = []
+    def check(self, at_s: float) -> None:
+        """QEMU's iothreads now; the new ones are watched from here on (and listed in `followed`)."""
         if not self.watched:
-            return added
+            return
         try:
             threads = threads_from_proc(self.pid)
         except OSError:
-            return added  # QEMU is exiting: the runner sees it next
+            return  # QEMU is exiting: the runner sees it next
         for t in threads:
             if t.role != "iothread" or t.tid in self.watched:
                 continue
@@ -62,8 +61,6 @@ class ThreadFollower:
             if not entry["followed"]:
                 entry["why"] += ": its waits show as 'unwatched'"
             self.followed.append(entry)
-            added.append(entry)
-        return added
 
     def close(self) -> None:
         if self._fd is not None:
