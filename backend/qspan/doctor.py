@@ -32,6 +32,7 @@ WITHOUT = {
     "co.wake": "wake-ups inside coroutines are not seen: the handoff is not split",
     "kick.read": "no kick phase: spans start at the submission",
     "notify": "no kick phase: spans start at the submission",
+    "req.acct": "no QEMU accounting interval on spans: qspan crosscheck cannot run",
     "queue.run": "a request found by polling after a stale kick may be charged that kick",
     "loop.poll": "coroutine ends are inferred later (at the next event), runs look longer",
     "sched.switch": "no what-ran-instead (asleep, runnable) on the watched threads",

@@ -52,15 +52,18 @@ class Plan:
     header: dict  # the recording header: what makes the stream replayable
 
 
-def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_TRANSPORT, sites: bool = True) -> Plan:
+def plan(pid: int, profile: str | None = None, transport: str = program.DEFAULT_TRANSPORT, sites: bool = True,
+         accounting: bool = False) -> Plan:
     """Inspect QEMU `pid` and generate its program (errors: TargetError, TracerError, CatalogueError).
 
     `sites`: probe inside functions where tracers/sites.txt knows the code (else entries only).
+    `accounting`: also trace QEMU's own accounting interval of each request (req.acct).
     """
     t = target.inspect(pid)
     cat = catalogue.load()
     prof = program.choose_profile(cat, t, profile)
-    prog = program.generate(cat, program.program_input(t, prof, cat, sites), prof, transport)
+    opt_in = frozenset({"req.acct"} if accounting else ())
+    prog = program.generate(cat, program.program_input(t, prof, cat, sites, opt_in), prof, transport)
     return Plan(t, cat, prof, prog, make_header(t, cat, prof, prog))
 
 
@@ -92,8 +95,12 @@ def _sigint_stops(s: TraceSession) -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progress: Progress = _quiet) -> TraceResult:
-    """Trace for `duration_s` seconds into recording `out`; the recording ends with why tracing stopped."""
+def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progress: Progress = _quiet,
+           on_attached: Callable[[], None] | None = None) -> TraceResult:
+    """Trace for `duration_s` seconds into recording `out`; the recording ends with why tracing stopped.
+
+    `on_attached`: called once every probe is attached.
+    """
     check_can_trace()
     s = session(p, sample_every)
     sampled = f", one {program.WINDOW_MS} ms window in {sample_every}" if sample_every > 1 else ""
@@ -103,7 +110,8 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
                  f"(PID {p.target.pid}, profile {p.profile.name}) ...")
         result = s.run(writer.line, duration_s, on_lines=writer.lines,
                        on_raw=writer.on_raw,
-                       on_attached=lambda: progress(f"attached; tracing for {duration_s:g} s{sampled} (Ctrl-C stops)"))
+                       on_attached=lambda: _attached(progress, f"attached; tracing for {duration_s:g} s{sampled} "
+                                                                       "(Ctrl-C stops)", on_attached))
         writer.end(result.summary())
     msg = f"{result.event_lines} events in {result.traced_s:.1f} s"
     if result.detach_s >= 1:
@@ -115,6 +123,12 @@ def record(p: Plan, out: Path, duration_s: float, sample_every: int = 1, progres
         progress(f"iothread {f['name']} (tid {f['tid']}) appeared {f['at_s']:.1f} s into the trace: "
                  + ("watched from then on" if f["followed"] else f"NOT watched ({f['why']})"))
     return result
+
+
+def _attached(progress: Progress, msg: str, then: Callable[[], None] | None) -> None:
+    if then is not None:  # first: whoever waits for "attached" finds it done
+        then()
+    progress(msg)
 
 
 def check_ended(result: TraceResult, pid: int, kept_in: Path) -> None:

@@ -140,6 +140,31 @@ def test_qemu_exiting_mid_trace_is_reported_and_keeps_the_events(tmp_path):
     assert r.end["reason"] == "qemu-exited" and len(r.events) > 0
 
 
+def test_crosscheck_bins_every_request_where_qemu_s_own_histogram_does(vm, output_dir):
+    """QEMU's latency histogram (block-latency-histogram-set, query-blockstats) and qspan over
+    the same guest writes: every request QEMU counted is a span carrying QEMU's interval, and
+    binned with the end QEMU's clock read, none lands in another bin (measured: 0 of 2,000 on
+    7.2 and 10.0; the issue's target is 5 %). Ended at the probe instead, the probe's own return
+    (0.8 us p50 measured) moved 1.5-5.2 % across the lab's dense 20 us boundary."""
+    out = output_dir / f"crosscheck-{vm.qemu}.json"
+    proc = start_traced("crosscheck", "--pid", str(vm.pid), "--duration", "20", "--out", str(out))
+    res = lab.load(vm, "--op write --qd 4 --count 1000")
+    printed, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert res.rc == 0 and res.summary["errors"] == 0, res.output[-500:]
+    rep = json.loads(out.read_text())
+    ((dev, ops),) = rep["devices"].items()
+    w = ops["write"]
+    assert w["qemu_requests"] == w["qspan_requests"] == 1000, w
+    assert w["without_accounting"] == 0
+    assert w["exact_ends"] >= 999  # all but the device's last: its end is read at the next one
+    assert w["acct_moved"] == 0, (w["qemu_bins"], w["acct_bins"])
+    # The stats' last_access_time_ns offset is right: QEMU's end reads fall just after the probe.
+    late = rep["probe_late"]
+    assert late["requests"] >= 999 and 0 < late["p50_ns"] < 20_000, late
+    assert f"{dev} write: QEMU counted 1000" in printed
+
+
 def test_ps_lists_the_lab_qemu(vm):
     r = run_qspan("ps")
     assert r.returncode == 0

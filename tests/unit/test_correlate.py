@@ -423,6 +423,31 @@ def test_a_read_takes_its_kick_so_a_later_read_without_a_new_one_charges_nothing
     assert c.start_ns == 5020 and c.phases[0].name == "submit"
 
 
+def test_qemu_s_accounting_goes_to_the_request_whose_completion_runs_it():
+    """virtio-blk accounts after the push, scsi-disk before it; a cookie of another size or op
+    (not this request's) is left alone."""
+    A, B, C = 0xA, 0xB, 0xC
+    ev = [
+        *_request(1000, A), yield_(1004, IOT, A, LEADER), enter(1008, IOT, LEADER, A),
+        E("req.ack", 1010, IOT, 0xF, 0xE1, 1),
+        E("req.acct", 1012, IOT, 990, 4096, 2),  # virtio-blk: push, then the accounting
+        term(1020, IOT, A, LEADER),
+        *_request(2000, B, offset=8192), yield_(2004, IOT, B, LEADER), enter(2006, IOT, LEADER, B),
+        E("req.acct", 2008, IOT, 1995, 4096, 2),  # scsi-disk: the accounting, then the push
+        E("req.ack", 2010, IOT, 0xF, 0xE2, 1),
+        term(2020, IOT, B, LEADER),
+        *_request(3000, C, offset=12288), yield_(3002, IOT, C, LEADER), enter(3004, IOT, LEADER, C),
+        E("req.acct", 3005, IOT, 2990, 512, 2),  # not C's size
+        E("req.acct", 3006, IOT, 2990, 4096, 1),  # not C's op
+        E("req.ack", 3010, IOT, 0xF, 0xE3, 1),
+        term(3020, IOT, C, LEADER),
+    ]
+    a, b, c = correlate(ev, HEADER).spans
+    assert (a.acct_start_ns, a.acct_end_ns) == (990, 1012)
+    assert (b.acct_start_ns, b.acct_end_ns) == (1995, 2008)
+    assert (c.acct_start_ns, c.acct_end_ns) == (None, None)
+
+
 def test_sampling_windows_keep_whole_requests_and_drop_the_cut_ones(real):
     """The real stream, as BPF would store it with sampling: events only inside open windows.
 

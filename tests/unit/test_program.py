@@ -70,3 +70,11 @@ def test_profile_probes_target_the_drivers_library():
     assert "usdt:/proc/4242/root/opt/libqspan-o.so:o:replica_cb" in prog.text
     with pytest.raises(Exception, match="needs libqspan-o.so mapped"):
         program.generate(cat, _input((7, 2), "7.2.22"), cat.profiles["lab-o"])
+
+
+def test_qemu_accounting_is_traced_only_when_asked_for():
+    inp = _input((7, 2), "7.2.22")
+    assert "block_acct_done" not in program.generate(catalogue.load(), inp).text
+    asked = program.ProgramInput(**{**inp.__dict__, "opt_in": frozenset({"req.acct"})})
+    prog = program.generate(catalogue.load(), asked)
+    assert "block_acct_done" in prog.text and "req.acct" in {p.event for p in prog.probes}

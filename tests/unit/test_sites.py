@@ -26,6 +26,7 @@ CODE_7_2 = {
     "blk_aio_pwritev": (0x861210, bytes.fromhex("4883ec08488b42204885c0781e415141")),
     "blk_aio_preadv": (0x8611C0, bytes.fromhex("4883ec08488b42204885c0781e415141")),
     "blk_aio_flush": (0x8612F0, bytes.fromhex("4883ec084531c94c8d057208000031c95231d2")),
+    "block_acct_done": (0x85A270, bytes.fromhex("31d2e979faffff")),
     # the sites of probes.txt's `site` lines, after branches (up to a few bytes past the site)
     "qemu_aio_coroutine_enter": (0x9805E0, bytes.fromhex(
         "41574156415541544989fc55534889f34883ec4864488b042528000000488944243831c04c8d6c2410e822160000"
@@ -54,8 +55,9 @@ def test_every_site_of_the_catalogue_matches_qemu_7_2_at_its_offset():
         "qemu_aio_coroutine_enter": (0xB6, 0x980696),  # the call of qemu_coroutine_switch(from, to, 3)
         "qemu_coroutine_yield": (0x6A, 0x980A0A),  # its tail call of qemu_coroutine_switch(self, caller, 1)
         "aio_co_enter": (0x49, 0x97EC79),  # in the branch taken inside a coroutine
+        "block_acct_done": (0x2, 0x85A272),  # its tail jump, the cookie still in rsi
     }
-    assert sorted(s.index for s in found.values()) == list(range(8))  # one anchor symbol each
+    assert sorted(s.index for s in found.values()) == list(range(9))  # one anchor symbol each
 
 
 def test_code_that_differs_keeps_the_entry_probe():
@@ -94,7 +96,9 @@ def test_the_program_probes_the_anchor_and_says_where_the_site_is():
         golden.write_text(prog.text)
     assert prog.text == golden.read_text(), "program-7.2-sites.bt changed; rerun with QSPAN_REGEN=1 if intended"
     # the site lines of co.switch and co.wake replace their uprobes (qemu_coroutine_switch, aio_co_wake)
-    assert {s.function for s in prog.sites} == set(CODE_7_2) - {"qemu_coroutine_switch", "aio_co_wake"}
+    # (block_acct_done's req.acct is opt-in)
+    assert {s.function for s in prog.sites} == set(CODE_7_2) - {"qemu_coroutine_switch", "aio_co_wake",
+                                                                "block_acct_done"}
     assert "qemu_coroutine_switch" not in prog.text.replace("qemu_coroutine_switch(", "")
     assert "uprobe:/run/qspan/site-anchor-v1.elf:qspan_site_" in prog.text
     assert prog.probe_kinds["co.switch"] == ["hit.uprobe-emulated"] * 2  # what the overhead estimate charges

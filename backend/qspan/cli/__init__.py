@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from qspan import __version__, runtime
-from qspan.cli import common, inspect, offline, serve, trace
+from qspan.cli import common, crosscheck, inspect, offline, serve, trace
 
 EXAMPLES = """\
 examples:
@@ -24,6 +24,7 @@ examples:
   qspan perfetto trace.qspan --out trace.json  the same as a Perfetto / chrome://tracing file
   qspan attach --pid 1234 --duration 10 --out spans.json
   qspan aggregate --pid 1234 --duration 60     always-on latency histograms, no spans
+  qspan crosscheck --pid 1234 --duration 20    QEMU's own latency histograms against qspan's
   qspan serve                                  the live dashboard on http://127.0.0.1:8321/
 """
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"qspan {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for group in (inspect, trace, offline, serve):
+    for group in (inspect, trace, crosscheck, offline, serve):
         group.add(sub, common)
     return p
 

@@ -63,6 +63,13 @@ def _probe_sites(p) -> None:
                         "off: function entries only")
 
 
+def _qemu_accounting(p) -> None:
+    p.add_argument("--qemu-accounting", action="store_true",
+                   help="also give each span the interval QEMU's own block accounting measures "
+                        "(block_acct_start to block_acct_done: query-blockstats, its latency histograms); "
+                        "one more probe hit a request")
+
+
 def _duration(p) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default %(default)s)")
 
@@ -83,7 +90,7 @@ def _recording(p) -> None:
 
 
 TARGET = _parent(_pid)
-GENERATE = _parent(_pid, _profile, _transport, _probe_sites)  # what chooses the program
+GENERATE = _parent(_pid, _profile, _transport, _probe_sites, _qemu_accounting)  # what chooses the program
 TRACE = _parent(_duration, _sample_every, _print_program)  # what running it takes
 PRINT = _parent(_print_program)
 RECORDING = _parent(_recording)

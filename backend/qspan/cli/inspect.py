@@ -50,7 +50,8 @@ def cmd_tracer(args) -> int:
     if not args.print:
         print("nothing to do: use --print", file=sys.stderr)
         return 2
-    return print_program(pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on"))
+    return print_program(pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on",
+                      accounting=args.qemu_accounting))
 
 
 def add(sub, parents) -> None:

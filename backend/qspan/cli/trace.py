@@ -21,7 +21,8 @@ def _plan(args) -> pipeline.Plan | None:
             raise QspanError(f"qspan {args.cmd}: --out is required (or --print-program to only show the program)")
         pipeline.check_sampling(args.sample_every, args.transport)
         check_can_trace()  # before inspecting: "not root" is the clearer first error
-    p = pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on")
+    p = pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on",
+                      accounting=args.qemu_accounting)
     if args.print_program:
         print_program(p)
         return None

@@ -48,7 +48,7 @@ class Correlator(CoroutineEvents):
         self.sampling_off = False  # a trace.window closed and the next has not opened
         self.handlers = {
             "co.switch": self._co_switch, "co.schedule": self._co_signal, "co.wake": self._co_signal,
-            "req.submit": self._req_submit, "req.ack": self._req_ack,
+            "req.submit": self._req_submit, "req.ack": self._req_ack, "req.acct": self._req_acct,
             "node.io": self._node_io, "node.name": self._node_name,
             "notify": self._notify, "kick.read": self._kick_read, "queue.run": self._queue_run,
             "loop.poll": self._loop_poll,
@@ -173,6 +173,13 @@ class Correlator(CoroutineEvents):
         t.last_ns = ev.ts_ns
         if req is not None and req.ack_ns is None:
             req.ack_ns = ev.ts_ns
+
+    def _req_acct(self, ev: Event) -> None:
+        # block_acct_done runs in the request's completion, on its coroutine (virtio-blk after
+        # the push, scsi-disk before it); the cookie's op and size must be the request's.
+        req = self.co_req.get(self.thread(ev.tid).current)
+        if req is not None and req.acct is None and ev.args[2] == req.op and ev.args[1] == req.bytes:
+            req.acct = (ev.args[0], ev.ts_ns)
 
     # -- driver events (profiles) ----------------------------------------------
 

@@ -54,6 +54,7 @@ class _Req:
     hop_done_ns: int | None  # drv.hop_done seen before the coroutine yielded
     last_hop_done_ns: int | None
     ack_ns: int | None
+    acct: tuple[int, int] | None  # QEMU's accounting interval (req.acct): its start and end
     phases: list[Phase]
     handoffs: list[Handoff]
     nodes: list[NodeVisit]
@@ -80,6 +81,7 @@ class _Req:
         self.hop_done_ns = None
         self.last_hop_done_ns = None
         self.ack_ns = None
+        self.acct = None
         self.phases = []
         self.handoffs = []
         self.nodes = []
@@ -200,4 +202,5 @@ class _Req:
             co=self.co, start_ns=start, submit_ns=self.submit_ns, end_ns=end, dur_ns=end - start, ack_ns=self.ack_ns,
             co_end_ns=ts, phases=self.phases, hop_done_ns=self.last_hop_done_ns, handoffs=self.handoffs,
             nodes=self.nodes, pool=self.pool, children=self.children, complete=self.complete,
+            acct_start_ns=self.acct[0] if self.acct else None, acct_end_ns=self.acct[1] if self.acct else None,
         )

@@ -174,12 +174,17 @@ class Span:
     # what qspan's own probes cost its critical path (correlate/selfcost.py; None: no calibration)
     qspan_ns: int | None = None
     qspan_hits: dict | None = None  # {"uprobe": n, "tracepoint": n}
+    # QEMU's own accounting of the request (block_acct_start's clock reading, block_acct_done):
+    # what query-blockstats and its latency histograms count; None unless traced (req.acct)
+    acct_start_ns: int | None = None
+    acct_end_ns: int | None = None
 
     def __init__(self, id: int, op: str, offset: int, bytes: int, tid: int, co: int, start_ns: int,
                  submit_ns: int, end_ns: int, dur_ns: int, ack_ns: int | None, co_end_ns: int,
                  phases: list[Phase], hop_done_ns: int | None, handoffs: list[Handoff], nodes: list[NodeVisit],
                  pool: list[PoolHop], children: list[Child], complete: bool, qspan_ns: int | None = None,
-                 qspan_hits: dict | None = None) -> None:
+                 qspan_hits: dict | None = None, acct_start_ns: int | None = None,
+                 acct_end_ns: int | None = None) -> None:
         self.id = id
         self.op = op
         self.offset = offset
@@ -201,6 +206,8 @@ class Span:
         self.complete = complete
         self.qspan_ns = qspan_ns
         self.qspan_hits = qspan_hits
+        self.acct_start_ns = acct_start_ns
+        self.acct_end_ns = acct_end_ns
 
 
 @dataclass

@@ -120,7 +120,7 @@ def choose_profile(cat: Catalogue, target, name: str | None = None) -> Profile:
 
 
 def program_input(target, profile: Profile | None = None, cat: Catalogue | None = None,
-                  use_sites: bool = True) -> ProgramInput:
+                  use_sites: bool = True, opt_in: frozenset[str] = frozenset()) -> ProgramInput:
     from qspan.target.elf import function_code
 
     names = {p.target for p in (cat.probes if cat else ()) if p.source in ("uprobe", "site")}
@@ -137,4 +137,5 @@ def program_input(target, profile: Profile | None = None, cat: Catalogue | None 
         usdt=bool(target.usdt_probes),
         watched_tids=tuple(target.watched_tids),
         vcpu_tids=tuple(sorted(t.tid for t in target.threads if t.role == "vcpu")),
+        opt_in=opt_in,
     )

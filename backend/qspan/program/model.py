@@ -27,6 +27,7 @@ class ProgramInput:
     # file bpftrace attaches their programs to first (transport/sites.py writes it)
     sites: dict[str, Site] = field(default_factory=dict)
     anchor_path: str = ANCHOR_PATH
+    opt_in: frozenset[str] = frozenset()  # probes.OPT_IN_EVENTS asked for
 
 
 @dataclass(frozen=True)

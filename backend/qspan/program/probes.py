@@ -13,6 +13,11 @@ from qspan.program.model import ProgramInput
 BEGIN_MARK = "QSPAN-ATTACHED"
 # Events without which there are no request spans.
 REQUIRED_EVENTS = ("co.switch", "req.submit")
+# Events traced only when asked for (ProgramInput.opt_in): each costs a probe hit a request
+# that the spans' phases do not need.
+OPT_IN_EVENTS = {
+    "req.acct": "QEMU's own accounting interval on each span (--qemu-accounting)",
+}
 
 
 def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], list[str]]:
@@ -20,6 +25,7 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
     sources = ("usdt", "uprobe", "site", "tracepoint") if inp.usdt else ("uprobe", "site", "tracepoint")
     chosen, skipped = [], []
     candidates = cat.select(inp.version, sources)
+    candidates = [p for p in candidates if p.event not in OPT_IN_EVENTS or p.event in inp.opt_in]
     # A USDT probe of an event replaces the uprobes of the same event.
     usdt_events = {p.event for p in candidates if p.source == "usdt"}
     # An event's site lines (probes inside functions, at their sites.txt patterns) replace its

@@ -1,0 +1,136 @@
+"""`qspan crosscheck`: trace with QEMU's accounting on, and bin the same requests as QEMU does.
+
+The QMP side: turn on QEMU's latency histograms for every guest device once the probes are
+attached (setting the boundaries clears the bins, so they count from then on), read them
+again shortly before the trace ends, and compare what QEMU counted with the spans whose
+accounting ended between the two (output/crosscheck.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from qspan import pipeline
+from qspan.cli.common import progress, write_json
+from qspan.errors import QspanError
+from qspan.model.spans import span_dict
+from qspan.output import crosscheck, recording
+from qspan.target.qmp import QMPClient, QMPError
+from qspan.transport.bpftrace import check_can_trace
+
+
+class _Histograms:
+    """QEMU's latency histograms over QMP: set on every device with a guest device, then read."""
+
+    def __init__(self, qmp_path: str, boundaries_ns: list[int]):
+        self.qmp_path = qmp_path
+        self.boundaries_ns = boundaries_ns
+        self.devices: list[str] = []
+        self.start_ns: int | None = None
+        self.read_at: tuple[int, int] | None = None  # monotonic ns around the final query
+        self.bins: dict[str, dict[str, list[int]]] = {}  # device -> op -> bins
+        self.node_device: dict[str, str] = {}  # a device's root node -> the device
+        self.error: str | None = None
+
+    def _qmp(self) -> QMPClient:
+        return QMPClient(self.qmp_path, timeout_s=5.0)
+
+    def start(self) -> None:
+        try:
+            with self._qmp() as qmp:
+                self.devices = [d["qdev"] for d in qmp.execute("query-blockstats") if d.get("qdev")]
+                for dev in self.devices:
+                    qmp.execute("block-latency-histogram-set", id=dev, boundaries=self.boundaries_ns)
+                self.start_ns = time.monotonic_ns()
+        except QMPError as err:
+            self.error = f"cannot set QEMU's latency histograms: {err}"
+
+    def read(self) -> None:
+        try:
+            with self._qmp() as qmp:
+                before = time.monotonic_ns()
+                stats = qmp.execute("query-blockstats")
+                self.read_at = (before, time.monotonic_ns())
+        except QMPError as err:
+            self.error = f"cannot read QEMU's latency histograms: {err}"
+            return
+        for d in stats:
+            dev = d.get("qdev")
+            if dev not in self.devices:
+                continue
+            if d.get("node-name"):
+                self.node_device[d["node-name"]] = dev
+            for op, key in crosscheck.HISTOGRAM_KEYS.items():
+                h = d["stats"].get(key)
+                if h is None:
+                    continue
+                if h["boundaries"] != self.boundaries_ns:
+                    self.error = f"{dev}: its histogram's boundaries changed while traced (someone else set them)"
+                    return
+                self.bins.setdefault(dev, {})[op] = h["bins"]
+
+
+def _boundaries(text: str) -> list[int]:
+    try:
+        us = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise QspanError(f"--boundaries-us: integers in us, comma separated, not {text!r}") from None
+    if not us or any(b <= a for a, b in zip(us, us[1:])) or us[0] <= 0:
+        raise QspanError(f"--boundaries-us: increasing positive integers, not {text!r}")
+    return [u * 1000 for u in us]
+
+
+def cmd_crosscheck(args) -> int:
+    boundaries = _boundaries(args.boundaries_us)
+    if args.duration < 2:
+        raise QspanError("--duration: at least 2 s (QEMU's histograms are read 1 s before the end)")
+    check_can_trace()
+    p = pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on", accounting=True)
+    if "req.acct" not in {pr.event for pr in p.program.probes}:
+        raise QspanError(f"QEMU PID {args.pid} does not export block_acct_done: its accounting cannot be traced")
+    if not p.target.qmp_path:
+        raise QspanError(f"QEMU PID {args.pid} has no QMP socket on its command line (-qmp unix:PATH): "
+                         "qspan cannot turn on its latency histograms")
+    hist = _Histograms(p.target.qmp_path, boundaries)
+    read_after_s = args.duration - 1.0
+
+    def attached() -> None:
+        hist.start()
+        if hist.error is None:
+            progress(f"QEMU's latency histograms set on {', '.join(hist.devices) or 'no device'}")
+            timer = threading.Timer(read_after_s, hist.read)
+            timer.daemon = True
+            timer.start()
+
+    with tempfile.TemporaryDirectory(prefix="qspan-crosscheck-") as tmp:
+        rec_path = Path(args.record) if args.record else Path(tmp) / "crosscheck.qspan"
+        result = pipeline.record(p, rec_path, args.duration, progress=progress, on_attached=attached)
+        pipeline.check_ended(result, args.pid, rec_path)
+        if hist.error:
+            raise QspanError(hist.error)
+        if hist.read_at is None or hist.start_ns is None:
+            raise QspanError("QEMU's latency histograms were not read before the trace ended")
+        rec = recording.read(rec_path)
+        corr = pipeline.correlate_recording(rec)
+    report = crosscheck.compare(hist.bins, hist.node_device, boundaries, [span_dict(s) for s in corr.spans],
+                                (hist.start_ns, hist.read_at[0]), crosscheck.qemu_ends(rec.events))
+    for line in crosscheck.text(report):
+        print(line)
+    if args.out:
+        write_json(args.out, report)
+    return 0
+
+
+def add(sub, parents) -> None:
+    s = sub.add_parser("crosscheck", parents=[parents.GENERATE],
+                       help="trace with QEMU's own latency histograms on, and say how many requests "
+                            "qspan bins differently")
+    s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default %(default)s)")
+    s.add_argument("--boundaries-us", default=",".join(map(str, crosscheck.DEFAULT_BOUNDARIES_US)),
+                   help="the histograms' bin boundaries in us (default %(default)s)")
+    s.add_argument("--out", help="also write the report as JSON")
+    s.add_argument("--record", help="keep the recording here (default: not kept)")
+    s.set_defaults(fn=cmd_crosscheck)
