@@ -33,7 +33,6 @@ WITHOUT = {
     "kick.read": "no kick phase: spans start at the submission",
     "notify": "no kick phase: spans start at the submission",
     "req.acct": "no QEMU accounting interval on spans: qspan crosscheck cannot run",
-    "queue.run": "a request found by polling after a stale kick may be charged that kick",
     "loop.poll": "coroutine ends are inferred later (at the next event), runs look longer",
     "sched.switch": "no what-ran-instead (asleep, runnable) on the watched threads",
     "sched.wakeup": "asleep and runnable are not told apart in what ran instead",

@@ -20,6 +20,7 @@ def test_bpftrace_compiles_the_generated_program(tmp_path):
     inp = program.ProgramInput(
         pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2), version_text="7.2.22",
         symbols=frozenset(p.target for p in cat.probes if p.source == "uprobe"), usdt=False, watched_tids=(4242, 4244),
+        opt_in=frozenset({"req.acct"}),  # its probe compiled too
     )
     prog = program.generate(cat, inp)
     src = tmp_path / "p.bt"
@@ -62,7 +63,7 @@ def test_bpftrace_compiles_the_program_with_probe_sites(tmp_path):
     inp = program.ProgramInput(
         pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2), version_text="7.2.22",
         symbols=frozenset(p.target for p in cat.probes if p.source in ("uprobe", "site")), usdt=False,
-        watched_tids=(4242, 4244), sites=found, anchor_path=str(anchor),
+        watched_tids=(4242, 4244), sites=found, anchor_path=str(anchor), opt_in=frozenset({"req.acct"}),
     )
     # co.switch and co.wake by their site lines (the callers of the switch, aio_co_enter's queueing
     # branch); and, where those do not match, by the uprobes they replace, at those functions' sites

@@ -360,44 +360,44 @@ def test_a_stale_kick_for_a_request_taken_already_is_not_charged_to_the_next():
     assert c.phases[0].name == "kick" and c.start_ns == 228_590
 
 
-def test_a_request_polling_found_after_a_stale_kick_s_empty_run_gets_no_kick():
-    """The sequence a CI run failed on, on QEMU 10.0 (recorded before queue.run existed; times
-    in ns from A's kick, the handler runs where QEMU makes them): A was taken before its kick
-    landed; the loop read that stale kick 109 us later, its handler run found the ring empty,
-    and 34 us of polling found C, which the guest kicked for only after. Charged the stale
-    kick, C's span was 37 us longer than the guest's own latency for it."""
+def test_a_kick_read_off_an_empty_ring_is_not_charged_to_what_polling_finds_next():
+    """The sequence a CI run failed on, on QEMU 10.0 (recorded before kick.read counted the
+    ring; times in ns from A's kick, plus 1 ms): A was taken before its kick landed; the loop read that
+    stale kick 109 us later off an empty ring, and 34 us of polling found C, which the guest
+    kicked for only after. Charged the stale kick, C's span was 37 us longer than the guest's
+    own latency for it."""
     VCPU = 400
     header = {"target": {"threads": [*HEADER["target"]["threads"], {"tid": VCPU, "role": "vcpu"}]}}
     A, C = 0xA, 0xC
     ev = [
-        E("kick.read", -16_900, IOT, 0x13),
-        E("queue.run", -16_500, IOT, 0x7B),
-        *_request(-14_400, A, offset=917504),
-        E("notify", 0, VCPU, 0x13),  # A's own kick, after A was taken
-        term(1_000, IOT, A, LEADER),
-        E("loop.poll", 107_000, IOT),
-        E("kick.read", 108_900, IOT, 0x13),  # reads the stale kick ...
-        E("queue.run", 109_300, IOT, 0x7B),  # ... its run finds nothing
-        E("queue.run", 142_300, IOT, 0x7B),  # polling finds C: a second run
-        *_request(142_700, C, offset=921600),
-        E("notify", 143_200, VCPU, 0x13),  # C's own kick, after C was taken
-        term(150_000, IOT, C, LEADER),
+        E("kick.read", 983_100, IOT, 0x13, 2),
+        *_request(985_600, A, offset=917504),
+        E("notify", 1_000_000, VCPU, 0x13),  # A's own kick, after A was taken
+        term(1_001_000, IOT, A, LEADER),
+        E("loop.poll", 1_107_000, IOT),
+        E("kick.read", 1_108_900, IOT, 0x13, 1),  # reads the stale kick: the ring is empty
+        *_request(1_142_700, C, offset=921600),  # polling finds C
+        E("notify", 1_143_200, VCPU, 0x13),  # C's own kick, after C was taken
+        term(1_150_000, IOT, C, LEADER),
     ]
     a, c = correlate(ev, header).spans
     assert a.phases[0].name == "submit"  # no kick seen before its read
-    assert c.phases[0].name == "submit" and c.start_ns == 142_700
+    assert c.phases[0].name == "submit" and c.start_ns == 1_142_700
+    # the same stream where the ring could not be read (ARG1 0): the rule without it
+    unknown = [E(e.kind, e.ts_ns, e.tid, e.args[0], 0) if e.kind == "kick.read" else e for e in ev]
+    _, c = correlate(unknown, header).spans
+    assert c.phases[0].name == "kick" and c.start_ns == 1_000_000
 
 
-def test_the_request_the_read_s_own_run_submits_keeps_the_kick():
+def test_a_kick_read_off_a_ring_with_requests_goes_to_the_first_submitted():
     VCPU = 400
     header = {"target": {"threads": [*HEADER["target"]["threads"], {"tid": VCPU, "role": "vcpu"}]}}
     A, B = 0xA, 0xB
     ev = [
         E("notify", 1000, VCPU, 0x13),
-        E("kick.read", 1010, IOT, 0x13),
-        E("queue.run", 1012, IOT, 0x7B),
+        E("kick.read", 1010, IOT, 0x13, 3),  # two requests in the ring
         *_request(1020, A),
-        *_request(1040, B, offset=8192),  # batched behind A in the same run: no kick of its own
+        *_request(1040, B, offset=8192),  # batched behind A: no kick of its own
         term(1050, IOT, B, A),
         term(1060, IOT, A, LEADER),
     ]

@@ -50,13 +50,12 @@ class GuestKicks:
     latency). With virtio's event index the guest kicks again for any request it adds after
     the handler ran, so the latest kick is the one that request waited on.
 
-    Which request: the first one the handler run started by the read submits. When that run
-    finds the ring empty (its kick was stale) and the event loop then polls the ring, what
-    polling finds is a request the guest added after the kick, maybe with no kick of its own
-    (a recorded case on QEMU 10.0: read, an empty run, 34 us of polling, a submission; charged
-    the stale kick, the span was 37 us longer than the guest's own latency). The queue
-    handler's runs (`queue.run`) tell the two apart; without them (virtio-scsi, whose handler
-    is not exported) the first submission after the read is taken.
+    A kick read while the ring held nothing new was stale: its request was taken before it
+    landed, and what the loop's polling finds next is a request the guest added after the kick,
+    maybe with no kick of its own (a recorded case on QEMU 10.0: the read, a handler run that
+    found nothing, 34 us of polling, a submission; charged the stale kick, the span was 37 us
+    longer than the guest's own latency). kick.read says how many requests the ring held
+    (ARG1, 1 + the count; 0 where qspan cannot read the ring): an empty ring's kick is dropped.
     """
 
     __slots__ = ("vcpus", "latest", "read_by", "last_submit_ns")
@@ -64,8 +63,7 @@ class GuestKicks:
     def __init__(self, vcpus: frozenset[int]):
         self.vcpus = vcpus
         self.latest: dict[int, int] = {}  # notifier -> its latest vCPU kick no event loop has read yet
-        # thread -> [notifier, kick, handler runs since] it read, that no request has taken
-        self.read_by: dict[int, list[int]] = {}
+        self.read_by: dict[int, list[int]] = {}  # thread -> [notifier, kick] it read, no request has taken
         self.last_submit_ns: dict[int, int] = {}  # thread -> its last req.submit
 
     def notify(self, tid: int, notifier: int, ts: int) -> None:
@@ -76,20 +74,14 @@ class GuestKicks:
             if pending[0] == notifier:
                 pending[1] = ts  # a kick landing between the read and the submission: that request's own
 
-    def read(self, tid: int, notifier: int) -> None:
+    def read(self, tid: int, notifier: int, ring: int) -> None:
         # Only the first request submitted after the read gets the kick phase: requests that came
         # without a kick of their own (batched, or picked up by polling) are under- rather than
         # over-reported. The read takes the kick: a later read finds a new one or none.
+        # ring: 1 + the requests the ring held at the read, 0 if unknown; 1: a stale kick.
         kick = self.latest.pop(notifier, None)
-        if kick is not None:
-            self.read_by[tid] = [notifier, kick, 0]
-
-    def queue_run(self, tid: int) -> None:
-        pending = self.read_by.get(tid)
-        if pending is not None:
-            pending[2] += 1
-            if pending[2] > 1:  # the read's own run is over: whatever comes next came by polling
-                del self.read_by[tid]
+        if kick is not None and ring != 1:
+            self.read_by[tid] = [notifier, kick]
 
     def polled(self, tid: int) -> None:
         # Back to polling: the handler run that read a kick is over. A kick no request took
@@ -147,10 +139,7 @@ class ThreadEvents:
 
     def _kick_read(self, ev: Event) -> None:
         self._in_event_loop(ev)
-        self.kicks.read(ev.tid, ev.args[0])
-
-    def _queue_run(self, ev: Event) -> None:
-        self.kicks.queue_run(ev.tid)
+        self.kicks.read(ev.tid, ev.args[0], ev.args[1])
 
     def _loop_poll(self, ev: Event) -> None:
         if ev.tid not in self.watched:
