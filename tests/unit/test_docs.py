@@ -34,7 +34,8 @@ def _section(markdown: str, title: str) -> str:
 
 
 def _code_blocks(markdown: str) -> list[str]:
-    return re.findall(r"^```[a-z]*\n(.*?)^```", markdown, re.M | re.S)
+    """Code blocks but those marked as a program's output (```text)."""
+    return [body for lang, body in re.findall(r"^```([a-z]*)\n(.*?)^```", markdown, re.M | re.S) if lang != "text"]
 
 
 def _commands(block: str) -> list[list[str]]:
