@@ -17,6 +17,7 @@ from pathlib import Path
 
 from qspan import catalogue, pipeline, target
 from qspan.errors import NotQemu, QspanError
+from qspan.program.probes import OPT_IN_EVENTS
 from qspan.target import elf
 
 DEBUG_ROOT = "/usr/lib/debug/.build-id"
@@ -131,7 +132,7 @@ def diagnose(pid: int) -> Report:
         rep.verdict = f"cannot read PID {pid}: {err.strerror} (no such process, or not root)"
         return rep
     try:
-        plan = pipeline.plan(pid)
+        plan = pipeline.plan(pid, accounting=True)  # the opt-in events too: how they would be observed
     except NotQemu as err:
         rep.verdict = f"cannot trace: {err}"
         return rep
@@ -177,7 +178,8 @@ def diagnose(pid: int) -> Report:
             how = {"hit.uprobe-emulated": " (emulated)", "hit.uprobe-stepped": " (single-stepped)"}.get(kind, "")
             hows.append(f"{p.source}:{where}{how}")
         stepped = any(k.endswith("stepped") for k in prog.probe_kinds.get(name, []))
-        rep.events.append((name, "note" if stepped else "ok", ", ".join(dict.fromkeys(hows))))
+        opt_in = f" (opt-in: {OPT_IN_EVENTS[name]})" if name in OPT_IN_EVENTS else ""
+        rep.events.append((name, "note" if stepped else "ok", ", ".join(dict.fromkeys(hows)) + opt_in))
     stepped = [e for e, level, _ in rep.events if level == "note"]
     missing = [e for e, level, _ in rep.events if level == "warn"]
     rep.traceable = True

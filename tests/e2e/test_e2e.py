@@ -310,6 +310,8 @@ def test_doctor_says_how_every_event_would_be_observed(vm):
     assert "verdict: traceable, every event" in r.stdout
     lines = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.startswith("  ok    ") and "." in ln.split()[1]}
     assert {"co.switch", "req.submit", "req.ack", "node.io", "sched.switch"} <= set(lines), r.stdout
+    # the opt-in QEMU accounting, at its site (the tail jump), and said to be opt-in
+    assert "block_acct_done +0x2 (emulated)" in lines["req.acct"] and "opt-in" in lines["req.acct"], r.stdout
     if vm.qemu == "7.2-dtrace":
         assert "usdt:qemu_aio_coroutine_enter" in lines["co.switch"]
         assert re.search(r"43 exported functions \(\.dynsym\), [\d,]+ functions in \.symtab", r.stdout)

@@ -1,15 +1,23 @@
-"""A minimal, synchronous QMP client: enough to read thread ids and block nodes.
+"""QMP, through QEMU's own client (the qemu.qmp package), used synchronously.
 
-QEMU's monitor accepts one client at a time per socket; if another client
-(libvirt, say) holds it, connecting waits. Every call here has a short timeout
-so qspan never hangs on a busy monitor.
+qemu.qmp is asyncio; qspan's callers are not (the CLI, the server's worker threads, a timer
+thread). Each QMPClient runs its connection on an event loop of its own, and every step
+(connect, greeting and capabilities, each command) has a timeout: QEMU's monitor accepts one
+client at a time per socket, and while another client (libvirt, say) holds it, connecting
+waits for ever. Called from a thread whose event loop is running, the steps run on a helper
+thread instead (a loop cannot be run inside another).
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine
 from typing import Any
+
+from qemu.qmp import ExecuteError
+from qemu.qmp import QMPClient as _AsyncClient
+from qemu.qmp import QMPError as _LibraryError
 
 
 class QMPError(Exception):
@@ -20,8 +28,8 @@ class QMPClient:
     def __init__(self, path: str, timeout_s: float = 2.0):
         self.path = path
         self.timeout_s = timeout_s
-        self._sock: socket.socket | None = None
-        self._buf = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: _AsyncClient | None = None
 
     def __enter__(self) -> "QMPClient":
         self.connect()
@@ -30,50 +38,46 @@ class QMPClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout_s)
+    def _run(self, coro: Coroutine, what: str) -> Any:
+        assert self._loop is not None
+        bounded = asyncio.wait_for(coro, self.timeout_s)
         try:
-            sock.connect(self.path)
-            self._sock = sock
-            greeting = self._read()
-            if "QMP" not in greeting:
-                raise QMPError(f"{self.path}: not a QMP monitor")
-            self.execute("qmp_capabilities")
-        except (OSError, ValueError) as err:
-            sock.close()
-            self._sock = None
-            raise QMPError(f"{self.path}: {err}") from err
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return self._loop.run_until_complete(bounded)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(self._loop.run_until_complete, bounded).result()
+        except ExecuteError as err:
+            raise QMPError(f"{what}: {err.error.desc}") from None
+        except asyncio.TimeoutError:
+            raise QMPError(f"{self.path}: {what}: no answer within {self.timeout_s:g} s "
+                           "(another client may hold the monitor)") from None
+        except (_LibraryError, OSError, ValueError, EOFError) as err:  # EOFError: QEMU closed it (quit)
+            raise QMPError(f"{self.path}: {what}: {err}") from err
+
+    def connect(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = _AsyncClient("qspan")
+        try:
+            self._run(self._client.connect(self.path), "connect")
+        except QMPError:
+            self.close()
+            raise
 
     def close(self) -> None:
-        if self._sock:
-            self._sock.close()
-            self._sock = None
-
-    def _read(self) -> dict[str, Any]:
-        assert self._sock is not None
-        while b"\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise QMPError(f"{self.path}: monitor closed the connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
+        if self._loop is None:
+            return
+        try:
+            if self._client is not None:
+                self._run(self._client.disconnect(), "disconnect")
+        except QMPError:
+            pass  # closing a connection that already failed
+        finally:
+            self._loop.close()
+            self._loop = self._client = None
 
     def execute(self, command: str, **arguments: Any) -> Any:
-        if self._sock is None:
+        if self._client is None:
             raise QMPError("not connected")
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        try:
-            self._sock.sendall(json.dumps(msg).encode() + b"\n")
-            while True:
-                reply = self._read()
-                if "event" in reply:
-                    continue
-                if "error" in reply:
-                    raise QMPError(f"{command}: {reply['error'].get('desc', reply['error'])}")
-                return reply.get("return")
-        except (OSError, ValueError) as err:
-            raise QMPError(f"{self.path}: {command}: {err}") from err
+        return self._run(self._client.execute(command, arguments or None), command)
