@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from helpers import require_tracing
+from helpers import offsets_for, require_tracing
 from qspan import catalogue
 from qspan import program
 
@@ -21,6 +21,7 @@ def test_bpftrace_compiles_the_generated_program(tmp_path):
         pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2), version_text="7.2.22",
         symbols=frozenset(p.target for p in cat.probes if p.source == "uprobe"), usdt=False, watched_tids=(4242, 4244),
         opt_in=frozenset({"req.acct"}),  # its probe compiled too
+        offsets=offsets_for((7, 2)),  # node.name's string reads compiled too
     )
     prog = program.generate(cat, inp)
     src = tmp_path / "p.bt"
@@ -49,6 +50,18 @@ def test_every_probe_site_matches_the_lab_qemu(build):
     assert set(found) == set(cat.sites), f"no site matches in QEMU {build}: {sorted(set(cat.sites) - set(found))}"
 
 
+@pytest.mark.parametrize("build", ["7.2", "10.0", "7.2-dtrace"])
+def test_struct_offsets_are_read_off_each_lab_qemu_s_accessors(build):
+    """tracers/offsets.txt's patterns match each build: node names need no offset per version."""
+    from qspan.catalogue.offsets import derive
+    from qspan.target.elf import function_code
+
+    cat = catalogue.load()
+    functions = {s.function for specs in cat.offsets.values() for s in specs}
+    found = derive(cat.offsets, function_code(_binary(build), functions))
+    assert found == offsets_for((10, 0) if build == "10.0" else (7, 2)), found
+
+
 def test_bpftrace_compiles_the_program_with_probe_sites(tmp_path):
     """The anchor qspan writes is a file bpftrace accepts uprobes on, and reg() reads compile."""
     require_tracing()
@@ -64,6 +77,7 @@ def test_bpftrace_compiles_the_program_with_probe_sites(tmp_path):
         pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2), version_text="7.2.22",
         symbols=frozenset(p.target for p in cat.probes if p.source in ("uprobe", "site")), usdt=False,
         watched_tids=(4242, 4244), sites=found, anchor_path=str(anchor), opt_in=frozenset({"req.acct"}),
+        offsets=offsets_for((7, 2)),
     )
     # co.switch and co.wake by their site lines (the callers of the switch, aio_co_enter's queueing
     # branch); and, where those do not match, by the uprobes they replace, at those functions' sites

@@ -77,3 +77,22 @@ def one_clear_error(r: subprocess.CompletedProcess, *needles: str) -> None:
 def guest_requests(text: str) -> dict[tuple[str, int], int]:
     """The guest's per-request log: (op, offset) -> latency in ns."""
     return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
+
+
+# The accessor functions tracers/offsets.txt reads struct offsets from, as their first bytes in
+# Debian's QEMU 7.2 and bookworm-backports' 10.0 (objdump -d); a unit test's ProgramInput gets
+# the offsets derived from them, as program_input derives them from the running binary.
+ACCESSOR_CODE = {
+    (7, 2): {"bdrv_get_node_name": (0x840940, bytes.fromhex("488d87b8400000c3")),
+             "bdrv_get_format_name": (0x840210, bytes.fromhex("488b47104885c07403488b00c3"))},
+    (10, 0): {"bdrv_get_node_name": (0x980340, bytes.fromhex("488d87d840000031ffc3")),
+              "bdrv_get_format_name": (0x97FBB0, bytes.fromhex("488b47104885c07403488b0031ffc3"))},
+}
+
+
+def offsets_for(version: tuple[int, int]) -> dict[str, int]:
+    """struct.field -> offset as derived from that build's accessors (7.2's for other versions)."""
+    from qspan import catalogue
+    from qspan.catalogue.offsets import derive
+
+    return derive(catalogue.load().offsets, ACCESSOR_CODE.get(version, ACCESSOR_CODE[(7, 2)]))

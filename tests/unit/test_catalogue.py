@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, offsets_for
 from qspan import catalogue
 from qspan.errors import CatalogueError
 
@@ -37,11 +37,28 @@ def test_no_uretprobes_anywhere_in_the_catalogue():
 
 def test_version_selection_picks_the_right_signature():
     cat = catalogue.load()
-    # node names are read at version-specific offsets: only where they were measured
-    names = {v: [p.args[1] for p in cat.select(v, ("uprobe",)) if p.event == "node.name"] for v in [(7, 2), (10, 0), (9, 1)]}
-    assert all("0x40b8" in a for a in names[(7, 2)]) and names[(7, 2)]
-    assert all("0x40d8" in a for a in names[(10, 0)]) and names[(10, 0)]
-    assert names[(9, 1)] == []
+    # kick.read counts the ring at offsets read off 7.2 and 10.0: elsewhere the line without
+    ring = {v: [p.args[1] for p in cat.select(v, ("uprobe",)) if p.event == "kick.read"] for v in [(7, 2), (10, 0), (9, 1)]}
+    assert ring[(7, 2)] == ring[(10, 0)] and "arg0-0x3c" in ring[(7, 2)][0]
+    assert ring[(9, 1)] == ["0"]
+
+
+def test_struct_offsets_come_from_the_binary_s_own_accessors():
+    """Node names are read at bs->node_name, whose offset each build's bdrv_get_node_name shows."""
+    from qspan.catalogue import offsets
+
+    cat = catalogue.load()
+    assert offsets_for((7, 2)) == {"bs.node_name": 0x40B8, "bs.drv": 0x10, "drv.format_name": 0}
+    assert offsets_for((10, 0))["bs.node_name"] == 0x40D8
+    # a build whose accessor reads the driver's name at an offset (not +0) says so
+    fmt = {"bdrv_get_format_name": (0, bytes.fromhex("488b47184885c07403488b4008c3"))}
+    assert offsets.derive(cat.offsets, fmt) == {"bs.drv": 0x18, "drv.format_name": 8}
+    # one whose accessor differs gives no offset: its node.name lines are left out, and say why
+    odd = {"bdrv_get_node_name": (0, bytes.fromhex("4889f8c3"))}
+    assert "bs.node_name" not in offsets.derive(cat.offsets, odd)
+    lines = [p for p in cat.probes if p.event == "node.name"]
+    assert lines and all("{bs.node_name}" in p.args[1] for p in lines)
+    assert offsets.substitute(lines[0].args[1], offsets_for((7, 2))) == "str:(*(uint64*)arg0)+0x40b8"
 
 
 def _write(tmp: Path, events: str, probes: str) -> Path:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from helpers import GOLDEN
+from helpers import GOLDEN, offsets_for
 from qspan import catalogue
 from qspan import program
 
@@ -17,7 +17,7 @@ def _input(version, text, usdt=False):
     symbols = frozenset(p.target for p in cat.probes if p.source == "uprobe")
     return program.ProgramInput(
         pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=version, version_text=text,
-        symbols=symbols, usdt=usdt, watched_tids=(4242, 4244),
+        symbols=symbols, usdt=usdt, watched_tids=(4242, 4244), offsets=offsets_for(version),
     )
 
 

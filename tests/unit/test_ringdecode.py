@@ -9,6 +9,8 @@ import struct
 
 import pytest
 
+from helpers import offsets_for
+
 from qspan import catalogue, program
 from qspan.errors import TracerError
 from qspan.transport.ringdecode import (ASYNC_ACTIONS, RECORD_LOST, RECORD_SAMPLE, RecordCounter, RingDecoder,
@@ -19,7 +21,8 @@ def _program():
     cat = catalogue.load()
     symbols = frozenset(p.target for p in cat.probes if p.source == "uprobe")
     inp = program.ProgramInput(pid=4242, probe_path="/usr/bin/qemu-system-x86_64", version=(7, 2),
-                               version_text="7.2.22", symbols=symbols, usdt=False, watched_tids=(4242, 4244))
+                               version_text="7.2.22", symbols=symbols, usdt=False, watched_tids=(4242, 4244),
+                               offsets=offsets_for((7, 2)))
     return cat, program.generate(cat, inp, transport="ring")
 
 

@@ -15,7 +15,7 @@ from qspan.catalogue import sites as site_catalogue
 from qspan.errors import CatalogueError
 from qspan.program import sites
 from qspan.transport import sites as site_transport
-from helpers import GOLDEN
+from helpers import GOLDEN, offsets_for
 
 REGEN = os.environ.get("QSPAN_REGEN") == "1"
 
@@ -89,6 +89,7 @@ def test_the_program_probes_the_anchor_and_says_where_the_site_is():
         symbols=frozenset(p.target for p in cat.probes if p.source in ("uprobe", "site")), usdt=False,
         watched_tids=(4242, 4244),
         entry_kinds={"qemu_coroutine_switch": "stepped"}, sites=sites.resolve(cat.sites, CODE_7_2),
+        offsets=offsets_for((7, 2)),
     )
     prog = program.generate(cat, inp)
     golden = GOLDEN / "program-7.2-sites.bt"

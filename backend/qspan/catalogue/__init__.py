@@ -111,6 +111,7 @@ class Catalogue:
     probes: tuple[ProbeSpec, ...]
     profiles: dict[str, Profile] = field(default_factory=dict)
     sites: dict[str, tuple] = field(default_factory=dict)  # function -> its sites.SiteSpec patterns
+    offsets: dict[str, tuple] = field(default_factory=dict)  # struct.field -> its offsets.OffsetSpec patterns
 
     def by_code(self) -> dict[int, EventSpec]:
         return {e.code: e for e in self.events.values()}
@@ -252,4 +253,12 @@ def load(directory: Traversable | Path | None = None) -> Catalogue:
             # the uprobe line would move to the same site, reading its REGS as its own arguments
             raise CatalogueError(f"{p.where}: {p.target} has a site line and a uprobe line "
                                  f"({entry_lines[p.target].where}): one function, one way to probe it")
-    return Catalogue(events, probes, profiles, patterns)
+    from qspan.catalogue import offsets
+
+    offset_file = directory / "offsets.txt"
+    fields = offsets.load(offset_file) if offset_file.is_file() else {}
+    for p in probes:
+        unknown = [f for a in p.args for f in offsets.fields_of(a) if f not in fields]
+        if unknown:
+            raise CatalogueError(f"{p.where}: {{{unknown[0]}}} is not in offsets.txt")
+    return Catalogue(events, probes, profiles, patterns, fields)

@@ -123,7 +123,10 @@ def program_input(target, profile: Profile | None = None, cat: Catalogue | None 
                   use_sites: bool = True, opt_in: frozenset[str] = frozenset()) -> ProgramInput:
     from qspan.target.elf import function_code
 
+    from qspan.catalogue.offsets import derive
+
     names = {p.target for p in (cat.probes if cat else ()) if p.source in ("uprobe", "site")}
+    names |= {s.function for specs in (cat.offsets.values() if cat else ()) for s in specs}
     code = function_code(f"/proc/{target.pid}/exe", names) if names else {}
     return ProgramInput(
         entry_kinds={name: first_instruction_kind(b) for name, (_off, b) in code.items()},
@@ -138,4 +141,5 @@ def program_input(target, profile: Profile | None = None, cat: Catalogue | None 
         watched_tids=tuple(target.watched_tids),
         vcpu_tids=tuple(sorted(t.tid for t in target.threads if t.role == "vcpu")),
         opt_in=opt_in,
+        offsets=derive(cat.offsets, code) if cat else {},
     )

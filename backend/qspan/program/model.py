@@ -28,6 +28,7 @@ class ProgramInput:
     sites: dict[str, Site] = field(default_factory=dict)
     anchor_path: str = ANCHOR_PATH
     opt_in: frozenset[str] = frozenset()  # probes.OPT_IN_EVENTS asked for
+    offsets: dict[str, int] = field(default_factory=dict)  # struct.field -> offset (catalogue/offsets.py)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ stacks (the kernel kills QEMU with SIGILL once two requests are in flight).
 
 from __future__ import annotations
 
-from qspan.catalogue import Catalogue, EventSpec, ProbeSpec
+from dataclasses import replace
+
+from qspan.catalogue import Catalogue, EventSpec, ProbeSpec, offsets
 from qspan.errors import TracerError
 from qspan.program.model import ProgramInput
 
@@ -50,6 +52,14 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
         if p.source == "uprobe" and p.target not in inp.symbols:
             skipped.append(f"{p.where}: {p.event}: {p.target} is not exported by this binary")
             continue
+        fields = [f for a in p.args for f in offsets.fields_of(a)]
+        unknown = [f for f in dict.fromkeys(fields) if f not in inp.offsets]
+        if unknown:
+            skipped.append(f"{p.where}: {p.event}: offset of {', '.join(unknown)} unknown (its accessor's code "
+                           "does not match tracers/offsets.txt)")
+            continue
+        if fields:
+            p = replace(p, args=tuple(offsets.substitute(a, inp.offsets) for a in p.args))
         chosen.append(p)
     have = {p.event for p in chosen}
     missing = [e for e in REQUIRED_EVENTS if e not in have]
