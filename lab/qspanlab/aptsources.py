@@ -3,7 +3,7 @@
 lab/driver-o/build.sh needs deb-src for bookworm (the installed QEMU's source
 package) and lab/qemu10/fetch.sh needs bookworm-backports (QEMU 10.0). Both must
 come from the mirrors this machine already uses (its own mirror, a proxy, a local
-mirror on CI), never from a hard-coded deb.debian.org.
+mirror on CI), never from a hard-coded mirror host.
 
 This module reads /etc/apt/sources.list and sources.list.d/*.list (one-line format)
 and sources.list.d/*.sources (deb822), skipping the lab's own qspan-* files, and
