@@ -16,7 +16,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from qspan import resources
-from qspan.catalogue.reader import data_lines
+from qspan.catalogue.reader import grouped
 from qspan.errors import CatalogueError
 
 # a field in an argument expression: {struct.field}
@@ -75,12 +75,7 @@ def _spec(where: str, line: str) -> OffsetSpec:
 
 def load(path: Traversable | Path | None = None) -> dict[str, tuple[OffsetSpec, ...]]:
     """struct.field -> its patterns, in file order (the first that matches a binary is used)."""
-    path = path if path is not None else resources.tracers() / "offsets.txt"
-    out: dict[str, list[OffsetSpec]] = {}
-    for where, line in data_lines(path, inline_comments=True):
-        s = _spec(where, line)
-        out.setdefault(s.name, []).append(s)
-    return {k: tuple(v) for k, v in out.items()}
+    return grouped(path if path is not None else resources.tracers() / "offsets.txt", _spec, lambda s: s.name)
 
 
 def derive(specs: dict[str, tuple[OffsetSpec, ...]], code: dict[str, tuple[int, bytes]]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from qspan import resources
-from qspan.catalogue.reader import data_lines
+from qspan.catalogue.reader import grouped
 from qspan.errors import CatalogueError
 from qspan.program.hitkind import first_instruction_kind
 
@@ -72,9 +72,4 @@ def _site(where: str, line: str) -> SiteSpec:
 
 def load(path: Traversable | Path | None = None) -> dict[str, tuple[SiteSpec, ...]]:
     """FUNCTION -> its site patterns, in file order (the first that matches a binary is used)."""
-    path = path if path is not None else resources.tracers() / "sites.txt"
-    out: dict[str, list[SiteSpec]] = {}
-    for where, line in data_lines(path, inline_comments=True):
-        s = _site(where, line)
-        out.setdefault(s.function, []).append(s)
-    return {k: tuple(v) for k, v in out.items()}
+    return grouped(path if path is not None else resources.tracers() / "sites.txt", _site, lambda s: s.function)

@@ -51,7 +51,7 @@ def cmd_tracer(args) -> int:
         print("nothing to do: use --print", file=sys.stderr)
         return 2
     return print_program(pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on",
-                      accounting=args.qemu_accounting))
+                                       accounting=args.qemu_accounting))
 
 
 def add(sub, parents) -> None:
