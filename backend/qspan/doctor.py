@@ -155,6 +155,8 @@ def diagnose(pid: int) -> Report:
     rep.process.append(Finding("ok", f"QEMU {t.version or '?'}; threads: "
                                      + "; ".join(f"{r}: {', '.join(v)}" for r, v in sorted(roles.items()))))
     rep.process.append(Finding("ok", f"QMP at {t.qmp_path}: roles and block nodes from QEMU itself") if t.qmp_path else
+                       Finding("ok", f"QMP through libvirt (virsh qemu-monitor-command {t.libvirt_domain}): roles and "
+                                     "block nodes from QEMU itself") if t.libvirt_domain and t.nodes else
                        Finding("warn", "no QMP socket found on the command line: roles from thread names "
                                        "(-name debug-threads=on), node names only from QEMU's memory"))
     if not t.watched_tids:

@@ -18,15 +18,16 @@ from qspan.cli.common import progress, write_json
 from qspan.errors import QspanError
 from qspan.model.spans import span_dict
 from qspan.output import crosscheck, recording
-from qspan.target.qmp import QMPClient, QMPError
+from qspan.target import Target, open_monitor
+from qspan.target.qmp import QMPError
 from qspan.transport.bpftrace import check_can_trace
 
 
 class _Histograms:
     """QEMU's latency histograms over QMP: set on every device with a guest device, then read."""
 
-    def __init__(self, qmp_path: str, boundaries_ns: list[int]):
-        self.qmp_path = qmp_path
+    def __init__(self, target: Target, boundaries_ns: list[int]):
+        self.target = target
         self.boundaries_ns = boundaries_ns
         self.devices: list[str] = []
         self.start_ns: int | None = None
@@ -35,8 +36,8 @@ class _Histograms:
         self.node_device: dict[str, str] = {}  # a device's root node -> the device
         self.error: str | None = None
 
-    def _qmp(self) -> QMPClient:
-        return QMPClient(self.qmp_path, timeout_s=5.0)
+    def _qmp(self):
+        return open_monitor(self.target, timeout_s=5.0)
 
     def start(self) -> None:
         try:
@@ -91,10 +92,10 @@ def cmd_crosscheck(args) -> int:
     p = pipeline.plan(args.pid, args.profile, args.transport, sites=args.probe_sites == "on", accounting=True)
     if "req.acct" not in {pr.event for pr in p.program.probes}:
         raise QspanError(f"QEMU PID {args.pid} does not export block_acct_done: its accounting cannot be traced")
-    if not p.target.qmp_path:
-        raise QspanError(f"QEMU PID {args.pid} has no QMP socket on its command line (-qmp unix:PATH): "
-                         "qspan cannot turn on its latency histograms")
-    hist = _Histograms(p.target.qmp_path, boundaries)
+    if not p.target.monitor:
+        raise QspanError(f"QEMU PID {args.pid} has no QMP socket on its command line (-qmp unix:PATH) and was "
+                         "not started by libvirt: qspan cannot turn on its latency histograms")
+    hist = _Histograms(p.target, boundaries)
     read_after_s = args.duration - 1.0
 
     def attached() -> None:

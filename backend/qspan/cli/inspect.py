@@ -18,7 +18,7 @@ def cmd_ps(args) -> int:
     for pid in pids:
         try:
             t = target.inspect(pid)
-            print(f"{pid:>8}  {t.version or '?':<8} {t.probe_source:<7} {t.qmp_path or '-':<28} {t.exe}")
+            print(f"{pid:>8}  {t.version or '?':<8} {t.probe_source:<7} {t.monitor or '-':<28} {t.exe}")
         except QspanError as err:
             print(f"{pid:>8}  {'?':<8} {'-':<7} {'-':<28} ({err})")
     return 0

@@ -130,7 +130,9 @@ def program_input(target, profile: Profile | None = None, cat: Catalogue | None 
     code = function_code(f"/proc/{target.pid}/exe", names) if names else {}
     return ProgramInput(
         entry_kinds={name: first_instruction_kind(b) for name, (_off, b) in code.items()},
-        sites=sites.resolve(cat.sites, code) if cat and use_sites else {},
+        # no sites where QEMU cannot see their anchor file (target.site_anchor_view)
+        sites=sites.resolve(cat.sites, code) if cat and use_sites and target.site_anchor else {},
+        anchor_path=target.site_anchor or sites.ANCHOR_PATH,
         library_path=target.library(profile.library) if profile and profile.library else None,
         pid=target.pid,
         probe_path=target.probe_path,

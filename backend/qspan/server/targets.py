@@ -80,7 +80,7 @@ def _describe(pid: int) -> dict:
     try:
         t = target.inspect(pid)
         profile = program.choose_profile(catalogue.load(), t).name
-        return {"pid": pid, "exe": t.exe, "version": t.version, "qmp": t.qmp_path,
+        return {"pid": pid, "exe": t.exe, "version": t.version, "qmp": t.monitor,
                 "probe_source": t.probe_source, "profile": profile}
     except QspanError as err:
         log.info("PID %d is listed as not traceable: %s", pid, err)

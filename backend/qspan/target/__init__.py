@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qspan.errors import NoSuchProcess, NotQemu, TargetError
+from qspan.program.sites import ANCHOR_PATH
 from qspan.target.elf import elf_facts
+from qspan.target.libvirt import LibvirtMonitor, domain_name, started_by_libvirt
+from qspan.target.mounts import site_anchor_view
 from qspan.target.qmp import QMPClient, QMPError
 
 PROC = Path("/proc")
@@ -48,6 +51,10 @@ class Target:
     symbols: frozenset[str] = field(default_factory=frozenset, repr=False)
     notes: list[str] = field(default_factory=list)
     libraries: list[str] = field(default_factory=list)  # shared objects mapped in the process (paths in its namespace)
+    # the probe-site anchor (transport/sites.py) as bpftrace, which opens paths in QEMU's mount
+    # namespace, must name it; None where QEMU cannot see it (site_anchor_view)
+    site_anchor: str | None = ANCHOR_PATH
+    libvirt_domain: str | None = None  # libvirt owns the monitor: QMP through virsh (target/libvirt.py)
 
     def library(self, name: str) -> str | None:
         """Path (through /proc/PID/root) of a mapped shared object whose file name is `name`."""
@@ -55,6 +62,11 @@ class Target:
             if os.path.basename(lib) == name:
                 return f"/proc/{self.pid}/root{lib}"
         return None
+
+    @property
+    def monitor(self) -> str | None:
+        """Where QMP is reached: the socket's path, or libvirt's domain; None without either."""
+        return self.qmp_path or (f"libvirt:{self.libvirt_domain}" if self.libvirt_domain else None)
 
     @property
     def version_tuple(self) -> tuple[int, int]:
@@ -204,6 +216,22 @@ def _mapped_libraries(pid: int) -> list[str]:
     return libs
 
 
+def open_monitor(t: Target, timeout_s: float = 2.0) -> QMPClient | LibvirtMonitor:
+    """A QMP client for `t` (use it as a context manager): its socket, else libvirt's virsh."""
+    if t.qmp_path:
+        return QMPClient(t.qmp_path, timeout_s=timeout_s)
+    if t.libvirt_domain:
+        return LibvirtMonitor(t.libvirt_domain, timeout_s=max(timeout_s, 10.0))
+    raise QMPError(f"QEMU PID {t.pid} has no QMP socket on its command line and was not started by libvirt")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return _read(PROC / str(pid) / "cmdline").split("\0")
+    except OSError:
+        return []
+
+
 def _version_from_binary(probe_path: str) -> str:
     try:
         out = subprocess.run([probe_path, "--version"], capture_output=True, text=True, timeout=10).stdout
@@ -233,11 +261,14 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
         )
     threads = threads_from_proc(pid)
     qmp_path = find_qmp_socket(pid)
+    argv = _cmdline(pid)
+    libvirt_domain = domain_name(argv) if not qmp_path and started_by_libvirt(argv) else None
     version = ""
     nodes: list[BlockNode] = []
-    if use_qmp and qmp_path:
+    monitor = Target(pid, exe, probe_path, "", build_id, usdt, qmp_path, libvirt_domain=libvirt_domain)
+    if use_qmp and monitor.monitor:
         try:
-            with QMPClient(qmp_path) as qmp:
+            with open_monitor(monitor) as qmp:
                 v = qmp.execute("query-version")["qemu"]
                 version = f"{v['major']}.{v['minor']}.{v['micro']}"
                 by_tid = {t.tid: t for t in threads}
@@ -252,8 +283,12 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
                 for n in qmp.execute("query-named-block-nodes", flat=True):
                     nodes.append(BlockNode(n["node-name"], n["drv"], n.get("file", "")))
         except QMPError as err:
-            notes.append(f"QMP unavailable ({err}); thread roles from thread names")
+            notes.append(f"QMP unavailable ({err}); thread roles from thread names, node names from QEMU's memory")
     if not version:
         version = _version_from_binary(probe_path)
+    anchor = site_anchor_view(pid)
+    if anchor is None:
+        notes.append("QEMU runs in other mount and PID namespaces: probe sites inside functions are off "
+                     "(their anchor file is out of its sight), function entries are probed instead")
     return Target(pid, exe, probe_path, version, build_id, usdt, qmp_path, threads, nodes, symbols, notes,
-                  _mapped_libraries(pid))
+                  _mapped_libraries(pid), anchor, libvirt_domain)
