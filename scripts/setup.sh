@@ -19,11 +19,15 @@ packages=(qemu-system-x86 qemu-utils bpftrace busybox-static
           cpio gzip kmod gcc libc6-dev make python3 python3-venv python3-dev procps util-linux binutils
           dpkg-dev xz-utils ninja-build meson pkg-config libglib2.0-dev systemtap-sdt-dev
           libpixman-1-dev zlib1g-dev libfdt-dev
-          chromium fonts-dejavu-core docker-compose)
+          chromium fonts-dejavu-core docker-compose
+          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 # (line 3: driver O for the seed lab, built against the QEMU source package headers;
 #  line 4: what a QEMU build needs besides, for the dtrace-enabled QEMU the e2e tests trace;
 #  line 5: the browser the dashboard tests drive headless, and docker-compose to validate
-#  docker-compose.yml: there is no container engine here)
+#  docker-compose.yml: there is no container engine here;
+#  line 6: libvirt's daemon and virsh for the e2e tests of a libvirt-started VM, without
+#  libvirt-daemon-system: no service, init script or user on the host. The lab starts its own
+#  libvirtd in a private mount namespace: lab/libvirt/libvirtd.sh)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -21,6 +21,7 @@ examples:
   qspan-lab up                                 stock lab: virtio-blk on iothread0, file node aio=threads
   qspan-lab load --op write --qd 4 --count 2000 --verify
   qspan-lab down
+  qspan-lab --dir /tmp/qspan-libvirt up --libvirt   the same guest, started by libvirt
   qspan-lab up --scenario seed --replica-delay-us 200 --b-cpu-us 600
   qspan-lab demo                               seed lab, guest writes, dashboard on http://127.0.0.1:8321/
 """
@@ -49,6 +50,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_up(args) -> int:
+    if args.libvirt:
+        if args.scenario != "stock" or args.qemu != "7.2":
+            raise lab.LabError("--libvirt runs the stock scenario on Debian's installed QEMU 7.2 only")
+        from qspanlab import libvirt
+
+        info = libvirt.up(Path(args.dir), progress=_progress)
+        print(f"pid {info.pid}")
+        print(f"libvirt {info.libvirt}  (export LIBVIRT_DEFAULT_URI='{info.libvirt}' for virsh and qspan)")
+        print(f"console {info.console}")
+        return 0
     knobs = lab.SeedKnobs(args.replica_delay_us, args.b_cpu_us)
     info = lab.up(Path(args.dir), scenario=args.scenario, qemu=args.qemu, knobs=knobs, progress=_progress)
     print(f"pid {info.pid}")
@@ -87,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--qemu", default="7.2", choices=lab.QEMU_BUILDS,
                    help="7.2: Debian's installed QEMU; 10.0: bookworm-backports, unpacked under build/; "
                         "7.2-dtrace: 7.2 built with USDT probes under build/ (default 7.2)")
+    u.add_argument("--libvirt", action="store_true",
+                   help="start the stock lab through a private libvirtd (qspanlab/libvirt.py): QEMU as libvirt-qemu, "
+                        "its monitor libvirt's; --dir must be reachable by that user (e.g. under /tmp)")
     u.add_argument("--replica-delay-us", type=int, default=lab.SeedKnobs.replica_delay_us,
                    help="seed scenarios: driver O's replica latency (default %(default)s)")
     u.add_argument("--b-cpu-us", type=int, default=lab.SeedKnobs.b_cpu_us,

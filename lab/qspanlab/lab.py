@@ -53,6 +53,7 @@ class LabInfo:
     qemu: str
     argv: list[str] = field(default_factory=list)
     replica: str | None = None
+    libvirt: str | None = None  # the URI of the libvirtd that started QEMU (qspanlab.libvirt); qmp is "" then
 
 
 @dataclass
@@ -263,6 +264,10 @@ def down(lab_dir: Path = DEFAULT_DIR, timeout_s: float = 15.0) -> bool:
     if not state.exists():
         return False
     info = LabInfo(**json.loads(state.read_text()))
+    if info.libvirt:
+        from qspanlab import libvirt  # it builds on this module
+
+        return libvirt.down(lab_dir, timeout_s)
     if process_alive(info.pid):
         try:
             with QMPClient(info.qmp) as qmp:
