@@ -64,6 +64,12 @@ class NoSuchSession(SessionError):
     http_status = 404
 
 
+class CrossCheckError(SessionError):
+    """A live cross-check with QEMU's histograms cannot run (no accounting traced, no QMP, ...)."""
+
+    http_status = 409
+
+
 class AlreadyTraced(SessionError):
     """The PID already has a live session: one tracer per QEMU."""
 

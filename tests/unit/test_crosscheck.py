@@ -74,3 +74,24 @@ def test_boundaries_are_checked(text, message):
     with pytest.raises(QspanError, match=message):
         _boundaries(text)
     assert _boundaries("10,20,50") == [10_000, 20_000, 50_000]
+
+
+def test_the_live_check_keeps_qemu_s_ends_as_the_feed_correlates_in_batches():
+    """live/crosscheck.py: the same ends from events handed over batch by batch (in time order,
+    as the feed hands them) as from the whole stream; and only spans whose accounting ended
+    after QEMU's histograms were set are kept."""
+    from types import SimpleNamespace
+
+    from qspan.live.crosscheck import LiveCrossCheck
+
+    events = [E(1000, 7, 900, 0), E(2000, 8, 1900, 1500), E(3000, 7, 2900, 1001),
+              Event("req.ack", 3500, 7, (0, 0, 0, 0)), E(4000, 7, 3900, 2500), E(5000, 8, 4900, 2000)]
+    check = LiveCrossCheck(SimpleNamespace(), [10_000])
+    for i in range(0, len(events), 2):
+        check.events(events[i:i + 2])
+    assert check.ends.ends == crosscheck.qemu_ends(events) and check.processed_ns == 5000
+    check.histograms.start_ns = 2500  # set between the 2nd and 3rd request's accounting
+    before = SimpleNamespace(acct_end_ns=2000)
+    unaccounted = SimpleNamespace(acct_end_ns=None)
+    check.spans([before, unaccounted])
+    assert check.kept == []

@@ -105,7 +105,8 @@ def test_unknown_session_is_404_on_every_route(client):
     for method, path in [("GET", "/api/sessions/nope"), ("DELETE", "/api/sessions/nope"),
                          ("GET", "/api/sessions/nope/spans"), ("GET", "/api/sessions/nope/spans/1"),
                          ("GET", "/api/sessions/nope/latency"), ("GET", "/api/sessions/nope/export/spans.json"),
-                         ("GET", "/api/sessions/nope/export/perfetto.json")]:
+                         ("GET", "/api/sessions/nope/export/perfetto.json"), ("GET", "/api/sessions/nope/crosscheck"),
+                         ("POST", "/api/sessions/nope/crosscheck")]:
         r = client.request(method, path)
         assert (r.status_code, r.json()) == (404, {"detail": "no session 'nope'"}), path
 
@@ -116,7 +117,10 @@ def test_program_text_is_refused_not_ignored(client, can_trace):
     assert r.status_code == 422
     assert [(e["type"], e["loc"]) for e in r.json()["detail"]] == [("extra_forbidden", ["body", "program"])]
     schema = client.get("/openapi.json").json()["components"]["schemas"]["AttachRequest"]
-    assert set(schema["properties"]) == {"pid", "profile"} and schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"pid", "profile", "qemu_accounting"} and schema["additionalProperties"] is False
+    assert schema["properties"]["qemu_accounting"]["type"] == "boolean"
+    check = client.get("/openapi.json").json()["components"]["schemas"]["CrossCheckRequest"]
+    assert set(check["properties"]) == {"boundaries_us"} and check["additionalProperties"] is False
 
 
 def test_expected_errors_are_logged_without_a_traceback(client, can_trace, caplog):

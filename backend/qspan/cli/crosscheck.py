@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from qspan import pipeline
@@ -18,60 +17,8 @@ from qspan.cli.common import progress, write_json
 from qspan.errors import QspanError
 from qspan.model.spans import span_dict
 from qspan.output import crosscheck, recording
-from qspan.target import Target, open_monitor
-from qspan.target.qmp import QMPError
+from qspan.target.histograms import QemuHistograms
 from qspan.transport.bpftrace import check_can_trace
-
-
-class _Histograms:
-    """QEMU's latency histograms over QMP: set on every device with a guest device, then read."""
-
-    def __init__(self, target: Target, boundaries_ns: list[int]):
-        self.target = target
-        self.boundaries_ns = boundaries_ns
-        self.devices: list[str] = []
-        self.start_ns: int | None = None
-        self.read_at: tuple[int, int] | None = None  # monotonic ns around the final query
-        self.bins: dict[str, dict[str, list[int]]] = {}  # device -> op -> bins
-        self.node_device: dict[str, str] = {}  # a device's root node -> the device
-        self.error: str | None = None
-
-    def _qmp(self):
-        return open_monitor(self.target, timeout_s=5.0)
-
-    def start(self) -> None:
-        try:
-            with self._qmp() as qmp:
-                self.devices = [d["qdev"] for d in qmp.execute("query-blockstats") if d.get("qdev")]
-                for dev in self.devices:
-                    qmp.execute("block-latency-histogram-set", id=dev, boundaries=self.boundaries_ns)
-                self.start_ns = time.monotonic_ns()
-        except QMPError as err:
-            self.error = f"cannot set QEMU's latency histograms: {err}"
-
-    def read(self) -> None:
-        try:
-            with self._qmp() as qmp:
-                before = time.monotonic_ns()
-                stats = qmp.execute("query-blockstats")
-                self.read_at = (before, time.monotonic_ns())
-        except QMPError as err:
-            self.error = f"cannot read QEMU's latency histograms: {err}"
-            return
-        for d in stats:
-            dev = d.get("qdev")
-            if dev not in self.devices:
-                continue
-            if d.get("node-name"):
-                self.node_device[d["node-name"]] = dev
-            for op, key in crosscheck.HISTOGRAM_KEYS.items():
-                h = d["stats"].get(key)
-                if h is None:
-                    continue
-                if h["boundaries"] != self.boundaries_ns:
-                    self.error = f"{dev}: its histogram's boundaries changed while traced (someone else set them)"
-                    return
-                self.bins.setdefault(dev, {})[op] = h["bins"]
 
 
 def _boundaries(text: str) -> list[int]:
@@ -95,7 +42,7 @@ def cmd_crosscheck(args) -> int:
     if not p.target.monitor:
         raise QspanError(f"QEMU PID {args.pid} has no QMP socket on its command line (-qmp unix:PATH) and was "
                          "not started by libvirt: qspan cannot turn on its latency histograms")
-    hist = _Histograms(p.target, boundaries)
+    hist = QemuHistograms(p.target, boundaries)
     read_after_s = args.duration - 1.0
 
     def attached() -> None:

@@ -38,6 +38,7 @@ class LiveFeed:
         self.event_counts: dict[str, int] = {}
         self.watermarks = False  # the tracer says up to when its output is complete (maps transport)
         self._last_ts = 0  # the last event line's stamp: where a "Lost N events" line belongs
+        self.crosscheck = None  # a LiveCrossCheck while one runs (live/crosscheck.py)
 
     def line(self, line: str) -> None:
         """One text line from the tracer (or a recording)."""
@@ -98,6 +99,9 @@ class LiveFeed:
         spans, timelines = self.correlator.take_spans()
         if spans:
             self.store.add(spans, timelines)
+        if self.crosscheck is not None:
+            self.crosscheck.events(recs)
+            self.crosscheck.spans(spans)
 
     def counters(self) -> dict:
         """The correlator's counters, as the spans document carries them."""

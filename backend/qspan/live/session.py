@@ -44,10 +44,12 @@ class LiveSession(FedSession):
         return self.state == "failed"
 
     def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto",
-                 record_max_bytes: int | None = None):
+                 record_max_bytes: int | None = None, accounting: bool = False):
         self.id = session_id
         self.pid = pid
         self.profile_name = profile
+        self.accounting = accounting  # QEMU's own accounting interval on each span (req.acct): live/crosscheck.py
+        self.accounting_traced = False  # ... and the binary has what it takes
         # Unique per server and session: two servers on one host share the default
         # directory and both number their sessions s1, s2, ... (opened with "x" below).
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -85,8 +87,9 @@ class LiveSession(FedSession):
     def start(self) -> None:
         """Plan synchronously (errors reach the caller), trace in a thread."""
         check_can_trace()
-        plan = pipeline.plan(self.pid, self.profile_name)
+        plan = pipeline.plan(self.pid, self.profile_name, accounting=self.accounting)
         self.target, self.profile_name, self.header = plan.target, plan.profile.name, plan.header
+        self.accounting_traced = "req.acct" in {p.event for p in plan.program.probes}
         self._event_us = overhead.event_costs(plan.program.probe_kinds, plan.program.transport.name, costs.load())
         self.feed = LiveFeed(self.header)
         self._session = pipeline.session(plan)
@@ -233,6 +236,8 @@ class LiveSession(FedSession):
             sampled_out = feed.correlator.stats["sampled_out"] if feed else 0
         return {
             "id": self.id, "pid": self.pid, "profile": self.profile_name, "state": self.state,
+            "qemu_accounting": self.accounting_traced,
+            "crosscheck": self.feed is not None and self.feed.crosscheck is not None,
             "error": self.error, "reason": self.reason, "events": feed.lines if feed else 0,
             "events_per_s": round(rate, 1), "lost_events": feed.lost if feed else 0,
             "malformed_lines": feed.malformed if feed else 0, "spans": spans,

@@ -41,8 +41,8 @@ def _share(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
-def qemu_ends(events) -> dict[int, int]:
-    """req.acct probe time -> the end QEMU's clock gave that request, where known.
+class AcctEnds:
+    """req.acct probe time -> the end QEMU's clock gave that request, where known (events in time order).
 
     QEMU reads its clock for the end right after block_acct_done's probe returns, and the next
     req.acct of the device (ARG3, its stats' last_access_time_ns) says what it read. Taken
@@ -50,15 +50,24 @@ def qemu_ends(events) -> dict[int, int]:
     for two devices in turn, or a build whose offset qspan does not know (ARG3 0), gives
     none for that request.
     """
-    last: dict[int, int] = {}  # thread -> its previous req.acct's probe time
-    ends = {}
-    # a recording's events come per CPU ring: time order first
-    for ev in sorted((e for e in events if getattr(e, "kind", None) == "req.acct"), key=lambda e: e.ts_ns):
-        prev = last.get(ev.tid)
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}  # thread -> its previous req.acct's probe time
+        self.ends: dict[int, int] = {}
+
+    def add(self, ev) -> None:
+        prev = self._last.get(ev.tid)
         if prev is not None and prev <= ev.args[3] <= ev.ts_ns:
-            ends[prev] = ev.args[3]
-        last[ev.tid] = ev.ts_ns
-    return ends
+            self.ends[prev] = ev.args[3]
+        self._last[ev.tid] = ev.ts_ns
+
+
+def qemu_ends(events) -> dict[int, int]:
+    """AcctEnds over a whole stream (a recording's events come per CPU ring: time order first)."""
+    acc = AcctEnds()
+    for ev in sorted((e for e in events if getattr(e, "kind", None) == "req.acct"), key=lambda e: e.ts_ns):
+        acc.add(ev)
+    return acc.ends
 
 
 def _percentile(values: list[int], q: float) -> int:

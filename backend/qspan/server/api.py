@@ -11,6 +11,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from qspan.errors import QspanError
+from qspan.live import crosscheck
+from qspan.output.crosscheck import DEFAULT_BOUNDARIES_US
+
 from .deps import Manager, Session
 
 processes_router = APIRouter(prefix="/api/processes", tags=["processes"])
@@ -23,6 +27,15 @@ class AttachRequest(BaseModel):
 
     pid: int = Field(gt=0, description="PID of a running QEMU")
     profile: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*$", description="tracers/profiles name; default: auto")
+    qemu_accounting: bool = Field(False, description="also trace QEMU's own accounting interval of each request "
+                                                     "(needed for the cross-check with QEMU's histograms)")
+
+
+class CrossCheckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    boundaries_us: list[int] = Field(list(DEFAULT_BOUNDARIES_US), min_length=1, max_length=64,
+                                     description="the histograms' bin boundaries, increasing, in us")
 
 
 @processes_router.get("", summary="QEMU processes on this host")
@@ -32,7 +45,7 @@ def processes(manager: Manager) -> list[dict]:
 
 @sessions_router.post("", status_code=201, summary="attach the tracer to a QEMU by PID")
 def attach(body: AttachRequest, manager: Manager) -> dict:
-    return manager.attach(body.pid, body.profile).status()
+    return manager.attach(body.pid, body.profile, body.qemu_accounting).status()
 
 
 @sessions_router.get("", summary="all sessions of this server")
@@ -76,3 +89,18 @@ def span(s: Session, span_id: int) -> dict:
 def latency(s: Session) -> list[dict]:
     with s.locked():
         return list(s.store.seconds)
+
+
+@sessions_router.post("/{sid}/crosscheck", status_code=201,
+                      summary="turn on QEMU's latency histograms (clearing them) and compare from now on")
+def start_crosscheck(s: Session, body: CrossCheckRequest) -> dict:
+    b = body.boundaries_us
+    if b[0] <= 0 or any(y <= x for x, y in zip(b, b[1:])):
+        raise QspanError(f"boundaries_us: increasing positive integers, not {b}")
+    crosscheck.start(s, [x * 1000 for x in b])
+    return {"started": True, "boundaries_us": b}
+
+
+@sessions_router.get("/{sid}/crosscheck", summary="QEMU's histograms now, against the spans since the check began")
+def crosscheck_report(s: Session) -> dict:
+    return crosscheck.report(s)

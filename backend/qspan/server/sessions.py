@@ -42,7 +42,7 @@ class SessionManager:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def attach(self, pid: int, profile: str | None) -> LiveSession:
+    def attach(self, pid: int, profile: str | None, accounting: bool = False) -> LiveSession:
         """Start a session on QEMU `pid`; inspection and tracer errors (QspanError) propagate."""
         with self._lock:
             for s in self.sessions.values():
@@ -55,7 +55,8 @@ class SessionManager:
         try:  # outside the lock: inspecting QEMU can take a while, and listing must not wait for it
             self.settings.record_dir.mkdir(parents=True, exist_ok=True)
             session = LiveSession(sid, pid, profile, self.settings.record_dir, sampling=self.settings.sampling,
-                                  record_max_bytes=self.settings.record_max_mb * 1024 * 1024 or None)
+                                  record_max_bytes=self.settings.record_max_mb * 1024 * 1024 or None,
+                                  accounting=accounting)
             session.start()  # inspection errors (no such PID, not QEMU, ...) propagate from here
             with self._lock:
                 self.sessions[sid] = session
