@@ -1,7 +1,7 @@
 // qspan dashboard: plain JS, no build step. Talks to the REST API and one WebSocket.
 "use strict";
 
-const state = { session: null, ws: null, selected: null, reconnect: null };
+const state = { session: null, ws: null, selected: null, reconnect: null, crosscheck: null };
 const $ = (id) => document.getElementById(id);
 const PLOT = { displaylogo: false, responsive: true };
 const LAYOUT = { margin: { l: 60, r: 10, t: 10, b: 40 }, legend: { orientation: "h" } };
@@ -60,7 +60,8 @@ async function attach(pid) {
   setHealth({ state: "attaching", pid });
   try {
     const s = await api("/api/sessions", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pid }),
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pid, qemu_accounting: $("qemu-accounting").checked }),
     });
     watch(s.id);
   } catch (e) {
@@ -78,8 +79,84 @@ function watch(sid) {
   $("waiting").hidden = true;
   $("charts").hidden = false;
   $("slowest-panel").hidden = false;
+  stopCrosscheck();
+  api(`/api/sessions/${sid}`).then((s) => { $("crosscheck-panel").hidden = !s.status.qemu_accounting; }).catch(() => {});
   connect();
   loadProcesses();
+}
+
+// The cross-check with QEMU's histograms: started on demand, then read every 2 s.
+function stopCrosscheck() {
+  clearInterval(state.crosscheck);
+  state.crosscheck = null;
+}
+
+async function startCrosscheck() {
+  showError("");
+  stopCrosscheck();
+  try {
+    await api(`/api/sessions/${state.session}/crosscheck`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+  } catch (e) {
+    showError(`cross-check: ${e.message}`);
+    return;
+  }
+  $("crosscheck-summary").textContent = "QEMU's histograms set; waiting for requests ...";
+  const sid = state.session;
+  let busy = false;  // a read waits for QEMU (QMP, or virsh) and for the feed: never two at once
+  state.crosscheck = setInterval(async () => {
+    if (state.session !== sid) return stopCrosscheck();
+    if (busy) return;
+    busy = true;
+    try {
+      renderCrosscheck(await api(`/api/sessions/${sid}/crosscheck`));
+    } catch (e) {
+      stopCrosscheck();
+      showError(`cross-check: ${e.message}`);
+    } finally {
+      busy = false;
+    }
+  }, 2000);
+}
+
+const pct = (share) => `${(100 * share).toFixed(1)} %`;
+
+function renderCrosscheck(rep) {
+  if (rep.error) {
+    $("crosscheck-summary").textContent = rep.error;
+    return;
+  }
+  const late = rep.probe_late.requests
+    ? `; QEMU read its clock for a request's end ${(rep.probe_late.p50_ns / 1000).toFixed(1)} us after qspan's probe (p50)` : "";
+  $("crosscheck-summary").textContent = `over the last ${rep.running_s.toFixed(0)} s${late}` +
+    (rep.spans_not_kept ? `; ${rep.spans_not_kept} spans not kept (restart the check)` : "");
+  const tbody = $("crosscheck").querySelector("tbody");
+  tbody.replaceChildren();
+  let first = null;
+  for (const [dev, ops] of Object.entries(rep.devices)) {
+    for (const [op, r] of Object.entries(ops)) {
+      first = first || { dev, op, r };
+      const tr = document.createElement("tr");
+      tr.dataset.device = dev;
+      tr.dataset.op = op;
+      const ok = r.acct_moved_share <= rep.target_moved_share ? "ok" : "over the 5 % target";
+      for (const c of [dev, op, r.qemu_requests, r.qspan_requests, `${r.acct_moved} (${pct(r.acct_moved_share)}, ${ok})`,
+        `${r.at_probe_moved} (${pct(r.at_probe_moved_share)})`, `${r.span_moved} (${pct(r.span_moved_share)})`]) {
+        const td = document.createElement("td");
+        td.textContent = c;
+        tr.appendChild(td);
+      }
+      tbody.appendChild(tr);
+    }
+  }
+  if (!first) return;
+  const us = rep.boundaries_ns.map((b) => b / 1000);
+  const names = us.map((b, i) => (i === 0 ? `<${b}` : `${us[i - 1]}-${b}`)).concat([`>=${us[us.length - 1]}`]);
+  const bar = (y, name, color) => ({ type: "bar", x: names, y, name, marker: { color } });
+  Plotly.react("crosscheck-bins", [
+    bar(first.r.qemu_bins, "QEMU's histogram", "#1f77b4"),
+    bar(first.r.acct_bins, "qspan: QEMU's interval", "#2ca02c"),
+    bar(first.r.span_bins, "qspan: spans (kick to ack)", "#ff7f0e"),
+  ], { ...LAYOUT, barmode: "group", xaxis: { title: `latency bin (us): ${first.dev} ${first.op}` }, yaxis: { title: "requests" } }, PLOT);
 }
 
 function connect() {
@@ -113,6 +190,7 @@ async function refreshStatus() {
 
 async function detach() {
   if (!state.session) return;
+  stopCrosscheck();
   try {
     const s = await api(`/api/sessions/${state.session}`, { method: "DELETE" });
     setHealth(s);
@@ -303,6 +381,7 @@ function drawTimeline(span, timeline) {
 }
 
 $("refresh").onclick = loadProcesses;
+$("crosscheck-start").onclick = startCrosscheck;
 $("detach").onclick = detach;
 loadProcesses();
 api("/api/sessions").then((list) => {

@@ -152,10 +152,27 @@ def test_dashboard_attaches_to_the_libvirt_vm(vm, output_dir):
             page.goto(server.base + "/")
             row = f"#processes tr[data-pid='{vm.pid}']"
             page.wait_for_selector(f"{row} button.attach")
+            page.check("#qemu-accounting")  # QEMU's accounting traced too: the cross-check panel
             page.click(f"{row} button.attach")
-            page.wait_for_function("document.getElementById('health').dataset.state === 'attached'", timeout=120_000)
-            lab.send_command(vm, "loop --op write --qd 4 --duration 3 --rate 300")
             try:
+                page.wait_for_function("document.getElementById('health').dataset.state === 'attached'", timeout=120_000)
+                assert page.locator("#crosscheck-panel").is_visible()
+                page.click("#crosscheck-start")  # QEMU's histograms set through libvirt
+                page.wait_for_function("document.getElementById('crosscheck-summary').textContent.length > 0", timeout=30_000)
+                assert page.locator("#error").is_hidden(), page.inner_text("#error")
+                res = lab.load(vm, "--op write --qd 4 --count 600")
+                assert res.rc == 0 and res.summary["errors"] == 0
+                # the panel (read every 2 s) shows QEMU's count and qspan's for the same requests
+                cells = "#crosscheck tbody tr[data-op='write'] td"
+                page.wait_for_function("() => { const c = document.querySelectorAll(\"" + cells + "\");"
+                                       " return c.length > 0 && c[2].textContent === '600' && c[3].textContent === '600'; }",
+                                       timeout=60_000)
+                moved = page.locator(cells).nth(4).inner_text()
+                n = int(moved.split()[0])
+                assert n <= 600 * 5 // 100 and ", ok)" in moved, moved  # the target: 5 %
+                assert page.evaluate("document.getElementById('crosscheck-bins').data.length") == 3
+                page.screenshot(path=str(output_dir / "libvirt-crosscheck.png"), full_page=True)
+                lab.send_command(vm, "loop --op write --qd 4 --duration 3 --rate 300")
                 page.wait_for_selector("#slowest tbody tr", timeout=60_000)
                 page.click("#slowest tbody tr:first-child")
                 page.wait_for_function("document.getElementById('waterfall').data"
