@@ -158,7 +158,10 @@ def test_crosscheck_bins_every_request_where_qemu_s_own_histogram_does(vm, outpu
     assert w["qemu_requests"] == w["qspan_requests"] == 1000, w
     assert w["without_accounting"] == 0
     assert w["exact_ends"] >= 999  # all but the device's last: its end is read at the next one
-    assert w["acct_moved"] == 0, (w["qemu_bins"], w["acct_bins"])
+    # A request with QEMU's own end is binned exactly where QEMU put it; the device's last one
+    # (its end estimated: output/crosscheck.compare) may still move, by the lateness's jitter
+    # (p50 0.8, p99 1.2 us measured): once at the probe alone, 1 of 1,000 in CI (10.0).
+    assert w["acct_moved"] <= w["qspan_requests"] - w["exact_ends"], (w["qemu_bins"], w["acct_bins"])
     # The stats' last_access_time_ns offset is right: QEMU's end reads fall just after the probe.
     late = rep["probe_late"]
     assert late["requests"] >= 999 and 0 < late["p50_ns"] < 20_000, late

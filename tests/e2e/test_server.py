@@ -126,9 +126,9 @@ def test_bad_input(server, session, vm):
                 assert text in json.dumps(reply), (path, reply)
     finally:
         sleeper.kill()
-    # and the schema says so: two fields, nothing else accepted
+    # and the schema says so: three fields (none of them program text), nothing else accepted
     attach_schema = server.get("/openapi.json")[1]["components"]["schemas"]["AttachRequest"]
-    assert set(attach_schema["properties"]) == {"pid", "profile"} and attach_schema["additionalProperties"] is False
+    assert set(attach_schema["properties"]) == {"pid", "profile", "qemu_accounting"} and attach_schema["additionalProperties"] is False
 
 
 def test_websocket_from_a_foreign_origin_is_refused(server, session):

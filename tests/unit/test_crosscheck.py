@@ -95,3 +95,15 @@ def test_the_live_check_keeps_qemu_s_ends_as_the_feed_correlates_in_batches():
     unaccounted = SimpleNamespace(acct_end_ns=None)
     check.spans([before, unaccounted])
     assert check.kept == []
+
+
+def test_a_request_without_qemu_s_own_end_is_ended_at_the_probe_plus_the_median_lateness():
+    """A device's last request has no later one to read its end: at the probe alone it is binned
+    short, so it is ended at the probe plus how late QEMU's read came for the others."""
+    b = [20_000]
+    spans = [_span("write", "disk0", 0, 0, 10_000, 9_000),  # exact end 10.7 us: bin 0
+             _span("write", "disk0", 100_000, 100_000, 119_500, 119_000)]  # 19.5 at the probe, no exact end
+    rep = crosscheck.compare({"vda": {"write": [1, 1]}}, {"disk0": "vda"}, b, spans, (0, 200_000), {10_000: 10_700})
+    w = rep["devices"]["vda"]["write"]
+    assert w["exact_ends"] == 1 and w["acct_bins"] == [1, 1] and w["acct_moved"] == 0
+    assert w["at_probe_bins"] == [2, 0]

@@ -83,11 +83,15 @@ def compare(qemu: dict[str, dict[str, list[int]]], node_device: dict[str, str], 
     (`node_device`, from query-blockstats), and QEMU's when its accounting ended inside the
     window; spans whose accounting was not seen are counted apart (they cannot be binned by
     QEMU's interval). `ends` (qemu_ends): the end QEMU read for a request, after the probe's
-    own return; the probe time where unknown.
+    own return. Where unknown (a device's last request: no later one reads it), the probe
+    time plus the median of how late QEMU's read came after the probe in this same run: the
+    probe time alone binned such a request ~0.8 us short, and moved it across a boundary in
+    CI (1 of 1,000, QEMU 10.0).
     """
     lo, hi = window
     late = [ends[s["acct_end_ns"]] - s["acct_end_ns"] for s in spans
             if s.get("acct_end_ns") is not None and s["acct_end_ns"] in ends]
+    late_p50 = _percentile(late, 0.5) if late else 0
     by_device: dict[str, list[dict]] = {}
     for s in spans:
         dev = node_device.get(s["nodes"][0]["node"]) if s["nodes"] else None
@@ -95,7 +99,7 @@ def compare(qemu: dict[str, dict[str, list[int]]], node_device: dict[str, str], 
     devices = {}
     for dev, ops in sorted(qemu.items()):
         mine_all = by_device.get(dev, [])
-        devices[dev] = {op: _op(bins, [s for s in mine_all if s["op"] == op], boundaries_ns, window, ends)
+        devices[dev] = {op: _op(bins, [s for s in mine_all if s["op"] == op], boundaries_ns, window, ends, late_p50)
                         for op, bins in sorted(ops.items())
                         if sum(bins) or any(s["op"] == op for s in mine_all)}
     probe_late = {"requests": len(late), "p50_ns": _percentile(late, 0.5), "p99_ns": _percentile(late, 0.99)} \
@@ -106,11 +110,11 @@ def compare(qemu: dict[str, dict[str, list[int]]], node_device: dict[str, str], 
 
 
 def _op(bins: list[int], spans: list[dict], boundaries_ns: list[int], window: tuple[int, int],
-        ends: dict[int, int]) -> dict:
+        ends: dict[int, int], late_p50: int = 0) -> dict:
     lo, hi = window
     mine = [s for s in spans if s.get("acct_end_ns") is not None and lo < s["acct_end_ns"] < hi]
     unseen = sum(1 for s in spans if s.get("acct_end_ns") is None)
-    acct = bin_counts([ends.get(s["acct_end_ns"], s["acct_end_ns"]) - s["acct_start_ns"] for s in mine],
+    acct = bin_counts([ends.get(s["acct_end_ns"], s["acct_end_ns"] + late_p50) - s["acct_start_ns"] for s in mine],
                       boundaries_ns)
     at_probe = bin_counts([s["acct_end_ns"] - s["acct_start_ns"] for s in mine], boundaries_ns)
     span = bin_counts([s["dur_ns"] for s in mine], boundaries_ns)
@@ -173,7 +177,8 @@ def text(report: dict) -> list[str]:
         out.append(f"  QEMU's interval as qspan read it: {r['acct_moved']} requests in another bin "
                    f"({r['acct_moved_share']:.1%}; target <= {target:.0%}: {ok})")
         if r["exact_ends"] < r["qspan_requests"]:
-            out.append(f"    ({r['qspan_requests'] - r['exact_ends']} of them ended at the probe: QEMU's own end unknown)")
+            out.append(f"    ({r['qspan_requests'] - r['exact_ends']} of them with QEMU's own end unknown: "
+                       "ended at the probe plus its median lateness)")
         out.append(f"  the same, ended at qspan's probe: {r['at_probe_moved']} in another bin ({r['at_probe_moved_share']:.1%})")
         out.append(f"  qspan's spans (guest kick to ack): {r['span_moved']} in another bin ({r['span_moved_share']:.1%})")
         w = r["why"]

@@ -15,15 +15,23 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def _nearest_existing(path: str) -> str:
+    while path != "/" and not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def site_anchor_view(pid: int, anchor: str = ANCHOR_PATH) -> str | None:
     """The path of qspan's probe-site anchor file as seen from QEMU `pid`'s mount namespace.
 
-    bpftrace -p opens every uprobe file through /proc/PID/root. A QEMU in its own mount
-    namespace (libvirt's, a container's) may not see qspan's /run at all (the libvirt lab
-    mounts its own there), but one that shares qspan's PID namespace sees qspan's root
-    through /proc/<qspan's PID>/root. None where neither works (another PID namespace too).
+    bpftrace -p opens every uprobe file through /proc/PID/root. Most QEMUs see qspan's /run
+    (the same namespace, or one that only hides other folders: the lab's QEMU 10.0): the
+    path as it is, the same in every run. A QEMU whose namespace has a /run of its own
+    (the libvirt lab's, a container's) but shares qspan's PID namespace sees qspan's root
+    through /proc/<qspan's PID>/root. None where neither works.
     """
-    if _same_file(f"/proc/{pid}/ns/mnt", "/proc/self/ns/mnt"):
+    here = _nearest_existing(os.path.dirname(anchor))  # the anchor itself is written when tracing starts
+    if _same_file(f"/proc/{pid}/root{here}", here):
         return anchor
     via_self = f"/proc/{os.getpid()}/root{anchor}"
     # our own /proc entry, looked up inside QEMU's namespace, is ours: then so is its root
