@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the lab guest from Debian packages: the cloud kernel, and an initramfs
-# with busybox, the virtio_blk modules and the static qspan-load workload.
+# with busybox, the virtio-blk and virtio-scsi modules and the static qspan-load workload.
 # The kernel package is downloaded and unpacked into OUTDIR/kernel, never
 # installed: the host gets no new kernel, initramfs or bootloader entry.
 # Usage: lab/guest/build.sh OUTDIR     (idempotent: rebuilds only when inputs change)
@@ -50,9 +50,10 @@ cp "$busybox" "$root/bin/busybox"
 cp "$out/qspan-load" "$root/bin/qspan-load"
 cp "$here/init" "$root/init"
 chmod 755 "$root/init"
-# Modules in dependency order, as modprobe would load them.
+# Modules in dependency order, as modprobe would load them: virtio-blk's, and virtio-scsi's
+# with the SCSI disk driver for the lab's virtio-scsi setup.
 : >"$root/lib/modules/order"
-for path in $( (modprobe -d "$kroot" --show-depends -S "$kver" virtio_pci; modprobe -d "$kroot" --show-depends -S "$kver" virtio_blk) | awk '$1 == "insmod" {print $2}'); do
+for path in $(for m in virtio_pci virtio_blk virtio_scsi sd_mod; do modprobe -d "$kroot" --show-depends -S "$kver" $m; done | awk '$1 == "insmod" {print $2}'); do
     m=$(basename "$path"); m=${m%%.ko*}
     grep -qx "$m" "$root/lib/modules/order" && continue
     case "$path" in
@@ -62,7 +63,9 @@ for path in $( (modprobe -d "$kroot" --show-depends -S "$kver" virtio_pci; modpr
     esac
     echo "$m" >>"$root/lib/modules/order"
 done
-grep -qx virtio_blk "$root/lib/modules/order" || { echo "lab guest: virtio_blk module not found for $kver" >&2; exit 1; }
+for m in virtio_blk virtio_scsi sd_mod; do
+    grep -qx $m "$root/lib/modules/order" || { echo "lab guest: $m module not found for $kver" >&2; exit 1; }
+done
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.gz"
 cp "$kernel" "$out/vmlinuz"
 echo "$stamp" >"$out/stamp"

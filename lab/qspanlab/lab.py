@@ -31,6 +31,12 @@ DEFAULT_DIR = Path(os.environ.get("QSPAN_LAB_DIR", "/tmp/qspan-lab"))
 # stock: virtio-blk -> file node (aio=threads) on iothread0.
 # seed, seed-mitigated: virtio-blk -> driver O (lab/driver-o) -> file node B, O's replica on tmpfs.
 SCENARIOS = ("stock", "seed", "seed-mitigated")
+# The stock scenario's device setups (issue 11's list of what users run; _stock_disk_args):
+# virtio-blk: on iothread0, a raw file node with aio=threads (the default);
+# virtio-scsi: a scsi-hd on a virtio-scsi controller on iothread0, the file node with aio=io_uring;
+# qcow2-native: virtio-blk on iothread0, qcow2 over a file node with aio=native (O_DIRECT);
+# main-loop: virtio-blk with no iothread: its requests run in QEMU's main loop.
+SETUPS = ("virtio-blk", "virtio-scsi", "qcow2-native", "main-loop")
 # QEMU builds the lab can run: Debian's installed 7.2, 10.0 from bookworm-backports
 # unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there), or 7.2
 # built with USDT probes by lab/qemu-dtrace/build.sh.
@@ -53,6 +59,8 @@ class LabInfo:
     qemu: str
     argv: list[str] = field(default_factory=list)
     replica: str | None = None
+    setup: str = "virtio-blk"  # SETUPS
+    guest_dev: str = "/dev/vda"  # the disk as the guest names it (load's default --dev)
     libvirt: str | None = None  # the URI of the libvirtd that started QEMU (qspanlab.libvirt); qmp is "" then
 
 
@@ -143,10 +151,28 @@ def replica_path(d: Path) -> Path:
     return base / f"qspan-replica-{digest}.img"
 
 
-def _disk_args(d: Path, scenario: str, knobs: SeedKnobs) -> list[str]:
-    if scenario == "stock":
+def _stock_disk_args(d: Path, setup: str) -> list[str]:
+    blk = "virtio-blk-pci,drive=disk0,request-merging=off"
+    if setup == "virtio-blk":
         return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
-                "-device", "virtio-blk-pci,drive=disk0,iothread=iothread0,request-merging=off"]
+                "-device", f"{blk},iothread=iothread0"]
+    if setup == "virtio-scsi":
+        return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=io_uring",
+                "-device", "virtio-scsi-pci,id=scsi0,iothread=iothread0",
+                "-device", "scsi-hd,drive=disk0,bus=scsi0.0,id=sd0"]
+    if setup == "qcow2-native":
+        return ["-blockdev", f"driver=file,filename={d / 'disk.qcow2'},node-name=file0,aio=native,cache.direct=on",
+                "-blockdev", "driver=qcow2,file=file0,node-name=disk0",
+                "-device", f"{blk},iothread=iothread0"]
+    if setup == "main-loop":
+        return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
+                "-device", blk]
+    raise LabError(f"unknown device setup {setup!r} (one of {', '.join(SETUPS)})")
+
+
+def _disk_args(d: Path, scenario: str, knobs: SeedKnobs, setup: str = "virtio-blk") -> list[str]:
+    if scenario == "stock":
+        return _stock_disk_args(d, setup)
     # -blockdev driver=o is refused (QEMU's QAPI driver list is fixed): -drive takes any registered driver.
     mitigation = "on" if scenario == "seed-mitigated" else "off"
     return ["-drive", f"if=none,id=drive-o,driver=o,node-name=o,replica={replica_path(d)},"
@@ -161,7 +187,7 @@ MAX_CPUS = 2
 
 
 def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: SeedKnobs = SeedKnobs(),
-               max_cpus: int = MAX_CPUS) -> list[str]:
+               max_cpus: int = MAX_CPUS, setup: str = "virtio-blk") -> list[str]:
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
     return [
@@ -176,8 +202,10 @@ def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: Seed
         "-name", "qspan-lab,debug-threads=on",
         "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initramfs.gz"),
         "-append", "console=ttyS0 quiet panic=-1",
-        "-object", "iothread,id=iothread0",
-        *_disk_args(d, scenario, knobs),
+        # main-loop: a VM without iothreads (with one, unused, qspan would watch it and not the main
+        # loop: a mix of disks on iothreads and on the main loop is not followed yet, see README)
+        *(["-object", "iothread,id=iothread0"] if setup != "main-loop" else []),
+        *_disk_args(d, scenario, knobs, setup),
         "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
         "-pidfile", str(d / "qemu.pid"),
         "-serial", f"file:{d / 'console.log'}",
@@ -199,7 +227,7 @@ def _clear_stale(lab_dir: Path) -> None:
         replicas.add(Path(recorded))
     for path in replicas:
         path.unlink(missing_ok=True)
-    for name in ("console.log", "qemu.pid", "qmp.sock", "cmd.sock", "lab.json"):
+    for name in ("console.log", "qemu.pid", "qmp.sock", "cmd.sock", "lab.json", "disk.qcow2"):
         (lab_dir / name).unlink(missing_ok=True)
 
 
@@ -213,7 +241,7 @@ def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
 
 def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
        disk_mb: int = 64, boot_timeout_s: float = 180.0, knobs: SeedKnobs = SeedKnobs(),
-       progress=lambda msg: None, max_cpus: int = MAX_CPUS) -> LabInfo:
+       progress=lambda msg: None, max_cpus: int = MAX_CPUS, setup: str = "virtio-blk") -> LabInfo:
     running = status(lab_dir)
     if running:
         raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan-lab down' first")
@@ -225,6 +253,13 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
         f.truncate(disk_mb << 20)
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    if setup not in SETUPS or (setup != "virtio-blk" and scenario != "stock"):
+        raise LabError(f"device setup {setup!r}: one of {', '.join(SETUPS)}; the seed scenarios have their own")
+    if setup == "qcow2-native":
+        img = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(lab_dir / "disk.qcow2"), f"{disk_mb}M"],
+                             capture_output=True, text=True)
+        if img.returncode != 0:
+            raise LabError(f"qemu-img create failed: {img.stderr.strip()}")
     env = dict(os.environ)
     if scenario.startswith("seed"):
         if qemu != "7.2":
@@ -233,22 +268,26 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
         # LD_PRELOAD reaches QEMU alone: this environment is only for its process.
         env["LD_PRELOAD"] = str(build_driver_o())
     wrapper, qemu_prefix = qemu_command(qemu)
-    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs, max_cpus)
-    progress(f"starting QEMU {qemu} ({scenario} scenario) in {lab_dir}")
+    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs, max_cpus, setup)
+    progress(f"starting QEMU {qemu} ({scenario} scenario, {setup}) in {lab_dir}")
     proc = subprocess.run(wrapper + argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise LabError(f"QEMU failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     pid = int((lab_dir / "qemu.pid").read_text().strip())
     info = LabInfo(pid, str(lab_dir / "qmp.sock"), str(lab_dir / "console.log"), str(lab_dir / "cmd.sock"),
                    str(lab_dir), scenario, qemu, argv,
-                   str(replica_path(lab_dir)) if scenario.startswith("seed") else None)
+                   str(replica_path(lab_dir)) if scenario.startswith("seed") else None, setup=setup)
     (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
     progress("booting the guest")
     deadline = time.monotonic() + boot_timeout_s
     console = Path(info.console)
     while time.monotonic() < deadline:
         text = console.read_text(errors="replace") if console.exists() else ""
-        if "QSPAN-GUEST ready" in text:
+        ready = re.search(r"QSPAN-GUEST ready(?: disk=\d+)?(?: dev=(\S+))?", text)
+        if ready:
+            if ready.group(1):
+                info.guest_dev = ready.group(1)
+                (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
             return info
         if "QSPAN-GUEST error" in text or not process_alive(pid):
             down(lab_dir)
@@ -337,7 +376,9 @@ def wait_command(info: LabInfo, cmd_id: str, start: int, timeout_s: float) -> tu
 
 
 def load(info: LabInfo, args: str, timeout_s: float = 600.0) -> LoadResult:
-    """Run qspan-load in the guest with `args` and return what it measured."""
+    """Run qspan-load in the guest with `args` (on the lab's disk unless --dev says) and return what it measured."""
+    if "--dev" not in args.split() and info.guest_dev != "/dev/vda":
+        args = f"--dev {info.guest_dev} {args}"
     cmd_id, start = send_command(info, f"load {args}")
     rc, output = wait_command(info, cmd_id, start, timeout_s)
     m = _DONE_RE.search(output)
