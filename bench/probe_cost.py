@@ -9,7 +9,9 @@ the added nanoseconds per call for:
 - empty: the probe with an empty action (the trap or tracepoint itself);
 - ring: qspan's default transport (a perf record in qspan's own rings, no wake-up);
 - maps: the maps transport (store in a BPF hash map; drained in batches);
-- printf: the printf transport (one perf-buffer record per event, bpftrace woken).
+- printf: the printf transport (one perf-buffer record per event, bpftrace woken);
+- ring+watch: ring with the "submit" filter's action before it (tracers/probes.txt: the
+  thread is added to the watched-thread map unless there; what each req.submit hit pays).
 
 Each runs twice: back to back (gap 0) and with the thread spinning GAP us
 between calls, as QEMU does other work between probe hits: a printf then pays
@@ -33,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 from qspan import catalogue, program  # noqa: E402
 from qspan.transport import bpftrace as tracer  # noqa: E402
 from qspan.catalogue import ProbeSpec, VersionMatch  # noqa: E402
+from qspan.program.probes import filter_action  # noqa: E402
 
 
 class Target:
@@ -62,13 +65,16 @@ def program_text(exe: Path, pid: int, site: str, action: str) -> str:
     probe = ProbeSpec("co.switch", "uprobe", VersionMatch("*", (0, 0)), site, "proc", args, "bench")
     backend = program.transport_module(_transport(action))
     body = "" if action == "empty" else backend.store(probe, spec)
+    if action.endswith("+watch"):
+        body = f"{filter_action('submit')} {body}"
     out = [backend.begin(""), f"{attach} /{flt}/ {{ {body} }}"]
-    if action in ("maps", "ring"):
+    if _transport(action) in ("maps", "ring"):
         out += backend.end(cat, named=False)
     return "\n".join(out) + "\n"
 
 
 def _transport(action: str) -> str:
+    action = action.removesuffix("+watch")
     return action if action in ("maps", "ring") else "printf"
 
 
@@ -114,7 +120,7 @@ def main() -> None:
                     n = args.calls if gap == 0 else max(2000, args.calls // 10)
                     base = min(t.run(site, n, gap) for _ in range(3))
                     cells = {}
-                    for action in ("empty", "ring", "maps", "printf"):
+                    for action in ("empty", "ring", "ring+watch", "maps", "printf"):
                         ns, lines, lost = traced_ns(t, exe, site, action, n, gap)
                         cells[action] = (ns - base, lines, lost)
                     rows.append((what, gap, n, base, cells))
@@ -123,11 +129,11 @@ def main() -> None:
             t.close()
     print(f"added nanoseconds per call on the traced thread (baseline subtracted; {args.calls} calls back to back, "
           f"{max(2000, args.calls // 10)} with a {args.gap_us:g} us gap)")
-    print(f"{'probe site':<48}{'gap us':>7}{'empty':>8}{'ring':>8}{'maps':>8}{'printf':>8}"
+    print(f"{'probe site':<48}{'gap us':>7}{'empty':>8}{'ring':>8}{'+watch':>8}{'maps':>8}{'printf':>8}"
           "   events seen (ring/maps/printf), lost")
     for what, gap, n, base, cells in rows:
-        e, r, m, p = cells["empty"], cells["ring"], cells["maps"], cells["printf"]
-        print(f"{what:<48}{gap / 1000:>7.0f}{e[0]:>8.0f}{r[0]:>8.0f}{m[0]:>8.0f}{p[0]:>8.0f}"
+        e, r, w, m, p = cells["empty"], cells["ring"], cells["ring+watch"], cells["maps"], cells["printf"]
+        print(f"{what:<48}{gap / 1000:>7.0f}{e[0]:>8.0f}{r[0]:>8.0f}{w[0]:>8.0f}{m[0]:>8.0f}{p[0]:>8.0f}"
               f"   {r[1]}/{m[1]}/{p[1]}, {r[2]}/{m[2]}/{p[2]}")
     print("ring/maps/printf - empty = what the transport's store adds to a probe hit")
 

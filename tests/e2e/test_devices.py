@@ -45,16 +45,23 @@ def test_spans_match_the_guest_on_each_device_setup(vm, output_dir):
     threads = {t["tid"]: t for t in doc["target"]["threads"]}
     writes = [s for s in doc["spans"] if s["op"] == "write"]
     assert len(writes) == 500 and {("write", s["offset"]) for s in writes} == set(guest)
-    # the requests run on iothread0, or with no iothread on the main loop: the one thread watched
-    (watched,) = doc["target"]["watched_tids"]
-    assert threads[watched]["role"] == ("main" if vm.setup == "main-loop" else "iothread")
+    # Watched from attach: iothread0, the event loop qspan expects requests on. With main-loop
+    # the disk is not on it: its requests run in the main loop, which their first submission
+    # makes watched (tracers/probes.txt, filter "submit"), so their waits are explained too.
+    (iothread,) = doc["target"]["watched_tids"]
+    assert threads[iothread]["role"] == "iothread"
+    runs_on = next(t for t in threads if threads[t]["role"] == "main") if vm.setup == "main-loop" else iothread
+    unexplained = 0
     for s in writes:
-        assert s["complete"] and s["tid"] == watched
+        assert s["complete"] and s["tid"] == runs_on
         assert sum(p["dur_ns"] for p in s["phases"]) == s["dur_ns"]
         for h in s["handoffs"]:
-            assert sum(h["instead_ns"].values()) == h["delay_ns"] and h["instead_ns"]["unwatched"] == 0
+            assert sum(h["instead_ns"].values()) == h["delay_ns"]
+            unexplained += h["instead_ns"]["unwatched"] > 0
         lat = guest[("write", s["offset"])]
         assert s["dur_ns"] <= lat + lat // 100 + 5_000, (s["id"], s["dur_ns"], lat)  # bound: test_e2e.py
+    # (the very first request may wait before the main loop's first watched event)
+    assert unexplained <= (1 if vm.setup == "main-loop" else 0), unexplained
     phases = {tuple(p["name"] for p in s["phases"] if p["name"] != "kick") for s in writes}
     if vm.setup == "main-loop":
         # aio=threads: a worker thread does the I/O and hands the completion back to the main loop

@@ -21,7 +21,7 @@ from qspan.catalogue.reader import data_lines
 from qspan.errors import CatalogueError
 
 SOURCES = ("uprobe", "site", "usdt", "tracepoint")
-FILTERS = ("proc", "watched", "switch", "wakee", "workers", "vcpus")
+FILTERS = ("proc", "watched", "switch", "wakee", "workers", "vcpus", "submit")
 N_ARGS = 4
 
 

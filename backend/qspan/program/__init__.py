@@ -28,8 +28,8 @@ from qspan.program.hitkind import first_instruction_kind, hit_kind
 from qspan.program.maps import FLUSH_MARK, FLUSH_MS, MAP_CAPACITY, MAP_SIDES, SKIP_MAP, WINDOW_EVENT, WINDOW_MS
 from qspan.program.model import Program, ProgramInput, Transport
 from qspan.program.sites import Site, at_site
-from qspan.program.probes import (BEGIN_MARK, REQUIRED_EVENTS, WATCH_MAP, attach_point, predicate, print_once,
-                                  select_probes, watch_init, watched_tids)
+from qspan.program.probes import (BEGIN_MARK, REQUIRED_EVENTS, WATCH_MAP, attach_point, filter_action, predicate,
+                                  print_once, select_probes, watch_init, watched_tids)
 
 __all__ = [
     "BEGIN_MARK", "WATCH_MAP", "DEFAULT_TRANSPORT", "FLUSH_MARK", "FLUSH_MS", "MAP_CAPACITY", "MAP_SIDES", "REQUIRED_EVENTS", "SKIP_MAP",
@@ -86,6 +86,8 @@ def generate(cat: Catalogue, inp: ProgramInput, profile: Profile | None = None,
             p = replace(p, args=tuple(at_site(a, site, p.where) for a in p.args))
         kinds.setdefault(p.event, []).append(hit_kind(p.source, entry))
         action = print_once(p, spec) if spec.has_strings else backend.store(p, spec)
+        if filter_action(p.filter):
+            action = f"{filter_action(p.filter)} {action}"
         point = f"uprobe:{inp.anchor_path}:{site.anchor_symbol}" if site else attach_point(p, inp, in_library)
         # Lines probing the same place with the same filter share one program (node.io and
         # node.name on bdrv_co_p*v_part): a probe hit runs one program, not one per line.

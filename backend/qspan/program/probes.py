@@ -101,7 +101,19 @@ def predicate(kind: str, inp: ProgramInput) -> str:
         return f"pid == {inp.pid}" + (f" && ({' || '.join(f'tid == {t}' for t in inp.vcpu_tids)})" if inp.vcpu_tids else "")
     if kind == "workers":
         return f"pid == {inp.pid} && {WATCH_MAP}[tid] == 0"
+    if kind == "submit":
+        return f"pid == {inp.pid}"
     raise ValueError(kind)
+
+
+def filter_action(kind: str) -> str:
+    """What a FILTER column does besides filtering: "submit" watches the thread that submits a
+    guest request from then on (a disk on the main loop in a VM that also has iothreads: the
+    main loop was not among the threads watched from attach). One map lookup a request; the
+    correlator starts the thread's timeline at its first watched event (threads.py _watch)."""
+    if kind == "submit":
+        return f"if ({WATCH_MAP}[tid] == 0) {{ {WATCH_MAP}[tid] = 1; }}"
+    return ""
 
 
 def attach_point(p: ProbeSpec, inp: ProgramInput, in_library: bool = False) -> str:
