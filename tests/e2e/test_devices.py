@@ -60,8 +60,9 @@ def test_spans_match_the_guest_on_each_device_setup(vm, output_dir):
             unexplained += h["instead_ns"]["unwatched"] > 0
         lat = guest[("write", s["offset"])]
         assert s["dur_ns"] <= lat + lat // 100 + 5_000, (s["id"], s["dur_ns"], lat)  # bound: test_e2e.py
-    # (the very first request may wait before the main loop's first watched event)
-    assert unexplained <= (1 if vm.setup == "main-loop" else 0), unexplained
+    # (the first requests, as many as are in flight (4), may wait before the main loop's first
+    # watched event: that part of their wait is 'unwatched', and the categories still add up)
+    assert unexplained <= (4 if vm.setup == "main-loop" else 0), unexplained
     phases = {tuple(p["name"] for p in s["phases"] if p["name"] != "kick") for s in writes}
     if vm.setup == "main-loop":
         # aio=threads: a worker thread does the I/O and hands the completion back to the main loop

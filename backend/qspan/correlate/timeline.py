@@ -82,7 +82,7 @@ class Timeline:
 class ThreadTimeline:
     """One watched thread's recent segments and its CPU state."""
 
-    __slots__ = ("tid", "who", "cpu", "seg_start", "segments")
+    __slots__ = ("tid", "who", "cpu", "seg_start", "segments", "since")
 
     def __init__(self, tid: int, who: Who):
         self.tid = tid
@@ -91,6 +91,9 @@ class ThreadTimeline:
         self.cpu = "on"  # on, asleep, runnable
         self.seg_start: int | None = None  # None until the thread's first state change is seen
         self.segments: deque[_Segment] = deque()
+        # When the segments begin: a thread watched from a request's submission on (the "submit"
+        # filter) has none before; a wait that began earlier is partly unknown, not explained.
+        self.since: int | None = None
 
     def mark(self, ts: int, co: int, cpu: str | None = None) -> None:
         """The thread's state changes at ts: close the current segment.
@@ -114,6 +117,8 @@ class ThreadTimeline:
                 horizon = ts - TIMELINE_HORIZON_NS
                 while segs and segs[0].end_ns < horizon:
                     segs.popleft()
+        elif start is None:
+            self.since = ts
         self.seg_start = ts
         if cpu is not None:
             self.cpu = cpu
@@ -126,6 +131,9 @@ class ThreadTimeline:
     def instead(self, a: int, b: int, node_name: Callable[[int], str]) -> tuple[dict[str, int], list[InsteadItem]]:
         """What the thread did between a and b, while a request waited for it."""
         cats = dict.fromkeys(INSTEAD_CATEGORIES, 0)
+        since = self.since
+        if since is None or since > a:
+            cats["unwatched"] = (b if since is None or since > b else since) - a
         by_co: dict[int, InsteadItem] = {}
         for seg in reversed(self.segments):
             end = seg.end_ns
