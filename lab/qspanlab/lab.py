@@ -279,6 +279,12 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
                    str(replica_path(lab_dir)) if scenario.startswith("seed") else None, setup=setup)
     (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
     progress("booting the guest")
+    return wait_booted(info, lab_dir, boot_timeout_s)
+
+
+def wait_booted(info: LabInfo, lab_dir: Path, boot_timeout_s: float, how: str = "") -> LabInfo:
+    """Wait for the guest's "ready" on its console (it names its disk); the lab goes down on failure.
+    `how`: said in the errors (" under libvirt")."""
     deadline = time.monotonic() + boot_timeout_s
     console = Path(info.console)
     while time.monotonic() < deadline:
@@ -289,12 +295,12 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
                 info.guest_dev = ready.group(1)
                 (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
             return info
-        if "QSPAN-GUEST error" in text or not process_alive(pid):
+        if "QSPAN-GUEST error" in text or not process_alive(info.pid):
             down(lab_dir)
-            raise LabError(f"lab guest failed to boot; console: {text.strip().splitlines()[-3:]}")
+            raise LabError(f"lab guest failed to boot{how}; console: {text.strip().splitlines()[-3:]}")
         time.sleep(0.2)
     down(lab_dir)
-    raise LabError(f"lab guest did not boot within {boot_timeout_s:.0f} s (see {console})")
+    raise LabError(f"lab guest did not boot{how} within {boot_timeout_s:.0f} s (see {console})")
 
 
 def down(lab_dir: Path = DEFAULT_DIR, timeout_s: float = 15.0) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from qspan.target import process_alive
-from qspanlab.lab import LAB, LabError, LabInfo, build_guest, status
+from qspanlab.lab import LAB, LabError, LabInfo, build_guest, status, wait_booted
 
 DOMAIN = "qspan-lab"
 # Debian's libvirt-daemon-system reserves uid/gid 64055 for libvirt-qemu; libvirtd.sh adds the
@@ -190,18 +190,7 @@ def up(lab_dir: Path, disk_mb: int = 64, boot_timeout_s: float = 180.0,
                    "stock", "7.2", argv, None, uri(lab_dir))
     (lab_dir / "lab.json").write_text(json.dumps(asdict(info), indent=1))
     progress("booting the guest")
-    deadline = time.monotonic() + boot_timeout_s
-    console = Path(info.console)
-    while time.monotonic() < deadline:
-        text = console.read_text(errors="replace") if console.exists() else ""
-        if "QSPAN-GUEST ready" in text:
-            return info
-        if "QSPAN-GUEST error" in text or not process_alive(pid):
-            down(lab_dir)
-            raise LabError(f"lab guest failed to boot under libvirt; console: {text.strip().splitlines()[-3:]}")
-        time.sleep(0.2)
-    down(lab_dir)
-    raise LabError(f"lab guest did not boot under libvirt within {boot_timeout_s:.0f} s (see {console})")
+    return wait_booted(info, lab_dir, boot_timeout_s, " under libvirt")
 
 
 def _domain_pid(lab_dir: Path) -> int:
