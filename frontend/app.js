@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const PLOT = { displaylogo: false, responsive: true };
 const LAYOUT = { margin: { l: 60, r: 10, t: 10, b: 40 }, legend: { orientation: "h" } };
 const CATEGORY_COLORS = {
-  other_requests: "#d62728", spawned: "#ff7f0e", background: "#9467bd",
+  other_requests: "#d62728", spawned: "#ff7f0e", block_job: "#8c564b", background: "#9467bd",
   event_loop: "#7f7f7f", asleep: "#1f77b4", runnable: "#bcbd22", unwatched: "#e0e0e0",
 };
 
@@ -330,7 +330,7 @@ async function openSpan(id) {
     const { span, timeline } = await api(`/api/sessions/${state.session}/spans/${id}`);
     state.selected = id;
     $("detail").hidden = false;
-    $("detail-title").textContent = `Request #${span.id}: ${span.op} ${span.bytes} B at ${span.offset}, ${(span.dur_ns / 1000).toFixed(1)} us`;
+    $("detail-title").textContent = `${span.job ? `Block job ${span.job}, request` : "Request"} #${span.id}: ${span.op} ${span.bytes} B at ${span.offset}, ${(span.dur_ns / 1000).toFixed(1)} us`;
     drawWaterfall(span);
     drawTimeline(span, timeline);
     $("detail").scrollIntoView({ behavior: "smooth" });

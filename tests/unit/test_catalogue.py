@@ -48,11 +48,13 @@ def test_struct_offsets_come_from_the_binary_s_own_accessors():
     from qspan.catalogue import offsets
 
     cat = catalogue.load()
-    assert offsets_for((7, 2)) == {"bs.node_name": 0x40B8, "bs.drv": 0x10, "drv.format_name": 0}
+    assert offsets_for((7, 2)) == {"bs.node_name": 0x40B8, "bs.drv": 0x10, "drv.format_name": 0, "job.id": 0}
     assert offsets_for((10, 0))["bs.node_name"] == 0x40D8
     # a build whose accessor reads the driver's name at an offset (not +0) says so
     fmt = {"bdrv_get_format_name": (0, bytes.fromhex("488b47184885c07403488b4008c3"))}
     assert offsets.derive(cat.offsets, fmt) == {"bs.drv": 0x18, "drv.format_name": 8}
+    # a job's id not first in Job: read where that build's job_is_internal compares
+    assert offsets.derive(cat.offsets, {"job_is_internal": (0, bytes.fromhex("48837f1000"))}) == {"job.id": 0x10}
     # one whose accessor differs gives no offset: its node.name lines are left out, and say why
     odd = {"bdrv_get_node_name": (0, bytes.fromhex("4889f8c3"))}
     assert "bs.node_name" not in offsets.derive(cat.offsets, odd)

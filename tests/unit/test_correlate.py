@@ -204,7 +204,7 @@ def test_a_wait_on_a_thread_qspan_does_not_watch_says_so():
     (s,) = correlate(ev, HEADER).spans
     (h,) = s.handoffs
     assert h.delay_ns == 40 and h.instead_ns == {
-        "other_requests": 0, "spawned": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0,
+        "other_requests": 0, "spawned": 0, "block_job": 0, "background": 0, "event_loop": 0, "asleep": 0, "runnable": 0,
         "unwatched": 40}
     assert h.instead_top == []
 
@@ -632,3 +632,67 @@ def test_a_wait_that_began_before_a_thread_was_watched_is_partly_unwatched():
     assert cats["unwatched"] == 50 and cats["event_loop"] == 50 and sum(cats.values()) == 100
     cats, _ = t.instead(160, 200, lambda bs: "")
     assert cats["unwatched"] == 0 and cats["event_loop"] == 40
+
+
+JOB, JOB_CO, COPY_CO, GUEST_CO = 0x5000, 50, 60, 10
+
+
+def test_a_block_job_s_chunk_is_a_request_of_its_own_and_named_work_in_a_guest_s_wait():
+    """mirror's shape: the job's coroutine enters a copy coroutine per chunk, which reads the source,
+    writes the target and reports progress; a guest write waiting for the iothread meanwhile sees
+    the job's time as `block_job`, named after the job."""
+    ev = [
+        enter(90, IOT, 0, JOB_CO),
+        E("job.step", 100, IOT, JOB, 1),
+        E("job.name", 100, IOT, JOB, "mirror0"),
+        enter(110, IOT, JOB_CO, COPY_CO),
+        E("node.io", 120, IOT, 0xB1, 0, 65536, 1),
+        yield_(130, IOT, COPY_CO, JOB_CO),
+        yield_(140, IOT, JOB_CO, 0),
+        enter(200, IOT, 0, COPY_CO),
+        E("node.io", 210, IOT, 0xB2, 0, 65536, 2),
+        E("job.step", 230, IOT, JOB, 4),
+        term(240, IOT, COPY_CO, 0),
+        # a guest write, ready at 400 (another thread schedules it), resumed after the job ran
+        E("req.submit", 300, IOT, 0xB0, 4096, 4096, 2),
+        enter(301, IOT, 0, GUEST_CO),
+        E("node.io", 302, IOT, 0xB1, 4096, 4096, 2),
+        yield_(310, IOT, GUEST_CO, 0),
+        E("co.schedule", 400, REMOTE, 0, GUEST_CO),
+        enter(405, IOT, 0, JOB_CO),
+        E("job.step", 406, IOT, JOB, 1),
+        yield_(450, IOT, JOB_CO, 0),
+        enter(460, IOT, 0, GUEST_CO),
+        E("req.ack", 470, IOT, 1, 2, 3),
+        term(480, IOT, GUEST_CO, 0),
+    ]
+    job, guest = correlate(ev, HEADER).spans
+    assert (job.job, job.op, job.start_ns, job.submit_ns, job.end_ns, job.ack_ns) == ("mirror0", "read", 120, 120,
+                                                                                   230, None)
+    assert [(p.name, p.start_ns, p.dur_ns) for p in job.phases] == [("run", 120, 10), ("wait", 130, 70),
+                                                                     ("complete", 200, 30)]
+    assert [(n.bs, n.co) for n in job.nodes] == [(0xB1, COPY_CO), (0xB2, COPY_CO)]
+    assert guest.job is None and guest.op == "write" and guest.end_ns == 470
+    (h,) = guest.handoffs
+    assert (h.ready_ns, h.resumed_ns) == (400, 460)
+    assert h.instead_ns["block_job"] == 45 and h.instead_ns["event_loop"] == 15
+    assert [(i.co, i.role, i.request, i.dur_ns) for i in h.instead_top] == [(JOB_CO, "job:mirror0", None, 45)]
+
+
+def test_a_job_step_inside_a_guest_request_leaves_the_request_alone():
+    """mirror's write-blocking mode copies a guest write to the target inside the guest's
+    coroutine and reports the job's progress there: still the guest's request, not the job's."""
+    ev = [
+        E("req.submit", 100, IOT, 0xB0, 0, 4096, 2),
+        enter(101, IOT, 0, GUEST_CO),
+        E("node.io", 102, IOT, 0xB1, 0, 4096, 2),
+        yield_(110, IOT, GUEST_CO, 0),
+        E("co.schedule", 130, REMOTE, 0, GUEST_CO),
+        enter(140, IOT, 0, GUEST_CO),
+        E("job.step", 150, IOT, JOB, 4),
+        E("node.io", 160, IOT, 0xB2, 0, 4096, 2),
+        E("req.ack", 170, IOT, 1, 2, 3),
+        term(180, IOT, GUEST_CO, 0),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    assert s.job is None and s.end_ns == 170 and [n.bs for n in s.nodes] == [0xB1, 0xB2]

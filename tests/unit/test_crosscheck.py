@@ -68,6 +68,18 @@ def test_compare_bins_each_device_s_requests_with_qemu_s_ends_where_known():
     assert "vda write: QEMU counted 2, qspan traced 2" in text and "0 requests in another bin" in text
 
 
+def test_a_job_s_filter_above_the_device_and_the_job_s_own_requests():
+    """A mirror puts a filter node (an implicit name) above disk0, which each guest request then
+    passes first; the job's own copies are its spans, not the device's (QEMU does not account them)."""
+    via_filter = _span("write", "#block022", 100_000, 100_000, 105_000, 104_000)
+    via_filter["nodes"] = [{"node": "#block022"}, {"node": "disk0"}]
+    copy = {**_span("read", "disk0", 200_000, 200_000, 260_000, 260_000), "job": "mirror0"}
+    qemu = {"vda": {"write": [1, 0, 0], "read": [0, 0, 0]}}
+    rep = crosscheck.compare(qemu, {"disk0": "vda"}, [10_000, 20_000], [via_filter, copy], (0, 800_000), {})
+    assert rep["devices"]["vda"]["write"]["qspan_requests"] == 1 and rep["unmatched_spans"] == 0
+    assert "read" not in rep["devices"]["vda"]
+
+
 @pytest.mark.parametrize("text,message", [("10,x", "integers"), ("20,10", "increasing"), ("0,10", "positive"),
                                           ("", "increasing")])
 def test_boundaries_are_checked(text, message):

@@ -125,3 +125,17 @@ def test_load_shedder_doubles_when_behind_and_halves_only_with_room_to_spare():
     got = [s.update(t, lag_ns=10, busy=0.2) for t in range(400, 700, 20)]
     assert got[0] == 8 and got[-1] == 2 and 4 in got and sorted(got, reverse=True) == got
     assert s.update(700, lag_ns=200, busy=0.2) == 2  # between the marks: stay
+
+
+def test_a_block_job_s_requests_are_a_group_of_their_own():
+    """The live breakdown, the per-second rows and the query group a job's spans under "job:ID"."""
+    spans, _ = _recorded_spans()
+    copies = [replace(s, id=10_000 + i, job="mirror0") for i, s in enumerate(spans[:7])]
+    store = SpanStore(max_spans=1000)
+    store.add(spans + copies, {})
+    store.flush()
+    bd = store.breakdown()
+    assert bd["job:mirror0"]["requests"] == 7
+    assert bd["write"]["requests"] + bd["read"]["requests"] == len(spans)
+    assert sum(r["requests"] for r in store.seconds if r["op"] == "job:mirror0") == 7
+    assert [s["id"] for s in store.query(op="job:mirror0")] == [s.id for s in copies]

@@ -35,12 +35,18 @@ class CoroutineEvents(ThreadEvents):
     running: dict[int, _Thread]
     co_node: dict[int, int]
     children: dict[int, Child]
+    co_job: dict[int, int]
+    next_id: int
     loss_sweep: LossSweep
     cost_logs: dict[int, CostLog]
     _hit_increment: Mapping[str, int]
 
     def _name(self, bs: int) -> tuple[str, str]:
         """A node's name and driver (the Correlator's)."""
+        raise NotImplementedError
+
+    def job_name(self, job: int) -> str:
+        """A block job's QMP id (the Correlator's)."""
         raise NotImplementedError
 
     def _co_switch(self, ev: Event) -> None:
@@ -122,6 +128,7 @@ class CoroutineEvents(ThreadEvents):
         self.alive.discard(co)
         self.pool.forget(co)
         self.co_node.pop(co, None)
+        self.co_job.pop(co, None)
 
     def _inside(self, ev: Event) -> _Thread:
         """The thread of an event that happens inside its running coroutine (its last sign of life)."""
@@ -139,6 +146,36 @@ class CoroutineEvents(ThreadEvents):
         parent_req = self.co_req.get(parent) if parent else None
         if parent_req is not None:
             self._link_child(parent_req, co, "nested", None, None, ts)
+        job = self.co_job.get(parent) if parent else None
+        if job is not None:
+            self.co_job[co] = job  # a job's coroutine started it: mirror's chunk copies, backup's tasks
+
+    # -- block jobs -------------------------------------------------------------
+
+    def _job_step(self, ev: Event) -> None:
+        """A job's coroutine is back in its loop (job.step): the chunk it was doing is done."""
+        t = self._inside(ev)
+        co = t.current
+        if not co:
+            return
+        self.loss_sweep.touched.add(co)
+        req = self.co_req.get(co)
+        if req is not None and not req.job:
+            return  # a guest request's coroutine doing the job's work (mirror's write-blocking mode)
+        self.co_job[co] = ev.args[0]
+        if req is not None and req.co == co:
+            del self.co_req[co]
+            self._finish(req, ev.ts_ns)
+
+    def _job_request(self, t: _Thread, co: int, op: int, bs: int, offset: int, nbytes: int, ts: int) -> _Req:
+        """A job's coroutine reaches a block node with no request open: its own request starts."""
+        req = _Req(self.next_id, op, bs, offset, nbytes, t.tid, ts)
+        self.next_id += 1
+        req.job = self.co_job[co]
+        req.co = co
+        req.run_name = "run"
+        self.co_req[co] = req
+        return req
 
     def _link_child(self, req: _Req, co: int, role: str, offset: int | None, nbytes: int | None, ts: int) -> None:
         child = Child(co, role, offset, nbytes, ts, None)
@@ -172,6 +209,8 @@ class CoroutineEvents(ThreadEvents):
 
     def _finish(self, req: _Req, ts: int) -> None:
         span = req.ended(ts)
+        if req.job:
+            span.job = self.job_name(req.job)
         if self._hit_increment:
             span.qspan_ns, span.qspan_hits = span_cost(span, self.cost_logs, self.roles["hop"],
                                                        self._hit_increment.get("notify", 0))

@@ -37,6 +37,7 @@ class Correlator(CoroutineEvents):
                                for ev, ns in self.config.event_cost_ns.items()}
         self._forget_flow()
         self.node_names: dict[int, tuple[str, str]] = {}
+        self.job_names: dict[int, str] = {}  # Job pointer -> its QMP id (job.name)
         self.next_id = 1
         self.spans: list[Span] = []
         # sampled_out: requests in flight when a sampling window closed (dropped, not spans)
@@ -55,10 +56,10 @@ class Correlator(CoroutineEvents):
             "sched.switch": self._sched_switch, "sched.wakeup": self._sched_wakeup,
             "drv.enter": self._drv_enter, "drv.hop": self._drv_hop, "drv.hop_done": self._drv_hop_done,
             "drv.ack": self._drv_ack, "drv.spawn": self._drv_spawn, "drv.spawn_done": self._drv_spawn_done,
-            "trace.window": self._window,
+            "job.step": self._job_step, "job.name": self._job_name, "trace.window": self._window,
         }
         # handled while a sampling window is closed: the window itself, and names (printed once)
-        self._always = {self.handlers["trace.window"], self.handlers["node.name"]}
+        self._always = {self.handlers["trace.window"], self.handlers["node.name"], self.handlers["job.name"]}
         # event -> (handler, what its probe hit adds to its thread's cost log, 0 if uncalibrated): one lookup
         self._dispatch = {ev: (h, self._hit_increment.get(ev, 0)) for ev, h in self.handlers.items()}
 
@@ -71,6 +72,7 @@ class Correlator(CoroutineEvents):
         self.running: dict[int, _Thread] = {}  # coroutine -> the thread whose stack it is on
         self.co_req: dict[int, _Req] = {}
         self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
+        self.co_job: dict[int, int] = {}  # coroutine -> the block job (Job pointer) it works for
         self.pool = ThreadPool(self.config.not_workers)
         self.cost_logs: dict[int, CostLog] = {}  # thread -> its probe hits' running cost (selfcost.py)
         self.loss_sweep = LossSweep()
@@ -92,7 +94,7 @@ class Correlator(CoroutineEvents):
         self._events += 1
         ts = self.last_ts = ev.ts_ns
         if ts >= self.loss_sweep.next_ns:
-            self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.children,
+            self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.co_job, self.children,
                                                            self.threads.values(), self.running)
             self.pool.expire(ts)  # node visits no worker took are old
         entry = self._dispatch.get(ev.kind)
@@ -125,9 +127,15 @@ class Correlator(CoroutineEvents):
         """What coroutine co works for, for its thread's timeline: role, request id, node."""
         req = self.co_req.get(co)
         if req is None:
-            return "", None, self.co_node.get(co, 0)
+            job = self.co_job.get(co)
+            return ("job:" + self.job_name(job) if job else ""), None, self.co_node.get(co, 0)
+        if req.job:
+            return "job:" + self.job_name(req.job), req.id, self.co_node.get(co, 0)
         role = "request" if req.co == co else self.children[co].role if co in self.children else "nested"
         return role, req.id, self.co_node.get(co, 0)
+
+    def job_name(self, job: int) -> str:
+        return self.job_names.get(job) or f"job@0x{job:x}"
 
     def _name(self, bs: int) -> tuple[str, str]:
         return self.node_names.get(bs, (f"0x{bs:x}", ""))
@@ -153,12 +161,17 @@ class Correlator(CoroutineEvents):
         name, driver = self._name(bs)
         co = t.current
         self.co_node[co] = bs
+        if req is None and co in self.co_job:
+            req = self._job_request(t, co, op, bs, offset, nbytes, ev.ts_ns)
         if req is not None:
             req.nodes.append(NodeVisit(name, driver, bs, offset, nbytes, ev.ts_ns, co))
             self.pool.visit(req, co, offset, op, ev.ts_ns)
 
     def _node_name(self, ev: Event) -> None:
         self.node_names[ev.args[0]] = (str(ev.args[1]), str(ev.args[2]))
+
+    def _job_name(self, ev: Event) -> None:
+        self.job_names[ev.args[0]] = str(ev.args[1])
 
     def _req_ack(self, ev: Event) -> None:
         t = self.thread(ev.tid)

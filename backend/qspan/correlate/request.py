@@ -62,6 +62,7 @@ class _Req:
     children: list[Child]
     complete: bool
     waited: bool  # its coroutine has yielded at least once
+    job: int  # the block job (Job pointer) whose request this is; 0: a guest request
 
     def __init__(self, id: int, op: int, blk: int, offset: int, bytes: int, tid: int, submit_ns: int) -> None:
         self.id = id
@@ -89,6 +90,7 @@ class _Req:
         self.children = []
         self.complete = True
         self.waited = False
+        self.job = 0
 
     def phase(self, name: str, end_ns: int) -> None:
         """Close the next phase at end_ns (clamped: phases never overlap or go back)."""

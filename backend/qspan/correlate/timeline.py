@@ -31,8 +31,9 @@ TIMELINE_HORIZON_NS = 2_000_000_000
 INSTEAD_TOP = 5
 
 # co -> (role, request id, node): "request" for a request's own coroutine, the spawn
-# role or "nested" for its children, "" when bound to no request; node is the bs of
-# the last node the coroutine entered, 0 if none.
+# role or "nested" for its children, "job:ID" for a block job's coroutines (its requests'
+# among them), "" when bound to no request or job; node is the bs of the last node the
+# coroutine entered, 0 if none.
 Who = Callable[[int], tuple[str, int | None, int]]
 
 
@@ -145,7 +146,9 @@ class ThreadTimeline:
                 continue
             kind = seg.kind
             if kind == "co":
-                cat = "background" if seg.request is None else "other_requests" if seg.role == "request" else "spawned"
+                role = seg.role
+                cat = ("block_job" if role[:4] == "job:" else "background" if seg.request is None
+                       else "other_requests" if role == "request" else "spawned")
                 item = by_co.get(seg.co)
                 if item is None:
                     node = node_name(seg.node) if seg.node else None

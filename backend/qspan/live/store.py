@@ -8,7 +8,7 @@ from collections import deque
 from operator import attrgetter
 
 from qspan.correlate import Timeline
-from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_dict
+from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_dict, span_group
 from qspan.output.report import percentile
 
 HIST_EDGES_US = [2 ** i for i in range(0, 18)]  # 1 us .. 131 ms, log2 buckets
@@ -55,7 +55,7 @@ class SpanStore:
                 self._timeline_dur[s.id] = s.dur_ns
                 self._trim_timelines()
             sec = s.end_ns // 1_000_000_000
-            self._open.setdefault((sec, s.op), []).append(s.dur_ns)
+            self._open.setdefault((sec, span_group(s.op, s.job)), []).append(s.dur_ns)
             self._account(s)
         if spans:
             self._close_seconds(spans[-1].end_ns // 1_000_000_000 - 1)
@@ -76,9 +76,10 @@ class SpanStore:
                 del self._timeline_dur[sid]
 
     def _account(self, s: Span) -> None:
-        t = self.totals.get(s.op)
+        group = span_group(s.op, s.job)
+        t = self.totals.get(group)
         if t is None:
-            t = self.totals[s.op] = {"requests": 0, "dur_ns": 0, "phases_ns": {},
+            t = self.totals[group] = {"requests": 0, "dur_ns": 0, "phases_ns": {},
                                      "instead_ns": dict.fromkeys(INSTEAD_CATEGORIES, 0),
                                      "histogram": [0] * (len(HIST_EDGES_US) + 1), "costed": 0, "qspan_ns": 0}
         t["requests"] += 1
@@ -124,7 +125,7 @@ class SpanStore:
         for s in self._spans:
             if s.end_ns < since_ns or (until_ns is not None and s.start_ns > until_ns):
                 continue
-            if (op and s.op != op) or s.dur_ns < min_dur_ns:
+            if (op and span_group(s.op, s.job) != op) or s.dur_ns < min_dur_ns:
                 continue
             out.append(s)
         return [span_dict(s) for s in out[-limit:]]

@@ -21,7 +21,8 @@ SCHEMA = "qspan.spans/1"
 INSTEAD_CATEGORIES = (
     "other_requests",  # the coroutines of other guest requests ran on the thread
     "spawned",  # background coroutines spawned by requests (this one or others: e.g. B's writes) ran
-    "background",  # coroutines not tied to any traced request ran
+    "block_job",  # coroutines of a block job (mirror, stream, backup, commit) ran: its requests and its loop
+    "background",  # coroutines not tied to any traced request or job ran
     "event_loop",  # the thread ran its event loop / bottom halves, outside coroutines
     "asleep",  # the thread was off-CPU, sleeping (in poll or blocked)
     "runnable",  # the thread was runnable but waited for a CPU
@@ -49,7 +50,8 @@ class InsteadItem:
 
     co: int
     request: int | None  # request id, None for background coroutines
-    role: str  # "request" (a request's own coroutine), the spawn role (e.g. "B"), or "" when unbound
+    # "request" (a request's own coroutine), the spawn role (e.g. "B"), "job:ID" for a block job's, "" when unbound
+    role: str
     node: str | None
     dur_ns: int
 
@@ -178,13 +180,16 @@ class Span:
     # what query-blockstats and its latency histograms count; None unless traced (req.acct)
     acct_start_ns: int | None = None
     acct_end_ns: int | None = None
+    # None: a guest request; else the block job (its QMP id) whose request this is: its I/O
+    # from a job coroutine's first node to the job's next step (start_ns == submit_ns, no ack)
+    job: str | None = None
 
     def __init__(self, id: int, op: str, offset: int, bytes: int, tid: int, co: int, start_ns: int,
                  submit_ns: int, end_ns: int, dur_ns: int, ack_ns: int | None, co_end_ns: int,
                  phases: list[Phase], hop_done_ns: int | None, handoffs: list[Handoff], nodes: list[NodeVisit],
                  pool: list[PoolHop], children: list[Child], complete: bool, qspan_ns: int | None = None,
                  qspan_hits: dict | None = None, acct_start_ns: int | None = None,
-                 acct_end_ns: int | None = None) -> None:
+                 acct_end_ns: int | None = None, job: str | None = None) -> None:
         self.id = id
         self.op = op
         self.offset = offset
@@ -208,6 +213,12 @@ class Span:
         self.qspan_hits = qspan_hits
         self.acct_start_ns = acct_start_ns
         self.acct_end_ns = acct_end_ns
+        self.job = job
+
+
+def span_group(op: str, job: str | None) -> str:
+    """What breakdowns group a span under: its op for a guest request, "job:ID" for a block job's."""
+    return op if job is None else "job:" + job
 
 
 @dataclass

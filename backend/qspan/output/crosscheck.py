@@ -79,8 +79,8 @@ def compare(qemu: dict[str, dict[str, list[int]]], node_device: dict[str, str], 
             spans: list[dict], window: tuple[int, int], ends: dict[int, int]) -> dict:
     """QEMU's histograms (device -> op -> bins, counted over `window`, monotonic ns) against the spans.
 
-    A span is a device's when the first block node it visits is that device's root node
-    (`node_device`, from query-blockstats), and QEMU's when its accounting ended inside the
+    A guest request's span is a device's when the first of its nodes that is a device's root
+    node (`node_device`, from query-blockstats) is that device's, and QEMU's when its accounting ended inside the
     window; spans whose accounting was not seen are counted apart (they cannot be binned by
     QEMU's interval). `ends` (qemu_ends): the end QEMU read for a request, after the probe's
     own return. Where unknown (a device's last request: no later one reads it), the probe
@@ -94,7 +94,11 @@ def compare(qemu: dict[str, dict[str, list[int]]], node_device: dict[str, str], 
     late_p50 = _percentile(late, 0.5) if late else 0
     by_device: dict[str, list[dict]] = {}
     for s in spans:
-        dev = node_device.get(s["nodes"][0]["node"]) if s["nodes"] else None
+        if s.get("job") is not None:
+            continue  # a block job's own request: QEMU accounts only the device's
+        # the first node that is a device's root: a job's filter (mirror's, with an implicit
+        # name) may sit above it, and is passed first
+        dev = next((node_device[n["node"]] for n in s["nodes"] if n["node"] in node_device), None)
         by_device.setdefault(dev or "", []).append(s)
     devices = {}
     for dev, ops in sorted(qemu.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from qspan.model.spans import INSTEAD_CATEGORIES
+from qspan.model.spans import INSTEAD_CATEGORIES, span_group
 
 
 def percentile(sorted_values: list[int], p: float) -> int:
@@ -14,10 +14,10 @@ def percentile(sorted_values: list[int], p: float) -> int:
 
 
 def breakdown(spans: list[dict]) -> dict:
-    """Per op: request count, latency percentiles, mean time per phase, and where handoff waits went."""
+    """Per op (block jobs' requests per job: span_group): request count, latency percentiles, mean time per phase, and where handoff waits went."""
     by_op: dict[str, list[dict]] = defaultdict(list)
     for s in spans:
-        by_op[s["op"]].append(s)
+        by_op[span_group(s["op"], s.get("job"))].append(s)
     out = {}
     for op, group in sorted(by_op.items()):
         durs = sorted(s["dur_ns"] for s in group)
