@@ -48,7 +48,8 @@ def test_struct_offsets_come_from_the_binary_s_own_accessors():
     from qspan.catalogue import offsets
 
     cat = catalogue.load()
-    assert offsets_for((7, 2)) == {"bs.node_name": 0x40B8, "bs.drv": 0x10, "drv.format_name": 0, "job.id": 0}
+    assert offsets_for((7, 2)) == {"bs.node_name": 0x40B8, "bs.drv": 0x10, "drv.format_name": 0, "job.id": 0,
+                                   "job.progress": 0x30}
     assert offsets_for((10, 0))["bs.node_name"] == 0x40D8
     # a build whose accessor reads the driver's name at an offset (not +0) says so
     fmt = {"bdrv_get_format_name": (0, bytes.fromhex("488b47184885c07403488b4008c3"))}
