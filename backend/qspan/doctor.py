@@ -20,8 +20,6 @@ from qspan.errors import NotQemu, QspanError
 from qspan.program.probes import OPT_IN_EVENTS
 from qspan.target import elf
 
-DEBUG_ROOT = "/usr/lib/debug/.build-id"
-
 # What the spans lose without an event (docs/events.md says what each one is).
 WITHOUT = {
     "co.switch": "no request can be followed: the build cannot be traced",
@@ -78,14 +76,6 @@ class Report:
         return "\n".join(out)
 
 
-def debug_file(pid: int, build_id: str) -> str | None:
-    """Separate debug info installed for this build-id (Debian's -dbgsym packages put it here)."""
-    if len(build_id) < 3:
-        return None
-    path = f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
-    return path if os.path.exists(f"/proc/{pid}/root{path}") else None
-
-
 def _machine() -> list[Finding]:
     found = []
     bpftrace = shutil.which("bpftrace")
@@ -113,11 +103,13 @@ def _binary(pid: int, rep: Report) -> elf.BinaryTables | None:
     rep.binary.append(Finding("ok" if tables.qemu_usdt else "note",
                               f"{tables.qemu_usdt:,} qemu USDT probes" if tables.qemu_usdt else
                               "no qemu USDT probes (not built with --enable-trace-backends=dtrace): uprobes by name"))
-    if tables.build_id:
-        debug = debug_file(pid, tables.build_id)
-        rep.binary.append(Finding("note", f"build-id {tables.build_id}; separate debug info "
-                                          + (f"installed at {debug} (qspan does not read it yet)" if debug
-                                             else f"not installed ({DEBUG_ROOT}/{tables.build_id[:2]}/...)")))
+    if tables.debug_file:
+        rep.binary.append(Finding("ok", f"build-id {tables.build_id}; separate debug info read from "
+                                        f"{tables.debug_file}: {tables.debug_functions or 0:,} functions in its "
+                                        ".symtab (bpftrace finds the same file)"))
+    elif tables.build_id:
+        rep.binary.append(Finding("note", f"build-id {tables.build_id}; no separate debug info at "
+                                          f"{elf.debug_path(tables.build_id)}"))
     else:
         rep.binary.append(Finding("note", "no GNU build-id note"))
     return tables
@@ -146,6 +138,10 @@ def diagnose(pid: int) -> Report:
                 "the same build unstripped, or with --enable-modules (which exports its functions): qspan "
                 "probes functions by name from .dynsym or .symtab",
             ]
+            if tables.build_id and not tables.debug_file:
+                rep.instead.insert(0, f"this binary's separate debug info (Debian: its -dbgsym package; Fedora: "
+                                      f"-debuginfo) installed at {elf.debug_path(tables.build_id)}: qspan and "
+                                      "bpftrace read function names from its .symtab")
         return rep
     _binary(pid, rep)
     t, cat, prog = plan.target, plan.catalogue, plan.program

@@ -21,14 +21,16 @@ from qspan.errors import QspanError
 from qspanlab.lab import REPO
 
 
-def start_traced(*args: str, attach_timeout_s: float = 120.0, python: str = sys.executable) -> subprocess.Popen:
+def start_traced(*args: str, attach_timeout_s: float = 120.0, python: str = sys.executable,
+                 wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
     """Start `qspan ARGS...` (attach or record); return once it printed that it attached.
 
     `python`: the interpreter whose qspan runs (bench/overhead.py --baseline: another build).
+    `wrapper`: a command that runs it (tests/e2e/test_debuginfo.py: in a mount namespace of its own).
     Its stderr stays a pipe: callers read the rest with communicate().
     """
     env = dict(os.environ)
-    proc = subprocess.Popen([python, "-m", "qspan.cli", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([*wrapper, python, "-m", "qspan.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + attach_timeout_s
     seen = ""

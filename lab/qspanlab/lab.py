@@ -40,7 +40,7 @@ SETUPS = ("virtio-blk", "virtio-scsi", "qcow2-native", "main-loop")
 # QEMU builds the lab can run: Debian's installed 7.2, 10.0 from bookworm-backports
 # unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there), or 7.2
 # built with USDT probes by lab/qemu-dtrace/build.sh.
-QEMU_BUILDS = ("7.2", "10.0", "7.2-dtrace")
+QEMU_BUILDS = ("7.2", "10.0", "7.2-dtrace", "7.2-stripped")
 SYSTEM_MODULE_DIR = "/usr/lib/x86_64-linux-gnu/qemu"
 
 
@@ -103,10 +103,30 @@ def qemu_command(build: str) -> tuple[list[str], list[str]]:
         wrapper = ["unshare", "-m", "sh", "-c",
                    f'mount --bind "{out / "empty"}" {SYSTEM_MODULE_DIR} 2>/dev/null || true; exec "$@"', "qemu10"]
         return wrapper, [str(root / "usr/bin/qemu-system-x86_64"), "-L", str(root / "usr/share/qemu")]
-    if build == "7.2-dtrace":
-        return [], [str(build_qemu_dtrace()), "-L", "/usr/share/qemu", "-L", "/usr/share/seabios",
-                    "-L", "/usr/lib/ipxe/qemu"]
+    if build in ("7.2-dtrace", "7.2-stripped"):
+        binary = build_qemu_dtrace() if build == "7.2-dtrace" else build_qemu_stripped()
+        return [], [str(binary), "-L", "/usr/share/qemu", "-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"]
     raise LabError(f"unknown QEMU build {build!r} (one of {', '.join(QEMU_BUILDS)})")
+
+
+def build_qemu_stripped() -> Path:
+    """The dtrace build as a distribution ships a binary: stripped (no .symtab, and its USDT notes
+    removed too, so that function names are all qspan can probe by), its debug info split out to
+    a file of its own that a user would install by build-id (-dbgsym, -debuginfo packages):
+    OUT/qemu-system-x86_64 and OUT/qemu-system-x86_64.debug. objcopy, ~2 s."""
+    full = build_qemu_dtrace()
+    out = BUILD / "qemu-7.2-stripped"
+    binary, debug = out / "qemu-system-x86_64", out / "qemu-system-x86_64.debug"
+    if binary.exists() and debug.exists() and binary.stat().st_mtime >= full.stat().st_mtime:
+        return binary
+    out.mkdir(parents=True, exist_ok=True)
+    for argv, made in ((["objcopy", "--only-keep-debug", str(full)], debug),
+                       (["objcopy", "--strip-all", "--remove-section=.note.stapsdt", str(full)], binary)):
+        proc = subprocess.run([*argv, f"{made}.new"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabError(f"splitting the debug info off QEMU 7.2 failed: {proc.stderr.strip()[-500:]}")
+        os.replace(f"{made}.new", made)
+    return binary
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qspan.errors import NoSuchProcess, NotQemu, TargetError
 from qspan.program.sites import ANCHOR_PATH
-from qspan.target.elf import elf_facts
+from qspan.target.elf import debug_path, elf_facts
 from qspan.target.libvirt import LibvirtMonitor, domain_name, started_by_libvirt
 from qspan.target.mounts import site_anchor_view
 from qspan.target.qmp import QMPClient, QMPError
@@ -255,9 +255,10 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
         probe_path = f"/proc/{pid}/root{exe}"
     symbols, usdt, build_id = elf_facts(f"/proc/{pid}/exe")
     if "qemu_coroutine_switch" not in symbols and not usdt:
+        debug = f", no separate debug info at {debug_path(build_id)}" if build_id else ""
         raise TargetError(
-            f"PID {pid} ({exe}) has no qemu_coroutine_switch in its symbol tables (.dynsym, .symtab) "
-            "and no qemu USDT probes: qspan cannot trace this build"
+            f"PID {pid} ({exe}) has no qemu_coroutine_switch in its symbol tables (.dynsym, .symtab{debug}) "
+            "and no qemu USDT probes: qspan cannot trace this build (qspan doctor says what would)"
         )
     threads = threads_from_proc(pid)
     qmp_path = find_qmp_socket(pid)

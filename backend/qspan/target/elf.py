@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -12,22 +13,33 @@ from qspan.errors import TargetError
 
 
 FUNCTION_TABLES = (".dynsym", ".symtab")
+# Where separate debug info is looked up by build-id: Debian's -dbgsym and Fedora's -debuginfo
+# packages install it there, and bpftrace (through bcc) resolves a uprobe's function name there
+# too when the binary itself lacks it; qspan reads the same file, in its own (and bpftrace's)
+# mount namespace.
+DEBUG_ROOT = "/usr/lib/debug/.build-id"
 
 
-def _function_tables(elf: ELFFile) -> tuple[dict[str, int], dict[str, int]]:
+def debug_path(build_id: str) -> str:
+    return f"{DEBUG_ROOT}/{build_id[:2]}/{build_id[2:]}.debug"
+
+
+def _function_tables(elf: ELFFile, found: dict[str, int] | None = None,
+                     ambiguous: set[str] | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Defined functions by name -> address, and how many each table of FUNCTION_TABLES holds
     (a table the file lacks is not counted).
 
     `.dynsym` is what a binary exports, `.symtab` where the binary keeps one (a self-built
     QEMU without modules exports few functions but keeps all ~10,000 there; Debian's is
     stripped and exports ~9,400). A name defined at two addresses (static functions of two
-    files) is left out: a probe by name would take either."""
-    found: dict[str, int] = {}
+    files) is left out: a probe by name would take either. `found`/`ambiguous`: what another
+    file of the same build (its separate debug info) already gave."""
+    found = {} if found is None else found
+    ambiguous = set() if ambiguous is None else ambiguous
     counts: dict[str, int] = {}
-    ambiguous: set[str] = set()
     for name in FUNCTION_TABLES:
         table = elf.get_section_by_name(name)
-        if table is None:
+        if table is None or table["sh_type"] == "SHT_NOBITS":
             continue
         counts[name] = 0
         for sym in table.iter_symbols():
@@ -38,12 +50,33 @@ def _function_tables(elf: ELFFile) -> tuple[dict[str, int], dict[str, int]]:
             if sym.name and found.setdefault(sym.name, addr) != addr:
                 ambiguous.add(sym.name)
     for name in ambiguous:
-        del found[name]
+        found.pop(name, None)
     return found, counts
 
 
+def _with_debug_file(elf: ELFFile) -> tuple[dict[str, int], dict[str, int], str | None]:
+    """The binary's functions, and those of its separate debug info where installed for its build-id:
+    (functions, counts per table, the debug file read). A debug file of another build-id is not read."""
+    ambiguous: set[str] = set()
+    found, counts = _function_tables(elf, {}, ambiguous)
+    bid = build_id(elf)
+    path = debug_path(bid) if len(bid) > 2 else None
+    if path is None or not os.path.exists(path):
+        return found, counts, None
+    try:
+        with open(path, "rb") as f:
+            dbg = ELFFile(f)
+            if build_id(dbg) != bid:
+                return found, counts, None
+            _, dbg_counts = _function_tables(dbg, found, ambiguous)
+    except (OSError, ELFError, struct.error):
+        return found, counts, None
+    counts["debug .symtab"] = dbg_counts.get(".symtab", 0)
+    return found, counts, path
+
+
 def _functions(elf: ELFFile) -> dict[str, int]:
-    return _function_tables(elf)[0]
+    return _with_debug_file(elf)[0]
 
 
 def _notes(elf: ELFFile):
@@ -104,15 +137,18 @@ class BinaryTables:
     symtab_functions: int | None  # None: no .symtab (stripped)
     qemu_usdt: int
     build_id: str
+    debug_file: str | None = None  # separate debug info read for the build-id (DEBUG_ROOT), if installed
+    debug_functions: int | None = None  # functions in its .symtab
 
 
 def binary_tables(path: str) -> BinaryTables:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            functions, counts = _function_tables(elf)
+            functions, counts, debug = _with_debug_file(elf)
             return BinaryTables(frozenset(functions), counts.get(".dynsym", 0), counts.get(".symtab"),
-                                sum(1 for p in usdt_probes(elf) if p.provider == "qemu"), build_id(elf))
+                                sum(1 for p in usdt_probes(elf) if p.provider == "qemu"), build_id(elf),
+                                debug, counts.get("debug .symtab"))
     except (OSError, ELFError, struct.error) as err:
         raise TargetError(f"{path}: cannot read the QEMU binary: {err}") from err
 
@@ -124,7 +160,8 @@ def elf_facts(path: str) -> tuple[frozenset[str], int, str]:
 
 
 def function_code(path: str, names: set[str], n: int = 256) -> dict[str, tuple[int, bytes]]:
-    """Each function in `names` (exported, or in `.symtab`): its offset in the file and its first `n` bytes.
+    """Each function in `names` (exported, in `.symtab`, or in the separate debug info's): its offset
+    in the file and its first `n` bytes.
 
     The file offset is what a uprobe is attached at (the kernel's uprobes are
     inode + offset); the bytes say how the kernel handles a probe on an
