@@ -86,11 +86,13 @@ ACCESSOR_CODE = {
     (7, 2): {"bdrv_get_node_name": (0x840940, bytes.fromhex("488d87b8400000c3")),
              "bdrv_get_format_name": (0x840210, bytes.fromhex("488b47104885c07403488b00c3")),
              "job_is_internal": (0x84BDB0, bytes.fromhex("48833f000f94c0c3")),
-             "job_progress_update": (0x84C0F0, bytes.fromhex("4883c730e9f7b101"))},
+             "job_progress_update": (0x84C0F0, bytes.fromhex("4883c730e9f7b101")),
+             "block_acct_idle_time_ns": (0x85A3A0, bytes.fromhex("534889fb8b3d862c9600e8218d1200482b83200100005bc3"))},
     (10, 0): {"bdrv_get_node_name": (0x980340, bytes.fromhex("488d87d840000031ffc3")),
               "bdrv_get_format_name": (0x97FBB0, bytes.fromhex("488b47104885c07403488b0031ffc3")),
               "job_is_internal": (0x98C330, bytes.fromhex("48833f000f94c031ffc3")),
-              "job_progress_update": (0x98C690, bytes.fromhex("4883c730e9f73503"))},
+              "job_progress_update": (0x98C690, bytes.fromhex("4883c730e9f73503")),
+              "block_acct_idle_time_ns": (0x99C500, bytes.fromhex("534889fb8b3d86011f01e8a16a1500482b83500100005b31ffc3"))},
 }
 
 

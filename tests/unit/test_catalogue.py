@@ -49,8 +49,9 @@ def test_struct_offsets_come_from_the_binary_s_own_accessors():
 
     cat = catalogue.load()
     assert offsets_for((7, 2)) == {"bs.node_name": 0x40B8, "bs.drv": 0x10, "drv.format_name": 0, "job.id": 0,
-                                   "job.progress": 0x30}
+                                   "job.progress": 0x30, "stats.last_access_ns": 0x120}
     assert offsets_for((10, 0))["bs.node_name"] == 0x40D8
+    assert offsets_for((10, 0))["stats.last_access_ns"] == 0x150  # 8.1's zone append: a sixth op type
     # a build whose accessor reads the driver's name at an offset (not +0) says so
     fmt = {"bdrv_get_format_name": (0, bytes.fromhex("488b47184885c07403488b4008c3"))}
     assert offsets.derive(cat.offsets, fmt) == {"bs.drv": 0x18, "drv.format_name": 8}

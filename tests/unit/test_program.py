@@ -78,3 +78,27 @@ def test_qemu_accounting_is_traced_only_when_asked_for():
     asked = program.ProgramInput(**{**inp.__dict__, "opt_in": frozenset({"req.acct"})})
     prog = program.generate(catalogue.load(), asked)
     assert "block_acct_done" in prog.text and "req.acct" in {p.event for p in prog.probes}
+    # QEMU's end of the previous request, at the offset this build's block_acct_idle_time_ns reads
+    assert "*(int64*)(arg0+0x120)" in prog.text
+
+
+def test_an_unmatched_accessor_falls_back_to_the_slot_s_next_line():
+    """A build whose block_acct_idle_time_ns reads otherwise still gets req.acct, without QEMU's end."""
+    inp = _input((7, 2), "7.2.22")
+    offsets = {k: v for k, v in inp.offsets.items() if k != "stats.last_access_ns"}
+    inp = program.ProgramInput(**{**inp.__dict__, "opt_in": frozenset({"req.acct"}), "offsets": offsets})
+    prog = program.generate(catalogue.load(), inp)
+    (acct,) = [p for p in prog.probes if p.event == "req.acct"]
+    assert acct.args[3] == "0"
+    assert any("stats.last_access_ns unknown" in s and "the slot's next line is used" in s for s in prog.skipped)
+
+
+def test_a_version_without_its_own_lines_says_what_it_does_without():
+    """kick.read reads the ring at offsets written for 7.2 and 10.0: 9.1 gets the general line, and is told."""
+    prog = program.generate(catalogue.load(), _input((9, 1), "9.1.0"))
+    (kick,) = [p for p in prog.probes if p.event == "kick.read"]
+    assert kick.args[1] == "0"
+    notes = [s for s in prog.skipped if "kick.read: written for QEMU" in s]
+    assert [n.split(": written for QEMU ")[1].split(" ")[0] for n in notes] == ["7.2", "10.0"]
+    assert all("this build (9.1.0) gets probes.txt:" in n for n in notes)
+    assert not [s for s in program.generate(catalogue.load(), _input((7, 2), "7.2.22")).skipped if "written for" in s]

@@ -62,6 +62,12 @@ class VersionMatch:
         return version < self.version
 
     @property
+    def text(self) -> str:
+        if self.op == "*":
+            return "*"
+        return ("" if self.op == "==" else self.op) + f"{self.version[0]}.{self.version[1]}"
+
+    @property
     def specificity(self) -> int:
         return {"*": 0, ">=": 1, "<": 1, "==": 2}[self.op]
 
@@ -119,16 +125,22 @@ class Catalogue:
     def select(self, version: tuple[int, int], sources: tuple[str, ...]) -> list[ProbeSpec]:
         """The probes that apply to a QEMU `version`, for the given probe sources.
 
-        For each slot (event, source, target) the most specific matching line wins.
+        For each slot (event, source, target) the most specific matching lines win: several
+        when they are equally specific, in file order (the first whose struct offsets this
+        binary gives is used; the next ones are its fallbacks, program/probes.py).
         """
-        best: dict[tuple[str, str, str], ProbeSpec] = {}
+        best: dict[tuple[str, str, str], int] = {}
         for p in self.probes:
-            if p.source not in sources or not p.qemu.matches(version):
-                continue
-            cur = best.get(p.slot)
-            if cur is None or p.qemu.specificity > cur.qemu.specificity:
-                best[p.slot] = p
-        return [p for p in self.probes if best.get(p.slot) is p]
+            if p.source in sources and p.qemu.matches(version):
+                best[p.slot] = max(best.get(p.slot, -1), p.qemu.specificity)
+        return [p for p in self.probes if p.qemu.matches(version) and best.get(p.slot) == p.qemu.specificity
+                and p.source in sources]
+
+    def not_for(self, version: tuple[int, int], chosen: ProbeSpec) -> list[ProbeSpec]:
+        """Lines of chosen's slot written for other QEMU versions only, more specific than chosen:
+        what this version does without (an unknown version gets the general line)."""
+        return [p for p in self.probes if p.slot == chosen.slot and not p.qemu.matches(version)
+                and p.qemu.specificity > chosen.qemu.specificity]
 
 
 def parse_events(path: Traversable | Path) -> dict[str, EventSpec]:

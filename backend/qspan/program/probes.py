@@ -38,7 +38,10 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
             site_lines.setdefault(p.event, []).append(p)
     placed = {e for e, lines in site_lines.items()
               if all(p.target in inp.sites and p.target in inp.symbols for p in lines)}
+    used_slots: set[tuple[str, str, str]] = set()
     for p in candidates:
+        if p.slot in used_slots:
+            continue  # a fallback line of a slot already probed
         if p.source in ("uprobe", "site") and p.event in usdt_events:
             continue
         if p.source == "site" and p.event not in placed:
@@ -55,11 +58,18 @@ def select_probes(cat: Catalogue, inp: ProgramInput) -> tuple[list[ProbeSpec], l
         fields = [f for a in p.args for f in offsets.fields_of(a)]
         unknown = [f for f in dict.fromkeys(fields) if f not in inp.offsets]
         if unknown:
+            fallback = any(q.slot == p.slot and q is not p and candidates.index(q) > candidates.index(p)
+                           for q in candidates)
             skipped.append(f"{p.where}: {p.event}: offset of {', '.join(unknown)} unknown (its accessor's code "
-                           "does not match tracers/offsets.txt)")
+                           "does not match tracers/offsets.txt)" + ("; the slot's next line is used" if fallback
+                                                                    else ""))
             continue
         if fields:
             p = replace(p, args=tuple(offsets.substitute(a, inp.offsets) for a in p.args))
+        for q in cat.not_for(inp.version, p):
+            skipped.append(f"{q.where}: {q.event}: written for QEMU {q.qemu.text} only; this build "
+                           f"({inp.version_text}) gets {p.where}'s, without what that line adds")
+        used_slots.add(p.slot)
         chosen.append(p)
     have = {p.event for p in chosen}
     missing = [e for e in REQUIRED_EVENTS if e not in have]
