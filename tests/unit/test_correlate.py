@@ -696,3 +696,50 @@ def test_a_job_step_inside_a_guest_request_leaves_the_request_alone():
     ]
     (s,) = correlate(ev, HEADER).spans
     assert s.job is None and s.end_ns == 170 and [n.bs for n in s.nodes] == [0xB1, 0xB2]
+
+
+def test_a_job_s_tasks_started_before_its_loop_bound_it_are_the_job_s():
+    """backup's shape: the job's coroutine starts block-copy's coroutine before it first reaches
+    a step of its loop, and that coroutine starts a task per chunk; a task's chunk is the job's
+    once any ancestor is bound (the first one, before, is not known to be)."""
+    ASYNC, TASK1, TASK2 = 70, 71, 72
+    ev = [
+        enter(100, IOT, 0, JOB_CO),
+        enter(110, IOT, JOB_CO, ASYNC),
+        enter(120, IOT, ASYNC, TASK1),
+        E("node.io", 130, IOT, 0xB1, 0, 65536, 4),
+        yield_(140, IOT, TASK1, ASYNC),
+        yield_(150, IOT, ASYNC, JOB_CO),
+        E("job.step", 160, IOT, JOB, 3),
+        E("job.name", 160, IOT, JOB, "backup0"),
+        yield_(170, IOT, JOB_CO, 0),
+        enter(200, IOT, 0, ASYNC),
+        enter(210, IOT, ASYNC, TASK2),
+        E("node.io", 220, IOT, 0xB1, 65536, 65536, 4),
+        E("node.io", 221, IOT, 0xB2, 65536, 65536, 4),
+        E("job.step", 300, IOT, JOB, 4),
+        term(310, IOT, TASK2, ASYNC),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    assert (s.job, s.op, s.offset, s.start_ns, s.end_ns) == ("backup0", "copy", 65536, 220, 300)
+    assert [n.bs for n in s.nodes] == [0xB1, 0xB2]
+
+
+def test_a_job_started_while_traced_is_bound_from_its_first_instruction():
+    """job_start in the main loop schedules the job's new coroutine into the iothread: the chunks
+    its coroutines copy before the job's loop reaches a step are the job's too."""
+    ASYNC, TASK1 = 70, 71
+    ev = [
+        E("job.start", 50, MAIN, JOB),
+        E("job.name", 50, MAIN, JOB, "backup0"),
+        E("co.schedule", 60, MAIN, 0, JOB_CO),
+        enter(100, IOT, 0, JOB_CO),
+        enter(110, IOT, JOB_CO, ASYNC),
+        enter(120, IOT, ASYNC, TASK1),
+        E("node.io", 130, IOT, 0xB1, 0, 65536, 1),
+        E("node.io", 135, IOT, 0xB2, 0, 65536, 2),
+        E("job.step", 140, IOT, JOB, 4),
+        term(150, IOT, TASK1, ASYNC),
+    ]
+    (s,) = correlate(ev, HEADER).spans
+    assert (s.job, s.op, s.start_ns, s.end_ns) == ("backup0", "read", 130, 140)

@@ -49,9 +49,9 @@ def test_layouts_follow_the_programs_printfs_in_text_order():
     codes = {lay.code for lay in lays if lay.code is not None}
     assert cat.events["co.switch"].code in codes and cat.events["trace.window"].code in codes
     names = [lay for lay in lays if any(lay.strings)]
-    # node.name on the read and the write path (name and driver), job.name at two of a job's steps (its id)
-    assert [n.sizes for n in names if n.strings.count(True) == 2] == [(8, 8, 8, 8, 64, 64, 8)] * 2
-    assert [n.sizes for n in names if n.strings.count(True) == 1] == [(8, 8, 8, 8, 64, 8, 8)] * 2
+    # node.name on the read, write and copy paths (name and driver), job.name at its start and four of its steps (its id)
+    assert [n.sizes for n in names if n.strings.count(True) == 2] == [(8, 8, 8, 8, 64, 64, 8)] * 3
+    assert [n.sizes for n in names if n.strings.count(True) == 1] == [(8, 8, 8, 8, 64, 8, 8)] * 5
     assert all(n.code is None for n in names)
     assert all(lay.payload == 56 for lay in lays if lay.code is not None)
 

@@ -36,6 +36,8 @@ class CoroutineEvents(ThreadEvents):
     co_node: dict[int, int]
     children: dict[int, Child]
     co_job: dict[int, int]
+    co_parent: dict[int, int]
+    job_starting: dict[int, int]
     next_id: int
     loss_sweep: LossSweep
     cost_logs: dict[int, CostLog]
@@ -129,6 +131,7 @@ class CoroutineEvents(ThreadEvents):
         self.pool.forget(co)
         self.co_node.pop(co, None)
         self.co_job.pop(co, None)
+        self.co_parent.pop(co, None)
 
     def _inside(self, ev: Event) -> _Thread:
         """The thread of an event that happens inside its running coroutine (its last sign of life)."""
@@ -146,11 +149,34 @@ class CoroutineEvents(ThreadEvents):
         parent_req = self.co_req.get(parent) if parent else None
         if parent_req is not None:
             self._link_child(parent_req, co, "nested", None, None, ts)
-        job = self.co_job.get(parent) if parent else None
+        if self.job_starting and t.tid in self.job_starting:
+            self.co_job[co] = self.job_starting.pop(t.tid)  # job_start entered the job's coroutine
+        if parent:
+            self.co_parent[co] = parent
+            job = self.co_job.get(parent)
+            if job is not None:
+                self.co_job[co] = job  # a job's coroutine started it: mirror's chunk copies, backup's tasks
+
+    def job_of(self, co: int) -> int | None:
+        """The job coroutine co works for, if any: its own binding, or its nearest bound ancestor's
+        (backup's block-copy coroutine starts before the job's loop first binds the job's coroutine,
+        and its tasks after)."""
+        job = self.co_job.get(co)
+        c, depth = co, 0
+        while job is None and depth < 8:
+            c = self.co_parent.get(c, 0)
+            if not c:
+                return None
+            job = self.co_job.get(c)
+            depth += 1
         if job is not None:
-            self.co_job[co] = job  # a job's coroutine started it: mirror's chunk copies, backup's tasks
+            self.co_job[co] = job
+        return job
 
     # -- block jobs -------------------------------------------------------------
+
+    def _job_start(self, ev: Event) -> None:
+        self.job_starting[ev.tid] = ev.args[0]
 
     def _job_step(self, ev: Event) -> None:
         """A job's coroutine is back in its loop (job.step): the chunk it was doing is done."""
@@ -186,6 +212,8 @@ class CoroutineEvents(ThreadEvents):
     def _co_signal(self, ev: Event) -> None:
         co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
         self.loss_sweep.touched.add(co)
+        if self.job_starting and ev.tid in self.job_starting and co not in self.alive:
+            self.co_job[co] = self.job_starting.pop(ev.tid)  # job_start scheduled it into the job's iothread
         req = self.co_req.get(co)
         if req is not None and req.co == co:
             req.signalled(ev.ts_ns, ev.kind, ev.tid, self.thread(ev.tid).current == co)

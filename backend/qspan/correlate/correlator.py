@@ -56,7 +56,8 @@ class Correlator(CoroutineEvents):
             "sched.switch": self._sched_switch, "sched.wakeup": self._sched_wakeup,
             "drv.enter": self._drv_enter, "drv.hop": self._drv_hop, "drv.hop_done": self._drv_hop_done,
             "drv.ack": self._drv_ack, "drv.spawn": self._drv_spawn, "drv.spawn_done": self._drv_spawn_done,
-            "job.step": self._job_step, "job.name": self._job_name, "trace.window": self._window,
+            "job.start": self._job_start, "job.step": self._job_step, "job.name": self._job_name,
+            "trace.window": self._window,
         }
         # handled while a sampling window is closed: the window itself, and names (printed once)
         self._always = {self.handlers["trace.window"], self.handlers["node.name"], self.handlers["job.name"]}
@@ -73,6 +74,8 @@ class Correlator(CoroutineEvents):
         self.co_req: dict[int, _Req] = {}
         self.co_node: dict[int, int] = {}  # coroutine -> bs of the last node it entered
         self.co_job: dict[int, int] = {}  # coroutine -> the block job (Job pointer) it works for
+        self.co_parent: dict[int, int] = {}  # coroutine -> the one that first entered it (not the event loop)
+        self.job_starting: dict[int, int] = {}  # thread -> the job it is starting (job.start), until its coroutine
         self.pool = ThreadPool(self.config.not_workers)
         self.cost_logs: dict[int, CostLog] = {}  # thread -> its probe hits' running cost (selfcost.py)
         self.loss_sweep = LossSweep()
@@ -94,7 +97,7 @@ class Correlator(CoroutineEvents):
         self._events += 1
         ts = self.last_ts = ev.ts_ns
         if ts >= self.loss_sweep.next_ns:
-            self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, self.co_job, self.children,
+            self.stats["abandoned"] += self.loss_sweep.run(ts, self.co_req, self.alive, self.co_node, (self.co_job, self.co_parent), self.children,
                                                            self.threads.values(), self.running)
             self.pool.expire(ts)  # node visits no worker took are old
         entry = self._dispatch.get(ev.kind)
@@ -127,7 +130,7 @@ class Correlator(CoroutineEvents):
         """What coroutine co works for, for its thread's timeline: role, request id, node."""
         req = self.co_req.get(co)
         if req is None:
-            job = self.co_job.get(co)
+            job = self.job_of(co)
             return ("job:" + self.job_name(job) if job else ""), None, self.co_node.get(co, 0)
         if req.job:
             return "job:" + self.job_name(req.job), req.id, self.co_node.get(co, 0)
@@ -161,7 +164,7 @@ class Correlator(CoroutineEvents):
         name, driver = self._name(bs)
         co = t.current
         self.co_node[co] = bs
-        if req is None and co in self.co_job:
+        if req is None and self.job_of(co) is not None:
             req = self._job_request(t, co, op, bs, offset, nbytes, ev.ts_ns)
         if req is not None:
             req.nodes.append(NodeVisit(name, driver, bs, offset, nbytes, ev.ts_ns, co))

@@ -35,7 +35,8 @@ class LossSweep:
     def after_loss(self) -> None:
         self.sweeps_left = SWEEPS_AFTER_LOSS
 
-    def run(self, ts: int, co_req: dict[int, _Req], alive: set[int], co_node: dict[int, int], co_job: dict[int, int],
+    def run(self, ts: int, co_req: dict[int, _Req], alive: set[int], co_node: dict[int, int],
+            by_co: tuple[dict[int, int], ...],
             children: dict[int, Child], threads: Iterable[_Thread], running: dict[int, _Thread]) -> int:
         """The sweep due at ts: forget, in place, what was not named lately; the requests abandoned."""
         abandoned = 0
@@ -50,8 +51,9 @@ class LossSweep:
             alive &= keep
             for co in [co for co in co_node if co not in keep]:
                 del co_node[co]
-            for co in [co for co in co_job if co not in keep]:
-                del co_job[co]
+            for d in by_co:  # the correlator's other coroutine -> value maps (co_job, co_parent)
+                for co in [co for co in d if co not in keep]:
+                    del d[co]
             for co in [co for co in children if co not in keep]:
                 del children[co]
             for t in threads:

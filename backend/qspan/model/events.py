@@ -21,7 +21,8 @@ CO_ENTER = 3
 OP_READ = 1
 OP_WRITE = 2
 OP_FLUSH = 3
-OP_NAMES = {OP_READ: "read", OP_WRITE: "write", OP_FLUSH: "flush"}
+OP_COPY = 4  # node.io only: copy_file_range between two nodes (bdrv_co_copy_range_from/_to)
+OP_NAMES = {OP_READ: "read", OP_WRITE: "write", OP_FLUSH: "flush", OP_COPY: "copy"}
 
 
 # Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
