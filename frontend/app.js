@@ -16,8 +16,50 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function api(path, options = {}) {
-  const res = await fetch(path, options);
+// The server's token, when it has one (qspan serve --token): from the address's fragment
+// (#token=...: a fragment never reaches a server, its logs or a proxy's), else asked for when
+// the server refuses a request; kept for this tab only (sessionStorage), never in a URL.
+const TOKEN_KEY = "qspan-token";
+function takeTokenFromAddress() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const query = new URLSearchParams(location.search);
+  const given = fragment.get("token") || query.get("token");
+  if (!given) return;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  fragment.delete("token");
+  query.delete("token");
+  const q = query.toString(), f = fragment.toString();
+  history.replaceState(null, "", location.pathname + (q ? `?${q}` : "") + (f ? `#${f}` : ""));
+}
+takeTokenFromAddress();
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+let asking = null; // one prompt, however many requests the server refused meanwhile
+function askToken(refused) {
+  if (!asking) {
+    asking = new Promise((resolve) => {
+      const given = window.prompt(refused ? "The server refused that token. Its token:"
+        : "This qspan server needs its token (qspan serve --token):");
+      if (given && given.trim()) sessionStorage.setItem(TOKEN_KEY, given.trim());
+      resolve(Boolean(given && given.trim()));
+    }).finally(() => { setTimeout(() => { asking = null; }, 0); });
+  }
+  return asking;
+}
+function withToken(options = {}) {
+  const t = token();
+  return t ? { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${t}` } } : options;
+}
+// A WebSocket cannot carry headers: the token goes as a subprotocol, base64url (token characters only)
+function wsProtocols() {
+  const t = token();
+  if (!t) return ["qspan.v1"];
+  const b64 = btoa(String.fromCharCode(...new TextEncoder().encode(t))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return ["qspan.v1", `qspan.token.${b64}`];
+}
+
+async function api(path, options = {}, retry = true) {
+  const res = await fetch(path, withToken(options));
+  if (res.status === 401 && retry && await askToken(Boolean(token()))) return api(path, options, false);
   const body = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error(body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)) : res.statusText);
   return body;
@@ -162,7 +204,7 @@ function renderCrosscheck(rep) {
 function connect() {
   if (state.ws) state.ws.close();
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/api/sessions/${state.session}/live`);
+  const ws = new WebSocket(`${proto}://${location.host}/api/sessions/${state.session}/live`, wsProtocols());
   state.ws = ws;
   ws.onmessage = (msg) => {
     const data = JSON.parse(msg.data);
@@ -236,7 +278,9 @@ function setHealth(s) {
       : `iothread ${f.name} (${f.tid}) NOT followed: ${f.why}`);
   }
   if (s.recording_capped) {
-    parts.push(`recording stopped at ${Math.round(s.recording_bytes / 1048576)} MiB (--record-max-mb); live view goes on`);
+    parts.push(`recording stopped at ${Math.round(s.recording_bytes / 1048576)} MiB: ${s.recording_stopped || "--record-max-mb"}; live view goes on`);
+  } else if (s.recording_note) {
+    parts.push(`recording capped lower: ${s.recording_note}`);
   }
   if (s.error) parts.push(s.error);
   h.textContent = parts.join(" · ");
@@ -378,6 +422,29 @@ function drawTimeline(span, timeline) {
   }];
   const wakeups = span.handoffs.map((h) => ({ type: "line", x0: (h.ready_ns - t0) / 1000, x1: (h.ready_ns - t0) / 1000, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#d62728" } }));
   Plotly.react("timeline", traces, { ...LAYOUT, barmode: "overlay", showlegend: false, shapes: wakeups, xaxis: { title: "us since the request started" } }, PLOT);
+}
+
+// Exports are links; with a token they are fetched with it and saved from memory instead.
+for (const id of ["export-spans", "export-perfetto"]) {
+  $(id).addEventListener("click", async (e) => {
+    if (!token()) return;
+    e.preventDefault();
+    const link = $(id);
+    try {
+      const res = await fetch(link.href, withToken());
+      if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
+      const url = URL.createObjectURL(await res.blob());
+      const a = document.createElement("a");
+      a.href = url;
+      a.download = link.href.split("/").pop();
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    } catch (err) {
+      showError(`export failed: ${err.message}`);
+    }
+  });
 }
 
 $("refresh").onclick = loadProcesses;

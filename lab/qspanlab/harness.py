@@ -56,7 +56,7 @@ def free_port() -> int:
 class ServerProcess:
     """`qspan serve` in a child process on a free port, with a small JSON client for its API."""
 
-    def __init__(self, *extra: str, host: str = "127.0.0.1"):
+    def __init__(self, *extra: str, host: str = "127.0.0.1", wrapper: tuple[str, ...] = ()):
         self.port = free_port()
         self.host = host
         self.base = f"http://127.0.0.1:{self.port}"
@@ -64,7 +64,9 @@ class ServerProcess:
         # stderr to a file, not a pipe: nobody reads a pipe during a long run, and a
         # full one would block the server mid-benchmark
         self._stderr = tempfile.TemporaryFile("a+")  # O_APPEND: reading it never moves the server's writes
-        self.proc = subprocess.Popen([sys.executable, "-m", "qspan.cli", "serve", "--host", host, "--port", str(self.port), *extra],
+        # wrapper: a command that runs it (tests/e2e/test_disk.py: in a mount namespace of its own)
+        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "qspan.cli", "serve", "--host", host,
+                                      "--port", str(self.port), *extra],
                                      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr, text=True)
 
     def stderr(self) -> str:

@@ -102,3 +102,11 @@ def offsets_for(version: tuple[int, int]) -> dict[str, int]:
     from qspan.catalogue.offsets import derive
 
     return derive(catalogue.load().offsets, ACCESSOR_CODE.get(version, ACCESSOR_CODE[(7, 2)]))
+
+
+def local_client(app, **kw):
+    """A TestClient naming the server as a browser on this host would (Host: 127.0.0.1): a loopback
+    server without a token answers to loopback names only (DNS rebinding), not to "testserver"."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1:8321", **kw)

@@ -3,9 +3,9 @@
 import json
 import re
 
-from fastapi.testclient import TestClient
 
-from helpers import DATA, REPO, run_qspan
+
+from helpers import DATA, REPO, local_client, run_qspan
 from qspan import pipeline
 from qspan.output import recording
 from qspan.server.app import create_app
@@ -16,7 +16,7 @@ RECORDING = DATA / "stock-qd4-w100.qspan.gz"
 
 def _server_document(tmp_path) -> dict:
     app = create_app(Settings(record_dir=tmp_path / "sessions"))
-    with TestClient(app) as client:
+    with local_client(app) as client:
         sid = app.state.manager.open_recording(RECORDING).id
         r = client.get(f"/api/sessions/{sid}/export/spans.json")
         assert r.status_code == 200, r.text

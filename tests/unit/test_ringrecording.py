@@ -5,8 +5,10 @@ guest wrote 100 blocks at qd 4 and read them back (`qspan-lab load --op write
 --qd 4 --count 100 --verify --log`, whose output is the .guest.txt next to it).
 """
 
+import errno
 import gzip
 import json
+import os
 
 import pytest
 
@@ -146,3 +148,60 @@ def test_a_loss_bpftrace_printed_is_placed_after_the_records_read_before_it(raw,
     path.write_bytes(_join(head, frames))
     (loss,) = recording.read(path).lost
     assert loss == Lost(3, newest)
+
+
+class _FillsUp:
+    """A file that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, room: int):
+        self.room, self.data = room, bytearray()
+
+    def write(self, b: bytes) -> int:
+        if len(self.data) + len(b) > self.room:
+            self.room = len(self.data)  # and full it stays
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.data += b
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_full_disk_stops_the_recording_not_the_trace(raw):
+    """ENOSPC mid-recording: the writer stops there and says why; the end marker, if it cannot be
+    written either, is reported as missing. Nothing raises into the tracer."""
+    _, header, frames = _split(raw)
+    rings = [(_CPU.unpack_from(p)[0], p[_CPU.size:]) for tag, p in frames if tag == RING]
+    formats = tuple(header.pop("ring_printfs"))
+    f = _FillsUp(room=4096 + sum(len(d) for _, d in rings) // 3)
+    w = RawRecordingWriter(f, header, formats, header.pop("ring_strlen"))
+    for cpu, data in rings:
+        w.ring(cpu, data)
+    w.line("a line bpftrace printed")
+    assert w.capped and w.stopped_why == "write failed: No space left on device"
+    end = w.end({"reason": "stopped"})
+    assert end["capped"]["why"] == "write failed: No space left on device"
+    assert end["recording_error"] == "the end marker was not written: No space left on device"
+
+
+def test_a_room_check_stops_the_recording_with_its_reason(raw):
+    """The free-space check (server/recordings.py room_check) is asked before the first write and
+    then every ROOM_CHECK_EVERY bytes; its reason ends up in the end marker."""
+    _, header, frames = _split(raw)
+    rings = [(_CPU.unpack_from(p)[0], p[_CPU.size:]) for tag, p in frames if tag == RING]
+    formats = tuple(header.pop("ring_printfs"))
+    asked = []
+
+    def check():
+        asked.append(1)
+        return "3 MiB free in /tmp, under the 1024 MiB qspan leaves free" if len(asked) > 1 else None
+
+    w = RawRecordingWriter(_FillsUp(1 << 30), header, formats, header.pop("ring_strlen"), room_check=check)
+    w._next_check = 0
+    for cpu, data in rings[:1]:
+        w.ring(cpu, data)  # the first write: asked, room
+    assert not w.capped and len(asked) == 1
+    w._next_check = 0  # as if ROOM_CHECK_EVERY bytes had gone by
+    w.ring(*rings[1])
+    assert w.capped and w.stopped_why.startswith("3 MiB free")
+    assert w.end({})["capped"]["why"].startswith("3 MiB free")

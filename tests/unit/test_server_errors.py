@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from helpers import local_client
 
 from qspan import errors, target
 from qspan.server.app import create_app
@@ -23,7 +23,7 @@ MISSING_PID = 99_999_999  # above any pid_max (2**22): no process has it
 
 @pytest.fixture
 def client(tmp_path):
-    return TestClient(create_app(Settings(record_dir=tmp_path / "sessions")), raise_server_exceptions=False)
+    return local_client(create_app(Settings(record_dir=tmp_path / "sessions")), raise_server_exceptions=False)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_one_handler_turns_any_qspan_error_into_its_status(tmp_path):
     def boom(name: str):
         raise getattr(errors, name)(f"{name} happened")
 
-    c = TestClient(app, raise_server_exceptions=False)
+    c = local_client(app, raise_server_exceptions=False)
     for name, status in [("NoSuchProcess", 404), ("NotQemu", 422), ("TracerUnavailable", 503), ("TracerError", 422),
                          ("AlreadyTraced", 409), ("NoSuchSession", 404), ("CatalogueError", 500), ("QspanError", 422)]:
         r = c.get(f"/boom/{name}")

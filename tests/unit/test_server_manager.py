@@ -7,7 +7,7 @@ import logging
 import threading
 
 import pytest
-from fastapi.testclient import TestClient
+from helpers import local_client
 
 from qspan.errors import QspanError
 from qspan.server import frames
@@ -108,7 +108,7 @@ def test_keep_zero_drops_a_session_at_the_tick_that_sees_it_ended():
 def test_a_dropped_session_is_gone_from_the_api(tmp_path):
     clock = Clock()
     m = manager_with(clock, FakeSession("s1", 101, "detached"), record_dir=tmp_path, ended_session_ttl_s=10)
-    c = TestClient(create_app(m.settings, m))
+    c = local_client(create_app(m.settings, m))
     m.tick()
     assert c.get("/api/sessions").json() == [{"id": "s1", "pid": 101, "state": "detached", "error": None}]
     clock.t += 11
@@ -200,8 +200,38 @@ def test_a_dropped_session_leaves_no_frame_behind():
 
 def test_live_route_sends_the_managers_frame_then_the_end(tmp_path):
     m = manager_with(Clock(), FakeSession("s1", 101, "detached"), record_dir=tmp_path)
-    c = TestClient(create_app(m.settings, m))
-    with c.websocket_connect("/api/sessions/s1/live") as ws:
+    c = local_client(create_app(m.settings, m))
+    with c.websocket_connect("ws://127.0.0.1:8321/api/sessions/s1/live") as ws:  # its default Host: testserver
         frame, end = ws.receive_json(), ws.receive_json()
     assert frame["type"] == "frame" and frame["status"]["pid"] == 101
     assert end == {"type": "end", "status": {"id": "s1", "pid": 101, "state": "detached", "error": None}}
+
+
+def test_a_new_session_gets_room_under_the_total_cap_and_a_free_space_check(tmp_path, monkeypatch):
+    """attach: the oldest finished recording goes to make room (--record-total-mb), and the session
+    records with its cap and the free-space check (--record-keep-free-mb)."""
+    import os
+    import time
+
+    from qspan.server import sessions as sessions_module
+
+    made = {}
+
+    class Recorded(FakeSession):
+        def __init__(self, sid, pid, profile, record_dir, **kw):
+            super().__init__(sid, pid, "attaching")
+            made.update(kw, record_dir=record_dir)
+            self.record_path = record_dir / f"new-{sid}.qspan"
+
+        def start(self) -> None:
+            pass
+
+    old = tmp_path / "20261201-100000-pid1-s1-9.qspan"
+    old.write_bytes(b"\0" * (9 << 20))
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    monkeypatch.setattr(sessions_module, "LiveSession", Recorded)
+    m = SessionManager(Settings(record_dir=tmp_path, record_max_mb=4, record_total_mb=10, record_keep_free_mb=1))
+    m.attach(4242, None)
+    assert not old.exists()
+    assert made["record_max_bytes"] == 4 << 20 and made["record_note"] is None
+    assert made["record_room"]() is None  # the test's filesystem has a MiB free

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from fastapi.testclient import TestClient
+from helpers import local_client
 
 from qspan import target
 from qspan.errors import NotQemu
@@ -56,7 +56,7 @@ def app(tmp_path):
 
 
 def test_a_qemu_is_inspected_once_for_many_refreshes(host, app):
-    c = TestClient(app)
+    c = local_client(app)
     first = c.get("/api/processes").json()
     assert first == [{"pid": PID, "exe": QEMU, "version": "9.1.0", "qmp": f"/run/qmp-{PID}.sock",
                       "probe_source": "uprobe", "profile": "stock", "session": None}]
@@ -65,7 +65,7 @@ def test_a_qemu_is_inspected_once_for_many_refreshes(host, app):
 
 
 def test_a_reused_pid_or_an_execd_binary_is_inspected_again(host, app):
-    c = TestClient(app)
+    c = local_client(app)
     c.get("/api/processes")
     host.procs[PID] = (QEMU, 2000)  # QEMU exited, a new one got its PID
     c.get("/api/processes")
@@ -76,7 +76,7 @@ def test_a_reused_pid_or_an_execd_binary_is_inspected_again(host, app):
 
 
 def test_errors_are_cached_too_and_gone_pids_forgotten(host, app):
-    c = TestClient(app)
+    c = local_client(app)
     host.fail = NotQemu(f"PID {PID} is not QEMU (its binary is /bin/sleep)")
     for _ in range(2):
         assert c.get("/api/processes").json() == [{"pid": PID, "error": str(host.fail), "session": None}]
@@ -88,12 +88,12 @@ def test_errors_are_cached_too_and_gone_pids_forgotten(host, app):
 
 def test_a_process_that_exits_while_listed_is_left_out(host, app, monkeypatch):
     monkeypatch.setattr(target, "list_qemu_pids", lambda: [PID, PID + 1])  # PID + 1 is gone by the time we look
-    assert [row["pid"] for row in TestClient(app).get("/api/processes").json()] == [PID]
+    assert [row["pid"] for row in local_client(app).get("/api/processes").json()] == [PID]
 
 
 def test_an_unexpected_inspection_failure_is_logged_with_its_traceback(host, app, caplog):
     host.fail = KeyError("thread-id")
-    assert TestClient(app).get("/api/processes").json()[0]["error"] == "internal error: KeyError('thread-id')"
+    assert local_client(app).get("/api/processes").json()[0]["error"] == "internal error: KeyError('thread-id')"
     [rec] = [r for r in caplog.records if r.name == "qspan.server" and r.levelno == logging.ERROR]
     assert f"PID {PID}" in rec.getMessage() and rec.exc_info[0] is KeyError
 
@@ -103,7 +103,7 @@ def test_the_live_session_on_a_qemu_is_shown(host, app):
         id, pid, state = "s7", PID, "attached"
 
     app.state.manager.sessions["s7"] = Attached()
-    assert TestClient(app).get("/api/processes").json()[0]["session"] == "s7"
+    assert local_client(app).get("/api/processes").json()[0]["session"] == "s7"
 
 
 def test_start_time_is_field_22_of_proc_stat():

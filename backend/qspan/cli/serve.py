@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qspan import program
 
 
@@ -13,8 +15,20 @@ def add_server_options(s) -> None:
     s.add_argument("--sampling", default="auto", choices=("auto", "off"),
                    help="auto (default): when the server falls behind, trace fewer "
                         f"{program.WINDOW_MS} ms windows, each whole; off: trace everything, lose events when behind")
+    s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept the live WebSocket from pages of this origin (scheme://host:port; repeatable)")
+    s.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    s.add_argument("--tls-key", type=Path, help="... and this private key (PEM)")
+    s.add_argument("--record-dir", type=Path, default=Path("/tmp/qspan-sessions"),
+                   help="where each session's raw recording goes (default %(default)s)")
     s.add_argument("--record-max-mb", type=int, default=2048,
                    help="stop each session's raw recording at this size; tracing goes on (0: no limit; default %(default)s)")
+    s.add_argument("--record-total-mb", type=int, default=8192,
+                   help="all sessions' recordings together: the oldest finished ones are removed to make room for a "
+                        "new one (0: no limit; default %(default)s)")
+    s.add_argument("--record-keep-free-mb", type=int, default=1024,
+                   help="a recording stops growing when its filesystem has less than this free; tracing goes on "
+                        "(0: never; default %(default)s)")
 
 
 def settings_from(args):
@@ -22,7 +36,10 @@ def settings_from(args):
     from qspan.server.settings import Settings
 
     settings = Settings(host=args.host, port=args.port, token=args.token or None, sampling=args.sampling,
-                        record_max_mb=args.record_max_mb)
+                        record_dir=args.record_dir, record_max_mb=args.record_max_mb,
+                        record_total_mb=args.record_total_mb,
+                        record_keep_free_mb=args.record_keep_free_mb, extra_origins=tuple(args.allow_origin),
+                        tls_cert=args.tls_cert, tls_key=args.tls_key)
     settings.check()
     return settings
 

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from qspan import compiled, pipeline, program, runtime
@@ -44,7 +45,8 @@ class LiveSession(FedSession):
         return self.state == "failed"
 
     def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto",
-                 record_max_bytes: int | None = None, accounting: bool = False):
+                 record_max_bytes: int | None = None, accounting: bool = False,
+                 record_room: Callable[[], str | None] | None = None, record_note: str | None = None):
         self.id = session_id
         self.pid = pid
         self.profile_name = profile
@@ -55,6 +57,8 @@ class LiveSession(FedSession):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.record_path = record_dir / f"{stamp}-pid{pid}-{session_id}-{os.getpid()}.qspan"
         self.record_max_bytes = record_max_bytes
+        self.record_room = record_room  # asked as the recording grows: a reason to stop it (free space)
+        self.record_note = record_note  # why its cap is below the server's, if it is
         self._writer: recording.RecordingWriter | RawRecordingWriter | None = None
         self.state = "attaching"  # attaching, attached, detached, failed
         self.error: str | None = None
@@ -110,7 +114,7 @@ class LiveSession(FedSession):
             # costs a copy, where formatting each event as a text line cost ~0.6 us of the live
             # path's time an event, and that time is what makes it sample at full rate.
             with open_writer(self.record_path, self.header, self._session.transport.name, self._session.program_text,
-                             exclusive=True, max_bytes=self.record_max_bytes) as writer:
+                             exclusive=True, max_bytes=self.record_max_bytes, room_check=self.record_room) as writer:
                 self._writer = writer
                 raw = writer.on_raw is not None  # the rings' bytes: events and losses are in them already
                 batched = self._session.transport.batched
@@ -246,6 +250,10 @@ class LiveSession(FedSession):
             # the recording stops growing at the server's --record-max-mb; tracing goes on
             "recording_bytes": self._writer.written if self._writer else 0,
             "recording_capped": bool(self._writer and self._writer.capped),
+            # why it stopped growing (its cap, the disk's free space, a failed write), and why its cap is
+            # lower than the server's; the live view goes on either way
+            "recording_stopped": self._writer.stopped_why if self._writer else None,
+            "recording_note": self.record_note,
             "qemu_version": self.target.version if self.target else None,
             "newest_end_ns": newest,
             # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)

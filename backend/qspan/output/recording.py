@@ -23,13 +23,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from qspan import runtime
 from qspan.errors import RecordingError
+from qspan.output.capped import Capped
 from qspan.model.events import Event, Lost
 from qspan.transport.text import DEFAULT_STRING_KINDS, MalformedLine, parse_lines
 
@@ -64,42 +65,12 @@ def string_kinds(header: dict) -> frozenset[str]:
     return frozenset(header["string_events"]) if "string_events" in header else DEFAULT_STRING_KINDS
 
 
-class Capped:
-    """What both writers share: a byte count, and the cap past which nothing more is written.
-
-    With `max_bytes`, what comes past that size is dropped (a long live session
-    must not fill the disk the traced QEMU may live on); the end marker still
-    closes the file and says where and why it stopped.
-    """
-
-    def __init__(self, max_bytes: int | None):
-        self.max_bytes = max_bytes
-        self.written = 0  # bytes (text recordings are ASCII but for the header)
-        self.capped_at_line: str | None = None  # what was first not written, once capped
-
-    def _room(self, n: int, first: str) -> bool:
-        if self.capped_at_line is not None:
-            return False
-        if self.max_bytes is not None and self.written + n > self.max_bytes:
-            self.capped_at_line = first
-            return False
-        return True
-
-    @property
-    def capped(self) -> bool:
-        return self.capped_at_line is not None
-
-    def _end_summary(self, summary: dict) -> dict:
-        if self.capped:
-            summary = dict(summary, capped={"max_bytes": self.max_bytes, "first_line_dropped": self.capped_at_line})
-        return summary
-
-
 class RecordingWriter(Capped):
     """Writes a version-1 (text) recording incrementally; the caller owns the file object."""
 
-    def __init__(self, f: IO[str], header: dict, max_bytes: int | None = None):
-        super().__init__(max_bytes)
+    def __init__(self, f: IO[str], header: dict, max_bytes: int | None = None,
+                 room_check: Callable[[], str | None] | None = None):
+        super().__init__(max_bytes, room_check)
         self.f = f
         self._put(MAGIC + "\n")
         self._put("#header " + json.dumps(header, sort_keys=True) + "\n")
@@ -108,25 +79,26 @@ class RecordingWriter(Capped):
         self.f.write(text)
         self.written += len(text)
 
+    def _add(self, text: str, first: str) -> None:
+        if self._room(len(text), first):
+            try:
+                self._put(text)
+            except OSError as err:
+                self._failed(first, err)
+
     def line(self, raw: str) -> None:
-        text = raw if raw.endswith("\n") else raw + "\n"
-        if self._room(len(text), raw):
-            self._put(text)
+        self._add(raw if raw.endswith("\n") else raw + "\n", raw)
 
     def lines(self, raws: list[str]) -> None:
         if raws:
-            text = "\n".join(raws) + "\n"
-            if self._room(len(text), raws[0]):
-                self._put(text)
+            self._add("\n".join(raws) + "\n", raws[0])
 
     on_raw = None  # the ring transport's raw reads: not kept in a text recording
 
     def end(self, summary: dict) -> dict:
         """Close the recording with why tracing stopped; returns the end marker as written."""
         summary = self._end_summary(summary)
-        self.f.write("#end " + json.dumps(summary, sort_keys=True) + "\n")
-        self.f.flush()
-        return summary
+        return self._end(self.f, "#end " + json.dumps(summary, sort_keys=True) + "\n", summary)
 
 
 def make_header(t, cat, prof, prog) -> dict:

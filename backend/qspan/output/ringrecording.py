@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from qspan.errors import RecordingError, TracerError
 from qspan.model.events import Event, Lost
-from qspan.output.recording import MAGIC_RAW, Capped, RecordingWriter, codes, string_kinds
+from qspan.output.capped import Capped
+from qspan.output.recording import MAGIC_RAW, RecordingWriter, codes, string_kinds
 from qspan.transport.ringdecode import STRLEN, RingDecoder, layout_of, printf_formats
 from qspan.transport.text import MalformedLine, parse_line
 
@@ -41,8 +42,8 @@ class RawRecordingWriter(Capped):
     """
 
     def __init__(self, f: IO[bytes], header: dict, printf_formats: tuple[str, ...], strlen: int,
-                 max_bytes: int | None = None):
-        super().__init__(max_bytes)
+                 max_bytes: int | None = None, room_check: Callable[[], str | None] | None = None):
+        super().__init__(max_bytes, room_check)
         self.f = f
         header = dict(header, ring_printfs=list(printf_formats), ring_strlen=strlen)
         self._put((MAGIC_RAW + "\n#header " + json.dumps(header, sort_keys=True) + "\n").encode())
@@ -53,9 +54,13 @@ class RawRecordingWriter(Capped):
 
     def ring(self, cpu: int, data: bytes) -> None:
         """One read of CPU `cpu`'s ring: whole perf records."""
-        if data and self._room(_FRAME.size + _CPU.size + len(data), f"{len(data)} bytes of CPU {cpu}'s ring"):
-            self._put(_FRAME.pack(RING, _CPU.size + len(data)) + _CPU.pack(cpu))
-            self._put(data)
+        what = f"{len(data)} bytes of CPU {cpu}'s ring"
+        if data and self._room(_FRAME.size + _CPU.size + len(data), what):
+            try:
+                self._put(_FRAME.pack(RING, _CPU.size + len(data)) + _CPU.pack(cpu))
+                self._put(data)
+            except OSError as err:
+                self._failed(what, err)
 
     @property
     def on_raw(self):
@@ -65,7 +70,10 @@ class RawRecordingWriter(Capped):
     def line(self, raw: str) -> None:
         data = raw.rstrip("\n").encode("utf-8", "replace")
         if self._room(_FRAME.size + len(data), raw):
-            self._put(_FRAME.pack(LINE, len(data)) + data)
+            try:
+                self._put(_FRAME.pack(LINE, len(data)) + data)
+            except OSError as err:
+                self._failed(raw, err)
 
     def lines(self, raws: list[str]) -> None:
         for raw in raws:
@@ -74,22 +82,28 @@ class RawRecordingWriter(Capped):
     def end(self, summary: dict) -> dict:
         summary = self._end_summary(summary)
         data = json.dumps(summary, sort_keys=True).encode()
-        self.f.write(_FRAME.pack(END, len(data)) + data)
-        self.f.flush()
-        return summary
+        return self._end(self.f, _FRAME.pack(END, len(data)) + data, summary)
 
 
 @contextmanager
 def open_writer(path: Path, header: dict, transport: str, program_text: str, exclusive: bool = False,
-                max_bytes: int | None = None) -> Iterator[RecordingWriter | RawRecordingWriter]:
+                max_bytes: int | None = None, room_check: Callable[[], str | None] | None = None
+                ) -> Iterator[RecordingWriter | RawRecordingWriter]:
     """The recording a trace of `program_text` writes to `path`: version 2 (the rings' bytes) with
-    the ring transport, version 1 (text) otherwise; `exclusive`: the file must not exist yet."""
+    the ring transport, version 1 (text) otherwise; `exclusive`: the file must not exist yet.
+    Write errors after the header stop the recording, not the trace (Capped); closing is the same."""
     raw = transport == "ring"
-    with open(path, ("x" if exclusive else "w") + ("b" if raw else "")) as f:
+    f = open(path, ("x" if exclusive else "w") + ("b" if raw else ""))
+    try:
         if raw:
-            yield RawRecordingWriter(f, header, printf_formats(program_text), STRLEN, max_bytes)
+            yield RawRecordingWriter(f, header, printf_formats(program_text), STRLEN, max_bytes, room_check)
         else:
-            yield RecordingWriter(f, header, max_bytes)
+            yield RecordingWriter(f, header, max_bytes, room_check)
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass  # its buffer could not be written (the disk is full): the writer said so already
 
 
 def _frames(f: IO[bytes], state: dict) -> Iterator[tuple[bytes, bytes]]:

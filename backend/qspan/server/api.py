@@ -6,7 +6,7 @@ Exports are in exports.py, the live WebSocket in ws.py.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,7 +68,8 @@ def detach(sid: str, manager: Manager) -> dict:
 @sessions_router.get("/{sid}/spans", summary="spans by time, latency and op")
 def spans(s: Session,
           since_ns: Annotated[int, Query(ge=0)] = 0, until_ns: Annotated[int | None, Query(ge=0)] = None,
-          op: Literal["read", "write", "flush"] | None = None,
+          op: Annotated[str | None, Query(pattern=r"^(read|write|flush|copy|job:.+)$",
+                                          description="an op, or job:ID for a block job's requests")] = None,
           min_dur_us: Annotated[float, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=20000)] = 1000) -> list[dict]:
     with s.locked():
         return s.store.query(since_ns, until_ns, op, min_dur_us, limit)

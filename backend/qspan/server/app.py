@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
+        if not settings.host_ok(request.headers.get("host")):
+            return JSONResponse({"detail": "this server answers to loopback names only"}, status_code=421)
         if settings.token and request.url.path.startswith("/api"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ") or request.query_params.get("token", "")
             if not token_ok(given, settings):

@@ -41,6 +41,12 @@ def serve(settings: Settings, attach_pid: int | None = None) -> None:
     if attach_pid is not None:
         session = app.state.manager.attach(attach_pid, None)
         _progress(f"attaching to PID {attach_pid} (session {session.id}, profile {session.profile_name})")
-    where = f"http://{settings.host}:{settings.port}/"
-    _progress(f"serving the dashboard on {where}" + (" (token required)" if settings.token else ""))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    where = f"{settings.scheme}://{settings.host}:{settings.port}/"
+    _progress(f"serving the dashboard on {where}" + (" (token required: open it as "
+                                                        f"{where}#token=..., or the page asks)" if settings.token else ""))
+    if settings.plain_http_beyond_loopback:
+        _progress(f"warning: plain HTTP on {settings.host}: the token and every trace cross the network in clear; "
+                  "give --tls-cert/--tls-key, or serve on 127.0.0.1 and reach it through an SSH tunnel "
+                  f"(ssh -L {settings.port}:127.0.0.1:{settings.port} HOST)")
+    tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} if settings.tls_cert else {}
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **tls)

@@ -13,6 +13,7 @@ from qspan.errors import AlreadyTraced, NoSuchSession
 from qspan.live import LiveSession
 from qspan.live.replay import ReplaySession
 from .frames import FrameCache
+from .recordings import MiB, make_room, room_check
 from .settings import Settings
 from .targets import TargetCache
 
@@ -53,10 +54,18 @@ class SessionManager:
             self._starting.add(pid)
             sid = f"s{next(self._ids)}"
         try:  # outside the lock: inspecting QEMU can take a while, and listing must not wait for it
-            self.settings.record_dir.mkdir(parents=True, exist_ok=True)
-            session = LiveSession(sid, pid, profile, self.settings.record_dir, sampling=self.settings.sampling,
-                                  record_max_bytes=self.settings.record_max_mb * 1024 * 1024 or None,
-                                  accounting=accounting)
+            st = self.settings
+            st.record_dir.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                in_use = {s.record_path for s in self.sessions.values() if s.state in LIVE and hasattr(s, "record_path")}
+            room = make_room(st.record_dir, st.record_total_mb * MiB, st.record_max_mb * MiB or None, in_use)
+            if room.removed:
+                log.info("removed %d old recordings for room (--record-total-mb): %s", len(room.removed),
+                         ", ".join(room.removed))
+            session = LiveSession(sid, pid, profile, st.record_dir, sampling=st.sampling,
+                                  record_max_bytes=room.max_bytes, accounting=accounting,
+                                  record_room=room_check(st.record_dir, st.record_keep_free_mb * MiB)
+                                  if st.record_keep_free_mb else None, record_note=room.note)
             session.start()  # inspection errors (no such PID, not QEMU, ...) propagate from here
             with self._lock:
                 self.sessions[sid] = session

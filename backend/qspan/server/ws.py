@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -16,23 +17,38 @@ from .sessions import ENDED
 log = logging.getLogger("qspan.server")
 
 router = APIRouter(prefix="/api/sessions", tags=["live"])
+PROTOCOL = "qspan.v1"  # what the page asks for, and the server accepts with
+# + the token, base64url (a subprotocol may hold only token characters): how the page hands it
+# over; the server never echoes it
+TOKEN_PROTOCOL = "qspan.token."
+
+
+def _unb64(text: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 @router.websocket("/{sid}/live")
 async def live(ws: WebSocket, sid: str, manager: Manager, settings: AppSettings) -> None:
-    origin = ws.headers.get("origin")
-    if origin is not None and origin not in settings.allowed_origins:
+    host = ws.headers.get("host")
+    if not settings.host_ok(host) or not settings.origin_ok(ws.headers.get("origin"), host):
         await ws.close(code=1008, reason="origin not allowed")
         return
-    # browsers cannot set headers on a WebSocket: the token comes in the query string
-    if not token_ok(ws.query_params.get("token"), settings):
+    # Browsers cannot set headers on a WebSocket: the page offers the token as a subprotocol
+    # (never in a URL, where logs and history keep it); other clients may use ?token=.
+    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    given = next((_unb64(p.removeprefix(TOKEN_PROTOCOL)) for p in offered if p.startswith(TOKEN_PROTOCOL)),
+                 ws.query_params.get("token"))
+    if not token_ok(given, settings):
         await ws.close(code=1008, reason="token required")
         return
     s = manager.find(sid)
     if s is None:
         await ws.close(code=1008, reason=f"no session {sid}")
         return
-    await ws.accept()
+    await ws.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     # One frame in flight per client, built fresh each tick: a slow client gets fewer frames,
     # never a queue; one that cannot take a frame within send_timeout_s is dropped.
     try:
