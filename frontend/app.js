@@ -21,15 +21,21 @@ function showError(message) {
 // the server refuses a request; kept for this tab only (sessionStorage), never in a URL.
 const TOKEN_KEY = "qspan-token";
 function takeTokenFromAddress() {
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  const query = new URLSearchParams(location.search);
-  const given = fragment.get("token") || query.get("token");
+  // split by hand: URLSearchParams would turn a "+" of a base64 token into a space
+  const take = (text) => {
+    const parts = text.split("&").filter(Boolean);
+    const i = parts.findIndex((p) => p.startsWith("token="));
+    if (i < 0) return [null, text];
+    const given = decodeURIComponent(parts[i].slice(6));
+    parts.splice(i, 1);
+    return [given, parts.join("&")];
+  };
+  const [inFragment, fragment] = take(location.hash.slice(1));
+  const [inQuery, query] = take(location.search.slice(1));
+  const given = inFragment || inQuery;
   if (!given) return;
   sessionStorage.setItem(TOKEN_KEY, given);
-  fragment.delete("token");
-  query.delete("token");
-  const q = query.toString(), f = fragment.toString();
-  history.replaceState(null, "", location.pathname + (q ? `?${q}` : "") + (f ? `#${f}` : ""));
+  history.replaceState(null, "", location.pathname + (query ? `?${query}` : "") + (fragment ? `#${fragment}` : ""));
 }
 takeTokenFromAddress();
 const token = () => sessionStorage.getItem(TOKEN_KEY);
@@ -207,11 +213,19 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/api/sessions/${state.session}/live`, wsProtocols());
   state.ws = ws;
   ws.onmessage = (msg) => {
+    state.refused = 0;
     const data = JSON.parse(msg.data);
     if (data.type === "frame") render(data);
     if (data.type === "end") setHealth(data.status);
   };
-  ws.onclose = () => {
+  ws.onopen = () => { state.refused = 0; };
+  ws.onclose = (ev) => {
+    if (state.ws === ws && state.session && ev.code !== 1000) {
+      // refused before it opened, again and again (origin or token): say so instead of retrying in silence
+      state.refused = (state.refused || 0) + 1;
+      if (state.refused === 5) showError("the server refuses this page's live connection (its origin or token); "
+        + "open the dashboard at the address the server was started for, or restart it with --allow-origin");
+    }
     if (state.ws === ws && state.session) {
       // the session may still be running: try again shortly
       clearTimeout(state.reconnect);

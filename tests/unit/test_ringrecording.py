@@ -181,7 +181,7 @@ def test_a_full_disk_stops_the_recording_not_the_trace(raw):
     assert w.capped and w.stopped_why == "write failed: No space left on device"
     end = w.end({"reason": "stopped"})
     assert end["capped"]["why"] == "write failed: No space left on device"
-    assert end["recording_error"] == "the end marker was not written: No space left on device"
+    assert end["recording_error"] == "no end marker after the failed write: the file reads as cut"
 
 
 def test_a_room_check_stops_the_recording_with_its_reason(raw):

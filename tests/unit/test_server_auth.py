@@ -142,3 +142,19 @@ def test_plain_http_beyond_loopback_is_what_serve_warns_about(tmp_path):
     tls = Settings(host="0.0.0.0", token=TOKEN, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "c.pem")
     assert not tls.plain_http_beyond_loopback and tls.scheme == "https"
     assert "https://0.0.0.0:8321" in tls.allowed_origins
+
+
+def test_the_token_is_asked_for_on_the_path_the_router_takes_whatever_the_host_says(client):
+    """request.url is rebuilt from the Host header a client chooses: the check reads scope["path"]."""
+    for host in ("x/y?", "127.0.0.1:8321/static?", "[::1"):
+        r = client.get("http://127.0.0.1:8321/api/sessions", headers={"host": host})
+        assert r.status_code == 401, (host, r.status_code)
+
+
+def test_a_tunnel_on_another_local_port_may_open_the_live_view(tmp_path):
+    """ssh -L 9000:127.0.0.1:8321: the page comes from http://localhost:9000 to a loopback server
+    without a token; its own loopback origin is accepted, a site's rebound name is not."""
+    local = Settings(record_dir=tmp_path)
+    assert _origin_check(local, "http://localhost:9000", "localhost:9000") == "no session nope"
+    assert _origin_check(local, "http://127.0.0.1:9000", "127.0.0.1:9000") == "no session nope"
+    assert _origin_check(local, "http://evil.example:9000", "evil.example:9000") == "origin not allowed"

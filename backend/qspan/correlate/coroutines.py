@@ -68,6 +68,8 @@ class CoroutineEvents(ThreadEvents):
         if t.timeline is not None:
             t.timeline.mark(ts, stack[-1] if stack else 0)
         if action == CO_ENTER:
+            if self.job_starting and ev.tid in self.job_starting:
+                self.co_job[to_co] = self.job_starting.pop(ev.tid)  # job_start entered it (a main-loop job)
             elsewhere = self.running.get(to_co)
             if elsewhere is not None and to_co in elsewhere.stack:
                 # Running on another thread as far as we know: it ended there unseen, and
@@ -149,8 +151,6 @@ class CoroutineEvents(ThreadEvents):
         parent_req = self.co_req.get(parent) if parent else None
         if parent_req is not None:
             self._link_child(parent_req, co, "nested", None, None, ts)
-        if self.job_starting and t.tid in self.job_starting:
-            self.co_job[co] = self.job_starting.pop(t.tid)  # job_start entered the job's coroutine
         if parent:
             self.co_parent[co] = parent
             job = self.co_job.get(parent)
@@ -212,8 +212,10 @@ class CoroutineEvents(ThreadEvents):
     def _co_signal(self, ev: Event) -> None:
         co = ev.args[1] if ev.kind == "co.schedule" else ev.args[0]
         self.loss_sweep.touched.add(co)
-        if self.job_starting and ev.tid in self.job_starting and co not in self.alive:
-            self.co_job[co] = self.job_starting.pop(ev.tid)  # job_start scheduled it into the job's iothread
+        if self.job_starting and ev.tid in self.job_starting and ev.kind == "co.schedule":
+            # job_start's next move: the job's new coroutine scheduled into its iothread (its memory
+            # may be a pooled coroutine's whose end was not seen: bound whether "alive" or not)
+            self.co_job[co] = self.job_starting.pop(ev.tid)
         req = self.co_req.get(co)
         if req is not None and req.co == co:
             req.signalled(ev.ts_ns, ev.kind, ev.tid, self.thread(ev.tid).current == co)

@@ -58,6 +58,9 @@ class Capped:
         return summary
 
     def _end(self, f, data, summary: dict) -> dict:
+        if self.stopped_why is not None and self.stopped_why.startswith("write failed"):
+            # a frame may be half on disk: an end marker after it would read as corruption, none as a cut
+            return dict(summary, recording_error="no end marker after the failed write: the file reads as cut")
         try:
             f.write(data)
             f.flush()

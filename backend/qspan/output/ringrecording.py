@@ -15,6 +15,7 @@ decodes as the live path decodes a read (transport/ringdecode.py).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -94,6 +95,8 @@ def open_writer(path: Path, header: dict, transport: str, program_text: str, exc
     Write errors after the header stop the recording, not the trace (Capped); closing is the same."""
     raw = transport == "ring"
     f = open(path, ("x" if exclusive else "w") + ("b" if raw else ""))
+    # held while it is written: a server making room (--record-total-mb) leaves a locked one alone
+    fcntl.flock(f, fcntl.LOCK_EX)
     try:
         if raw:
             yield RawRecordingWriter(f, header, printf_formats(program_text), STRLEN, max_bytes, room_check)

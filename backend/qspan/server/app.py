@@ -67,7 +67,9 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
     async def require_token(request: Request, call_next):
         if not settings.host_ok(request.headers.get("host")):
             return JSONResponse({"detail": "this server answers to loopback names only"}, status_code=421)
-        if settings.token and request.url.path.startswith("/api"):
+        # scope["path"] is what the router dispatches on; request.url is rebuilt from the Host
+        # header, which a client chooses (a Host with "/" or "?" in it could move url.path)
+        if settings.token and request.scope["path"].startswith("/api"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ") or request.query_params.get("token", "")
             if not token_ok(given, settings):
                 return JSONResponse({"detail": "token required"}, status_code=401)

@@ -11,9 +11,11 @@ the live view go on.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +52,40 @@ class Room:
     note: str | None  # why the cap is below --record-max-mb, if it is
 
 
+def _ours(directory: Path) -> str | None:
+    """Why qspan must not remove files in `directory`, if it must not: it removes only in a
+    directory of its own user's that nobody else may write to (not a symlink)."""
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return f"{directory} is a symlink, not this user's, or writable by others: qspan removes nothing there"
+    return None
+
+
+def _busy(path: Path) -> bool:
+    """Another writer holds it (open_writer locks every recording while it writes): a running
+    session, of this server or of another one sharing the directory."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return True  # not ours to judge
+    return False
+
+
 def make_room(directory: Path, total_cap_bytes: int | None, session_max_bytes: int | None,
-              in_use: set[Path]) -> Room:
+              running: dict[Path, int | None]) -> Room:
     """Before a new session records: remove qspan's oldest finished recordings in `directory` until
-    all of them together and the new one at its cap fit in `total_cap_bytes`; the new session's
-    cap, lowered if removing every finished one is not enough. Files qspan did not name, and
-    recordings of sessions still running (`in_use`), are never removed."""
+    all of them, the running sessions' at their caps (`running`: path -> cap, None if none) and
+    the new one at its cap fit in `total_cap_bytes`; the new session's cap, lowered to what is
+    left if that is not enough (a session without a cap of its own gets what is left). Files qspan
+    did not name and recordings still being written (locked) are never removed."""
     if not total_cap_bytes:
         return Room(session_max_bytes, [], None)
+    refused = _ours(directory)
     files = []
     for p in directory.iterdir():
         if RECORDING_NAME.fullmatch(p.name) and p.is_file():
@@ -65,15 +93,15 @@ def make_room(directory: Path, total_cap_bytes: int | None, session_max_bytes: i
                 st = p.stat()
             except OSError:
                 continue  # removed meanwhile
-            files.append((st.st_mtime, p, st.st_size))
+            files.append((st.st_mtime, p, max(st.st_size, running.get(p) or 0) if p in running else st.st_size))
     files.sort()
     total = sum(size for _, _, size in files)
-    want = session_max_bytes if session_max_bytes is not None else total_cap_bytes
+    want = session_max_bytes or 0
     removed = []
     for _, p, size in files:
-        if total + want <= total_cap_bytes:
+        if total + want <= total_cap_bytes or refused:
             break
-        if p in in_use:
+        if p in running or _busy(p):
             continue
         try:
             p.unlink()
@@ -83,8 +111,11 @@ def make_room(directory: Path, total_cap_bytes: int | None, session_max_bytes: i
         removed.append(p.name)
         total -= size
     left = max(0, total_cap_bytes - total)
-    if left >= want:
+    if session_max_bytes is not None and left >= session_max_bytes:
         return Room(session_max_bytes, removed, None)
+    if session_max_bytes is None and not refused and left > 0:
+        return Room(left, removed, None)  # no cap of its own: what the total leaves
+    why = f"; {refused}" if refused else ""
     return Room(left, removed, f"{left // MiB} MiB left of --record-total-mb ({total_cap_bytes // MiB} MiB for all "
-                               f"recordings in {directory}; {total // MiB} MiB are running sessions' or could not "
-                               "be removed)")
+                               f"recordings in {directory}; {total // MiB} MiB are running sessions' caps or could "
+                               f"not be removed{why})")

@@ -57,8 +57,9 @@ class SessionManager:
             st = self.settings
             st.record_dir.mkdir(parents=True, exist_ok=True)
             with self._lock:
-                in_use = {s.record_path for s in self.sessions.values() if s.state in LIVE and hasattr(s, "record_path")}
-            room = make_room(st.record_dir, st.record_total_mb * MiB, st.record_max_mb * MiB or None, in_use)
+                running = {s.record_path: s.record_max_bytes for s in self.sessions.values()
+                           if s.state in LIVE and hasattr(s, "record_path")}
+            room = make_room(st.record_dir, st.record_total_mb * MiB, st.record_max_mb * MiB or None, running)
             if room.removed:
                 log.info("removed %d old recordings for room (--record-total-mb): %s", len(room.removed),
                          ", ".join(room.removed))

@@ -83,13 +83,17 @@ class Settings:
         not always the bind address: a published container port, an SSH tunnel, a DNS name. With
         a token that address is accepted as it is (its Host header): a page from any other site
         has its own origin and is refused, and one that rebinds a name of its own to this server
-        has no token. Without a token (loopback only), only the loopback names are.
+        has no token. Without a token (loopback only), only loopback names are, on any port (an
+        SSH tunnel's local end).
         """
         if origin is None:
             return True  # not a browser: the token (when set) is the check
         if origin in self.allowed_origins:
             return True
-        return bool(self.token) and host_header is not None and origin == f"{self.scheme}://{host_header}"
+        # the page's own address: with a token, whatever it is; without one, a loopback name
+        # (host_ok: an SSH tunnel on another local port), never a name a site chose
+        same = host_header is not None and origin == f"{self.scheme}://{host_header}"
+        return same and (bool(self.token) or self.host_ok(host_header))
 
     def host_ok(self, host_header: str | None) -> bool:
         """A loopback server without a token answers only to loopback names: a site that points a

@@ -38,7 +38,7 @@ async def live(ws: WebSocket, sid: str, manager: Manager, settings: AppSettings)
         return
     # Browsers cannot set headers on a WebSocket: the page offers the token as a subprotocol
     # (never in a URL, where logs and history keep it); other clients may use ?token=.
-    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    offered = list(ws.scope.get("subprotocols", []))  # every Sec-WebSocket-Protocol line, split
     given = next((_unb64(p.removeprefix(TOKEN_PROTOCOL)) for p in offered if p.startswith(TOKEN_PROTOCOL)),
                  ws.query_params.get("token"))
     if not token_ok(given, settings):
