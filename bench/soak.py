@@ -201,8 +201,13 @@ def main() -> None:
     t0 = time.monotonic()
     deadline = t0 + args.hours * 3600
     verified_before = failed_before = cut_before = 0
+    # Ctrl-C or a SIGTERM ends the cycle under way as planned and then the soak, so the lab is
+    # taken down and the totals so far are still written (the run is marked as stopped early).
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda n, _f: (print(f"signal {n}: stopping after this cycle", flush=True), stop.set()))
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             kind = KINDS[totals["cycles"] % len(KINDS)]
             totals["cycles"] += 1
             started = time.monotonic()
@@ -212,9 +217,9 @@ def main() -> None:
             except QspanError as err:
                 print(f"cycle {totals['cycles']}: attach failed: {err}", flush=True)
                 totals["sessions_failed_unexpectedly"] += 1
-                time.sleep(args.cycle_s)
+                stop.wait(args.cycle_s)
                 continue
-            time.sleep(args.cycle_s / 2)
+            stop.wait(args.cycle_s / 2)
             if kind == "detach":
                 server.request("DELETE", f"/api/sessions/{sid}")
                 status = server.get(f"/api/sessions/{sid}")[1]["status"]
@@ -271,18 +276,26 @@ def main() -> None:
             print(f"cycle {totals['cycles']} {kind}: {note}; {time.monotonic() - started:.0f} s; "
                   f"guest segments verified {verified_before + guest.verified}; leaks {len(totals['leaks'])}; "
                   f"stalls {len(watchdog.stalls)}", flush=True)
-            time.sleep(max(0.0, args.cycle_s - (time.monotonic() - started)))
+            write_totals(out, totals, t0, watchdog, guest, verified_before, failed_before, cut_before, baseline)
+            stop.wait(max(0.0, args.cycle_s - (time.monotonic() - started)))
     finally:
         watchdog.paused = True
         guest.stop()
         server.stop()
         lab.down(d / "lab")
+    totals["stopped_early"] = stop.is_set()
+    write_totals(out, totals, t0, watchdog, guest, verified_before, failed_before, cut_before, baseline)
+    print(json.dumps({k: v for k, v in totals.items() if k != "kernel_baseline"}))
+
+
+def write_totals(out: Path, totals: dict, t0: float, watchdog: Watchdog, guest: Guest,
+                 verified_before: int, failed_before: int, cut_before: int, baseline: dict) -> None:
+    """OUT/soak.json, rewritten after every cycle: a soak cut short by anything still leaves its figures."""
     totals.update(hours=round((time.monotonic() - t0) / 3600, 2), stalls=watchdog.stalls,
                   guest_segments_verified=verified_before + guest.verified,
                   guest_segments_failed=failed_before + guest.failed,
                   guest_segments_cut_by_qemu_kills=cut_before + guest.cut, kernel_baseline=baseline)
     (out / "soak.json").write_text(json.dumps(totals, indent=1))
-    print(json.dumps({k: v for k, v in totals.items() if k != "kernel_baseline"}))
 
 
 if __name__ == "__main__":
