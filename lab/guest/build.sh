@@ -66,7 +66,10 @@ done
 for m in virtio_blk virtio_scsi sd_mod; do
     grep -qx $m "$root/lib/modules/order" || { echo "lab guest: $m module not found for $kver" >&2; exit 1; }
 done
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.gz"
-cp "$kernel" "$out/vmlinuz"
+# Renamed into place: a lab booting while this runs reads the old files or the new ones, never half.
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.gz.new"
+cp "$kernel" "$out/vmlinuz.new"
+mv "$out/initramfs.gz.new" "$out/initramfs.gz"
+mv "$out/vmlinuz.new" "$out/vmlinuz"
 echo "$stamp" >"$out/stamp"
 echo "lab guest: built $out/vmlinuz and $out/initramfs.gz"

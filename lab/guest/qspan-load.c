@@ -9,7 +9,11 @@
  * one summary line (and, with --log, one line per request) on stdout:
  *
  *   QSPAN-LOAD done op=write requests=2000 verify_reads=2000 verify=ok ...
- *   QSPAN-REQ write <offset> <latency_ns>
+ *   QSPAN-REQ write <offset> <latency_ns> <start_ns>
+ *
+ * start_ns is when the request was issued, on the guest's CLOCK_MONOTONIC: set
+ * against the host's kick of each request it gives the guest clock's rate and
+ * jitter against the host's in the same run (tests/e2e/test_e2e.py).
  *
  * Thread regions are disjoint and separated by a gap block, so two requests
  * in flight are never contiguous and QEMU cannot merge them: one guest
@@ -50,6 +54,7 @@ struct options {
 struct req_record {
     uint64_t offset;
     uint64_t lat_ns;
+    uint64_t start_ns;
 };
 
 struct worker {
@@ -93,7 +98,7 @@ static int check_pattern(const uint64_t *buf, size_t bs, uint64_t offset, uint32
     return 0;
 }
 
-static void record(struct worker *w, uint64_t offset, uint64_t lat)
+static void record(struct worker *w, uint64_t offset, uint64_t lat, uint64_t start)
 {
     if (w->nrecords == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 4096;
@@ -105,6 +110,7 @@ static void record(struct worker *w, uint64_t offset, uint64_t lat)
     }
     w->records[w->nrecords].offset = offset;
     w->records[w->nrecords].lat_ns = lat;
+    w->records[w->nrecords].start_ns = start;
     w->nrecords++;
 }
 
@@ -150,7 +156,7 @@ static void *worker_main(void *arg)
                     done < 0 ? strerror(errno) : "short transfer");
             w->errors++;
         }
-        record(w, offset, t1 - t0);
+        record(w, offset, t1 - t0, t0);
         if (++block == w->region_blocks) {
             block = 0;
             gen++;
@@ -296,8 +302,8 @@ int main(int argc, char **argv)
     if (opt.log)
         for (int i = 0; i < opt.qd; i++)
             for (long j = 0; j < workers[i].nrecords; j++)
-                printf("QSPAN-REQ %s %" PRIu64 " %" PRIu64 "\n", opt.write ? "write" : "read",
-                       workers[i].records[j].offset, workers[i].records[j].lat_ns);
+                printf("QSPAN-REQ %s %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", opt.write ? "write" : "read",
+                       workers[i].records[j].offset, workers[i].records[j].lat_ns, workers[i].records[j].start_ns);
     printf("QSPAN-LOAD done op=%s bs=%zu qd=%d requests=%ld errors=%ld verify_reads=%ld verify=%s "
            "p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f min_us=%.1f iops=%.0f\n",
            opt.write ? "write" : "read", opt.bs, opt.qd, requests, errors, verify_reads,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import guest_requests, require_tracing, run_qspan, tracer_pids
+from helpers import guest_clock_fit, guest_requests, require_tracing, run_qspan, tracer_pids
 from qspanlab import lab
 from qspanlab.harness import start_traced
 
@@ -83,13 +83,26 @@ def test_attach_spans_match_the_guest(vm, output_dir):
         assert {n["node"] for n in x["nodes"]} <= node_names  # names read off QEMU's memory match QMP
         (h,) = x["handoffs"]
         assert sum(h["instead_ns"].values()) == h["delay_ns"]
-        if x["op"] == "write":
-            # The guest times a request with its own clock, which under TCG is QEMU's virtual
-            # clock, not the host's: a host span was once 1.7 us (0.5 %) longer than the guest's
-            # latency for it (CI, 1 span in 1,000). Allowed: 1 % + 5 us; a span that started too
-            # early or ended too late (a misattributed kick, a late ack) is off by far more.
-            lat = guest[("write", x["offset"])]
-            assert x["dur_ns"] <= lat + lat // 100 + 5_000, (x["id"], x["dur_ns"], lat)
+
+    # A span (the guest's kick to QEMU's ack) lies inside the guest's own timing of the request,
+    # but the guest times with its own clock: under TCG its TSC, at the rate its kernel calibrated
+    # at boot. That rate against the host's is measured in this very run, from each write's start
+    # on both clocks (a least-squares fit over the 1,000), and the guest's latency converted
+    # with it; what is left is the guest's own path to the kick and from the ack.
+    # Measured (two runs on each build, this machine): 0.9982-0.9998 host ns a guest ns (the
+    # guest's clock 0.02-0.18 % fast, boot to boot), and at least 40-53 us left for every write. One CI run
+    # before this fit had one span of 1,000 1.7 us over the guest's raw latency, not seen since:
+    # at most one such span is let pass (and printed); a misattributed kick or a late ack
+    # would show as many, and by far more.
+    rate, resid_p99_ns, pairs = guest_clock_fit(writes, res.output)
+    headroom = sorted((rate * guest[("write", x["offset"])] - x["dur_ns"], x["id"]) for x in writes)
+    (output_dir / f"guest-clock-{vm.qemu}.json").write_text(json.dumps(
+        {"host_ns_per_guest_ns": rate, "start_residual_p99_ns": resid_p99_ns, "pairs": pairs,
+         "headroom_ns_min": headroom[0][0], "headroom_ns_p1": headroom[len(headroom) // 100][0]}))
+    assert pairs == len(writes) and 0.995 < rate < 1.005, (pairs, rate)
+    over = [(sid, round(-h)) for h, sid in headroom if h < 0]
+    print(f"{vm.qemu}: guest clock {rate:.6f} host ns a guest ns; spans over the guest's latency: {over}")
+    assert len(over) <= 1, over
 
     # QEMU and its guest are unharmed once the tracer has detached.
     assert lab.status(Path(vm.dir)) is not None

@@ -74,6 +74,20 @@ def one_clear_error(r: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+def guest_clock_fit(spans: list[dict], text: str) -> tuple[float, float, int]:
+    """The guest's clock against the host's, from the same requests: each write's start on the
+    guest's clock (qspan-load --log's 4th field) against its span's start (the host's kick).
+    Returns (rate: host ns per guest ns, by least squares; the residuals' p99 in ns; pairs)."""
+    starts = {(op, int(off)): int(t0) for op, off, t0 in re.findall(r"QSPAN-REQ (\w+) (\d+) \d+ (\d+)", text)}
+    pairs = [(starts[(s["op"], s["offset"])], s["start_ns"]) for s in spans if (s["op"], s["offset"]) in starts]
+    n = len(pairs)
+    gx = sum(g for g, _ in pairs) / n
+    hy = sum(h for _, h in pairs) / n
+    rate = sum((g - gx) * (h - hy) for g, h in pairs) / sum((g - gx) ** 2 for g, _ in pairs)
+    resid = sorted(abs((h - hy) - rate * (g - gx)) for g, h in pairs)
+    return rate, resid[min(n - 1, int(0.99 * n))], n
+
+
 def guest_requests(text: str) -> dict[tuple[str, int], int]:
     """The guest's per-request log: (op, offset) -> latency in ns."""
     return {(op, int(off)): int(lat) for op, off, lat in re.findall(r"QSPAN-REQ (\w+) (\d+) (\d+)", text)}
