@@ -4,7 +4,8 @@
 const state = { session: null, ws: null, selected: null, reconnect: null, crosscheck: null };
 const $ = (id) => document.getElementById(id);
 const PLOT = { displaylogo: false, responsive: true };
-const LAYOUT = { margin: { l: 60, r: 10, t: 10, b: 40 }, legend: { orientation: "h" } };
+// legends above the plot: below it they would sit on the x axis title
+const LAYOUT = { margin: { l: 60, r: 10, t: 30, b: 45 }, legend: { orientation: "h", y: 1.02, yanchor: "bottom" } };
 const CATEGORY_COLORS = {
   other_requests: "#d62728", spawned: "#ff7f0e", block_job: "#8c564b", background: "#9467bd",
   event_loop: "#7f7f7f", asleep: "#1f77b4", runnable: "#bcbd22", unwatched: "#e0e0e0",
@@ -204,7 +205,7 @@ function renderCrosscheck(rep) {
     bar(first.r.qemu_bins, "QEMU's histogram", "#1f77b4"),
     bar(first.r.acct_bins, "qspan: QEMU's interval", "#2ca02c"),
     bar(first.r.span_bins, "qspan: spans (kick to ack)", "#ff7f0e"),
-  ], { ...LAYOUT, barmode: "group", xaxis: { title: `latency bin (us): ${first.dev} ${first.op}` }, yaxis: { title: "requests" } }, PLOT);
+  ], { ...LAYOUT, barmode: "group", xaxis: { title: `latency bin (us): ${first.dev} ${first.op}` }, yaxis: { title: { text: "requests" } } }, PLOT);
 }
 
 function connect() {
@@ -334,7 +335,7 @@ function renderLatency(rows) {
       traces.push({ x, y: mine.map((r) => r[p]), name: `${op} ${p.replace("_us", "")}`, mode: "lines", type: "scatter" });
     }
   }
-  Plotly.react("latency", traces, { ...LAYOUT, yaxis: { title: "us", type: "log" }, xaxis: { title: "time (monotonic)" } }, PLOT);
+  Plotly.react("latency", traces, { ...LAYOUT, yaxis: { title: { text: "us" }, type: "log" }, xaxis: { title: { text: "time (monotonic)" } } }, PLOT);
 }
 
 function renderBreakdown(bd) {
@@ -343,7 +344,7 @@ function renderBreakdown(bd) {
   const phaseTraces = phaseNames.map((ph) => ({
     type: "bar", orientation: "h", name: ph, y: ops, x: ops.map((op) => bd[op].phase_mean_us[ph] || 0),
   }));
-  Plotly.react("phases", phaseTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: "us" } }, PLOT);
+  Plotly.react("phases", phaseTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: { text: "us" } } }, PLOT);
   // qspan's own probes are inside those phases: say how much, as calibrated (tracers/costs.txt)
   const own = ops.filter((op) => bd[op].qspan_mean_us !== null && bd[op].qspan_mean_us !== undefined)
     .map((op) => `${op} ${bd[op].qspan_mean_us.toFixed(1)} us of ${bd[op].mean_us.toFixed(1)}`);
@@ -355,12 +356,12 @@ function renderBreakdown(bd) {
     type: "bar", orientation: "h", name: c, y: ops, marker: { color: CATEGORY_COLORS[c] },
     x: ops.map((op) => (bd[op].instead_mean_us || {})[c] || 0),
   }));
-  Plotly.react("instead", insteadTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: "us" } }, PLOT);
+  Plotly.react("instead", insteadTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: { text: "us" } } }, PLOT);
   const histTraces = ops.map((op) => ({
     type: "bar", name: op, x: bd[op].histogram.edges_us.map((e) => `<${e}`).concat([`>=${bd[op].histogram.edges_us.slice(-1)[0]}`]),
     y: bd[op].histogram.counts,
   }));
-  Plotly.react("histogram", histTraces, { ...LAYOUT, xaxis: { title: "latency (us)" }, yaxis: { title: "requests" } }, PLOT);
+  Plotly.react("histogram", histTraces, { ...LAYOUT, xaxis: { title: { text: "latency (us)" } }, yaxis: { title: { text: "requests" } } }, PLOT);
 }
 
 function renderSlowest(rows) {
@@ -421,7 +422,7 @@ function drawWaterfall(span) {
   }));
   Plotly.react("waterfall", traces, {
     ...LAYOUT, margin: { l: 260, r: 10, t: 10, b: 40 }, showlegend: false, shapes, annotations,
-    yaxis: { autorange: "reversed" }, xaxis: { title: "us since the request started" },
+    yaxis: { autorange: "reversed" }, xaxis: { title: { text: "us since the request started" } },
   }, PLOT);
 }
 
@@ -435,7 +436,7 @@ function drawTimeline(span, timeline) {
     marker: { color: timeline.map((s) => (s.kind === "co" && s.request === span.id ? "#2ca02c" : s.kind === "co" && s.role !== "request" && s.role ? "#ff7f0e" : colors[s.kind] || "#999")) },
   }];
   const wakeups = span.handoffs.map((h) => ({ type: "line", x0: (h.ready_ns - t0) / 1000, x1: (h.ready_ns - t0) / 1000, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#d62728" } }));
-  Plotly.react("timeline", traces, { ...LAYOUT, barmode: "overlay", showlegend: false, shapes: wakeups, xaxis: { title: "us since the request started" } }, PLOT);
+  Plotly.react("timeline", traces, { ...LAYOUT, barmode: "overlay", showlegend: false, shapes: wakeups, xaxis: { title: { text: "us since the request started" } } }, PLOT);
 }
 
 // Exports are links; with a token they are fetched with it and saved from memory instead.

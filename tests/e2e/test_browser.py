@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 from playwright.sync_api import sync_playwright
 
+from chromium import launch, require_chromium
 from helpers import require_tracing
 from qspanlab import lab
 from qspanlab.harness import ServerProcess as Server
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     require_tracing()
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (scripts/setup.sh does)")
+    require_chromium()
     d = tmp_path_factory.mktemp("lab")
     info = lab.up(d, scenario="seed")
     server = Server().wait_ready()
@@ -35,7 +31,7 @@ def setup(tmp_path_factory):
 def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
     vm, server = setup
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -20,15 +20,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from chromium import launch, require_chromium
 from helpers import guest_requests, require_tracing, run_qspan
 from qspan.target import process_alive
 from qspanlab import lab, libvirt
 from qspanlab.harness import ServerProcess, start_traced
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 LIBVIRT_NODES = {"libvirt-1-format", "libvirt-1-storage"}  # the names libvirt gives the disk's two nodes
 
 
@@ -140,12 +138,11 @@ def test_crosscheck_through_libvirt_agrees_with_qemu_s_histogram(vm, output_dir)
 
 
 def test_dashboard_attaches_to_the_libvirt_vm(vm, output_dir):
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (scripts/setup.sh does)")
+    require_chromium()
     server = ServerProcess().wait_ready()  # LIBVIRT_DEFAULT_URI is in its environment (the fixture)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+            browser = launch(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))

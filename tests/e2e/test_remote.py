@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -25,14 +24,12 @@ import pytest
 import websockets
 from playwright.sync_api import sync_playwright
 
+from chromium import launch, require_chromium
 from helpers import require_tracing
 from qspanlab import lab
 from qspanlab.harness import ServerProcess
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 TOKEN = "9f2c41d7e0b35a86"
 
 
@@ -76,8 +73,7 @@ class Forwarder:
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory):
     require_tracing()
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (scripts/setup.sh does)")
+    require_chromium()
     d = tmp_path_factory.mktemp("lab")
     info = lab.up(d)
     yield info
@@ -111,7 +107,7 @@ def test_a_token_protected_server_through_a_published_port(vm, output_dir):
     try:
         assert "warning: plain HTTP on 0.0.0.0" in server.stderr() and "ssh -L" in server.stderr()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+            browser = launch(p)
             # the token in the fragment: taken, kept for the tab, and gone from the address
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             errors = []
@@ -190,7 +186,7 @@ def test_the_same_over_https(vm, tmp_path, output_dir):
                 time.sleep(0.2)
         assert "warning: plain HTTP" not in server.stderr()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+            browser = launch(p)
             page = browser.new_context(ignore_https_errors=True, accept_downloads=True).new_page()
             page.goto(f"{base}/#token={TOKEN}")
             _watch_live(page, vm)  # the live view over wss

@@ -16,11 +16,12 @@ delay after the probe that opens the phase fires.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
 
-from helpers import guest_requests, require_tracing
+from helpers import guest_requests, require_tracing, run_qspan
 from qspanlab.seed import run_case
 
 pytestmark = pytest.mark.e2e
@@ -94,3 +95,26 @@ def test_b_and_the_replica_hold_what_the_guest_wrote(runs):
             block = run.disk[offset: offset + 4096]
             assert block[:8] == MAGIC, f"B lacks the guest's data at {offset}"
             assert run.replica[offset: offset + 4096] == block, f"replica differs from B at {offset}"
+
+
+def test_compare_says_the_mitigation_took_b_off_the_ack_path(runs, tmp_path, output_dir):
+    """qspan compare, seed (A) against seed-mitigated (B): the handoff is what moved, and its
+    spawned part moved by exactly what the two runs' own summaries say B's share fell by."""
+    files = []
+    for key in (("seed", C_US), ("seed-mitigated", C_US)):
+        f = tmp_path / f"{key[0]}.json"
+        f.write_text(json.dumps(runs[key].spans))
+        files.append(f)
+    out = output_dir / "compare-seed-mitigated.json"
+    r = run_qspan("compare", *map(str, files), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    (output_dir / "compare-seed-mitigated.txt").write_text(r.stdout)
+    w = json.loads(out.read_text())["groups"]["write"]
+    assert w["a"]["requests"] == w["b"]["requests"] == 300
+    busy = runs[("seed", C_US)].summary["spawned_mean_us"]
+    mitigated = runs[("seed-mitigated", C_US)].summary["spawned_mean_us"]
+    spawned = next(p for p in w["mean"]["parts"] if p["part"] == "handoff/spawned")
+    # one handoff a write, split by what ran instead: the part is the summary's mean to rounding
+    assert spawned["a_us"] == pytest.approx(busy, abs=0.01) and spawned["b_us"] == pytest.approx(mitigated, abs=0.01)
+    for key in ("mean", "p50"):
+        assert w[key]["delta_us"] < 0 and w[key]["explains"]["phase"] == "handoff", (key, w[key]["explains"], r.stdout)

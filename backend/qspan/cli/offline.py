@@ -1,4 +1,4 @@
-"""Commands on files, no QEMU needed: spans, perfetto, summary."""
+"""Commands on files, no QEMU needed: spans, perfetto, summary, compare."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from qspan.cli.common import progress, write_json
 from qspan.cli.trace import report_spans
 from qspan.errors import QspanError
 from qspan.model.spans import span_dict
-from qspan.output import chrome, recording, report
+from qspan.output import chrome, compare, recording, report
 
 
 def cmd_spans(args) -> int:
@@ -32,12 +32,63 @@ def cmd_perfetto(args) -> int:
     return 0
 
 
-def cmd_summary(args) -> int:
+def _spans_json(path: str) -> list[dict]:
     try:
-        spans = json.loads(Path(args.spans).read_text())["spans"]
+        spans = json.loads(Path(path).read_text())["spans"]
+        if not isinstance(spans, list):
+            raise TypeError("'spans' is not a list")
+        return spans
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise QspanError(f"{args.spans}: not a qspan spans JSON file ({err})") from None
-    print(report.render_text(report.breakdown(spans)))
+        raise QspanError(f"{path}: not a qspan spans JSON file ({err})") from None
+
+
+def cmd_summary(args) -> int:
+    print(report.render_text(report.breakdown(_spans_json(args.spans))))
+    return 0
+
+
+def _spans_of(path: str) -> list[dict]:
+    """A spans JSON file's spans, or a recording's, correlated here."""
+    if recording.is_recording(path):
+        progress(f"{path}: correlating the recording")
+        return [span_dict(s) for s in pipeline.correlate_recording(recording.read(path)).spans]
+    return _spans_json(path)
+
+
+def _window(text: str | None) -> tuple[float | None, float | None]:
+    """'FROM:TO' in seconds after the first span's start; either end may be left out."""
+    if text is None:
+        return None, None
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        out = (float(lo) if lo else None, float(hi) if hi else None)
+    except ValueError:
+        raise QspanError(f"window {text!r}: expected FROM:TO in seconds, e.g. 0:10 or 30:") from None
+    if out[0] is not None and out[1] is not None and out[1] <= out[0]:
+        raise QspanError(f"window {text!r}: its end is not after its start")
+    return out
+
+
+def cmd_compare(args) -> int:
+    """Two recordings, spans files or windows of them: where the latency difference went."""
+    sides = []
+    for path, win in ((args.a, args.window_a), (args.b, args.window_b)):
+        lo, hi = _window(win)
+        spans = compare.window(_spans_of(path), lo, hi)
+        if not spans:
+            raise QspanError(f"{path}: no spans" + (f" in window {win}" if win else ""))
+        sides.append(spans)
+    result = compare.compare(*sides)
+    if not result["groups"]:
+        raise QspanError(f"nothing to compare: A has {', '.join(result['only_in_a'])}, "
+                         f"B has {', '.join(result['only_in_b'])}")
+    labels = [p + (f" [{w} s]" if w else "") for p, w in ((args.a, args.window_a), (args.b, args.window_b))]
+    result["a"], result["b"] = {"source": labels[0]}, {"source": labels[1]}
+    if args.out:
+        write_json(args.out, result)
+    print(compare.render_text(result, *labels))
     return 0
 
 
@@ -52,3 +103,10 @@ def add(sub, parents) -> None:
     s = sub.add_parser("summary", help="print the latency breakdown of a spans JSON file")
     s.add_argument("spans", help="a spans JSON file (qspan spans, qspan attach, or the dashboard's export)")
     s.set_defaults(fn=cmd_summary)
+    s = sub.add_parser("compare", help="before and after: where the latency difference between two traces went")
+    s.add_argument("a", help="A, the before: a recording (.qspan, .qspan.gz) or a spans JSON file")
+    s.add_argument("b", help="B, the after: the same kinds (may be the same file, with another window)")
+    s.add_argument("--window-a", metavar="FROM:TO", help="only A's spans that started FROM..TO s after its first")
+    s.add_argument("--window-b", metavar="FROM:TO", help="the same for B")
+    s.add_argument("--out", help="also write the comparison as JSON (schema qspan.compare/1)")
+    s.set_defaults(fn=cmd_compare)

@@ -47,11 +47,14 @@ def settings_from(args):
 def cmd_serve(args) -> int:
     from qspan.server.run import serve
 
-    serve(settings_from(args))
+    serve(settings_from(args), recordings=tuple(args.open))
     return 0
 
 
 def add(sub, parents) -> None:
     s = sub.add_parser("serve", help="serve the live dashboard (FastAPI) on 127.0.0.1")
     add_server_options(s)
+    s.add_argument("--open", action="append", default=[], type=Path, metavar="RECORDING",
+                   help="replay this recording into a session of its own, kept while the server runs: a trace taken "
+                        "elsewhere, looked at here (repeatable)")
     s.set_defaults(fn=cmd_serve)

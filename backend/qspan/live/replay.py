@@ -32,6 +32,7 @@ class ReplaySession(FedSession):
         self.error: str | None = None
         self.started_at = time.time()
         self.ended_at: float | None = None
+        self.pinned = False  # SessionManager.open_recording: kept for the server's lifetime when True
         self._lock = threading.Lock()
 
     @property
@@ -63,7 +64,7 @@ class ReplaySession(FedSession):
             "reason": (self.end or {}).get("reason"), "events": feed.lines, "events_per_s": 0.0,
             "lost_events": feed.lost, "malformed_lines": feed.malformed, "spans": feed.store.requests,
             "started_at": self.started_at, "attached_at": None, "ended_at": self.ended_at,
-            "recording": str(self.path), "replay": True,
+            "recording": str(self.path), "replay": True, "pinned": self.pinned,
             "qemu_version": self.header.get("target", {}).get("version"),
             "newest_end_ns": feed.store.newest_end_ns,
         }

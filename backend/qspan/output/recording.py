@@ -165,6 +165,15 @@ def _open(path: Path) -> IO[bytes]:
         raise RecordingError(f"{path}: cannot open recording: {err.strerror}") from err
 
 
+def is_recording(path: str | Path) -> bool:
+    """Whether the file starts as a recording of either version (a spans JSON file does not)."""
+    try:
+        with _open(Path(path)) as f:
+            return f.readline(64).decode("ascii", "replace").rstrip("\n") in (MAGIC, MAGIC_RAW)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+
+
 def _text(f: IO[bytes]) -> IO[str]:
     return io.TextIOWrapper(f, encoding="utf-8", errors="strict", newline="\n")
 

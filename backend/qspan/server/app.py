@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from qspan import __version__
 from qspan import resources
 from qspan.errors import QspanError
-from . import api, exports, ws
+from . import api, compare, exports, ws
 from .deps import token_ok
 from .sessions import SessionManager
 from .settings import Settings
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
     app.include_router(api.processes_router)
     app.include_router(api.sessions_router)
     app.include_router(exports.router)
+    app.include_router(compare.router)
     app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
 

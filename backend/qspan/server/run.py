@@ -24,8 +24,9 @@ def _log_to_stderr(level: int = logging.WARNING) -> None:
     logger.propagate = False  # no second copy through a root handler someone else configured
 
 
-def serve(settings: Settings, attach_pid: int | None = None) -> None:
-    """Serve until interrupted; with `attach_pid`, a session on that QEMU starts at once."""
+def serve(settings: Settings, attach_pid: int | None = None, recordings: tuple = ()) -> None:
+    """Serve until interrupted; with `attach_pid`, a session on that QEMU starts at once; each of
+    `recordings` is replayed into a session of its own first, kept for the server's lifetime."""
     import uvicorn
 
     from qspan.server.app import create_app
@@ -38,6 +39,9 @@ def serve(settings: Settings, attach_pid: int | None = None) -> None:
 
     _log_to_stderr()
     app = create_app(settings)
+    for path in recordings:  # a RecordingError here is the command's one clear error, before serving
+        session = app.state.manager.open_recording(path, pinned=True)
+        _progress(f"opened {path} as session {session.id}: {session.feed.store.requests} spans")
     if attach_pid is not None:
         session = app.state.manager.attach(attach_pid, None)
         _progress(f"attaching to PID {attach_pid} (session {session.id}, profile {session.profile_name})")

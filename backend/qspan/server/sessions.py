@@ -76,11 +76,13 @@ class SessionManager:
         log.info("session %s: attaching to PID %d (profile %s)", sid, pid, session.profile_name)
         return session
 
-    def open_recording(self, path: str | Path) -> ReplaySession:
-        """A session made by replaying a recording (RecordingError if it is unreadable); it is ended at once."""
+    def open_recording(self, path: str | Path, pinned: bool = False) -> ReplaySession:
+        """A session made by replaying a recording (RecordingError if it is unreadable); it is ended at once.
+        A pinned one (`qspan serve --open`) stays for the server's lifetime: prune leaves it."""
         with self._lock:
             sid = f"s{next(self._ids)}"
         session = ReplaySession(sid, path)
+        session.pinned = pinned
         session.start()
         with self._lock:
             self.sessions[sid] = session
@@ -138,7 +140,8 @@ class SessionManager:
         """Forget ended sessions beyond the newest keep_ended_sessions, or ended over ended_session_ttl_s ago."""
         now = self._clock()
         with self._lock:
-            ended = sorted((t, sid) for sid, t in self._ended_at.items() if sid in self.sessions)
+            ended = sorted((t, sid) for sid, t in self._ended_at.items()
+                           if sid in self.sessions and not getattr(self.sessions[sid], "pinned", False))
             overflow = len(ended) - self.settings.keep_ended_sessions
             gone = [sid for i, (t, sid) in enumerate(ended)
                     if i < overflow or now - t > self.settings.ended_session_ttl_s]
