@@ -13,7 +13,7 @@ COPY frontend ./frontend
 # a plain (non-editable) install: the catalogue and the dashboard ship inside the wheel.
 # The correlator runs pure Python here (no compiler in the image): `python -m qspan.compiled
 # build` in an image with gcc, python3-dev and the 'compiled' extra would make it ~2x faster.
-RUN python3 -m venv /opt/qspan/.venv && /opt/qspan/.venv/bin/pip install --no-cache-dir .
+RUN python3 -m venv /opt/qspan/.venv && /opt/qspan/.venv/bin/pip install --no-cache-dir .[otlp]
 ENV PATH=/opt/qspan/.venv/bin:$PATH
 # Inside the container's own network namespace 0.0.0.0 is how the published port reaches
 # qspan: compose publishes it on the host's 127.0.0.1 only, and a token is still required.

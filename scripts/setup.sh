@@ -52,7 +52,7 @@ step "Python environment (.venv): qspan with its test extras, and the lab packag
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,compiled]' -e lab
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,compiled,otlp]' -e lab
 for cmd in qspan qspan-lab; do
     if ! .venv/bin/$cmd --help >/dev/null; then
         echo "setup: .venv/bin/$cmd does not run after pip install (see the errors above)" >&2
@@ -78,6 +78,9 @@ bash lab/qemu10/fetch.sh build/qemu-10.0
 
 step "QEMU 7.2 with USDT probes (the dtrace trace backend), from the same source package (~3 min the first time)"
 bash lab/qemu-dtrace/build.sh "$(dirname "$(ls -d build/driver-o/src/qemu-*/configure | head -1)")" build/qemu-7.2-dtrace
+
+step "Prometheus (Debian's), unpacked for the tests of /metrics (not installed: no service, no user)"
+bash lab/prometheus/fetch.sh build/prometheus
 
 step "done"
 echo "setup: .venv/bin/qspan (the tracer) and .venv/bin/qspan-lab (up|down|status|load|demo);"

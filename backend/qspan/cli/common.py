@@ -29,6 +29,14 @@ def progress(msg: str) -> None:
     print(f"qspan: {msg}", file=sys.stderr, flush=True)
 
 
+def name_value(text: str, flag: str) -> tuple[str, str]:
+    """NAME=VALUE (an HTTP header given on the command line)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise QspanError(f"{flag} {text!r}: expected NAME=VALUE")
+    return name, value
+
+
 def write_json(path: str | Path, doc: dict, indent: int | None = 1) -> None:
     Path(path).write_text(json.dumps(doc, indent=indent) + "\n")
 

@@ -1,4 +1,4 @@
-"""Commands on files, no QEMU needed: spans, perfetto, summary, compare."""
+"""Commands on files, no QEMU needed: spans, perfetto, summary, compare, otlp."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from qspan import pipeline
-from qspan.cli.common import progress, write_json
+from qspan.cli.common import name_value, progress, write_json
 from qspan.cli.trace import report_spans
 from qspan.errors import QspanError
 from qspan.model.spans import span_dict
@@ -32,14 +32,19 @@ def cmd_perfetto(args) -> int:
     return 0
 
 
-def _spans_json(path: str) -> list[dict]:
+def _document(path: str) -> dict:
+    """A spans JSON file (qspan spans, qspan attach, the dashboard's export), checked for its spans."""
     try:
-        spans = json.loads(Path(path).read_text())["spans"]
-        if not isinstance(spans, list):
+        doc = json.loads(Path(path).read_text())
+        if not isinstance(doc["spans"], list):
             raise TypeError("'spans' is not a list")
-        return spans
+        return doc
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise QspanError(f"{path}: not a qspan spans JSON file ({err})") from None
+
+
+def _spans_json(path: str) -> list[dict]:
+    return _document(path)["spans"]
 
 
 def cmd_summary(args) -> int:
@@ -92,6 +97,37 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _header_and_spans(path: str) -> tuple[dict, list[dict]]:
+    """What OTLP needs of a recording or a spans file: the recording header's facts, and the spans."""
+    if recording.is_recording(path):
+        rec = recording.read(path)
+        return rec.header, [span_dict(s) for s in pipeline.correlate_recording(rec).spans]
+    doc = _document(path)
+    return {"target": doc.get("target") or {}, **(doc.get("trace") or {})}, doc["spans"]
+
+
+def cmd_otlp(args) -> int:
+    """A recording's or spans file's spans to an OpenTelemetry collector, one trace per request."""
+    from qspan.output import otlp
+
+    headers = dict(name_value(h, "--header") for h in args.header)
+    header, spans = _header_and_spans(args.source)
+    if not spans:
+        raise QspanError(f"{args.source}: no spans to send")
+    offset, exact = otlp.unix_offset_ns(header, min(s["start_ns"] for s in spans))
+    if not exact:
+        progress("the recording predates qspan's clock anchor: wall-clock times are its start time to the second")
+    exporter = otlp.OtlpExporter(args.endpoint, header, offset, headers=headers, queue_spans=len(spans))
+    exporter.offer(spans)
+    counts = exporter.close(timeout_s=args.timeout)
+    progress(f"{counts['requests']} requests as {counts['otel_spans']} OpenTelemetry spans: "
+             f"{counts['exported']} delivered, {counts['failed']} not, to {args.endpoint}")
+    if counts["failed"] or counts["exported"] < counts["otel_spans"]:
+        raise QspanError(f"the collector at {args.endpoint} did not take every span "
+                         f"({counts['exported']} of {counts['otel_spans']}; see the messages above)")
+    return 0
+
+
 def add(sub, parents) -> None:
     s = sub.add_parser("spans", parents=[parents.RECORDING], help="correlate a recording into spans JSON")
     s.add_argument("--out", required=True, help="spans JSON file to write")
@@ -110,3 +146,11 @@ def add(sub, parents) -> None:
     s.add_argument("--window-b", metavar="FROM:TO", help="the same for B")
     s.add_argument("--out", help="also write the comparison as JSON (schema qspan.compare/1)")
     s.set_defaults(fn=cmd_compare)
+    s = sub.add_parser("otlp", help="send spans to an OpenTelemetry collector (OTLP/HTTP), one trace per request")
+    s.add_argument("source", help="a recording (.qspan, .qspan.gz) or a spans JSON file")
+    s.add_argument("--endpoint", default="http://127.0.0.1:4318/v1/traces",
+                   help="the collector's OTLP/HTTP traces URL (default %(default)s)")
+    s.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="an HTTP header for the collector, e.g. an Authorization (repeatable)")
+    s.add_argument("--timeout", type=float, default=60.0, help="give up on sending after this many seconds")
+    s.set_defaults(fn=cmd_otlp)

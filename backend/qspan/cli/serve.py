@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qspan import program
+from qspan.cli.common import name_value
 
 
 def add_server_options(s) -> None:
@@ -26,6 +27,11 @@ def add_server_options(s) -> None:
     s.add_argument("--record-total-mb", type=int, default=8192,
                    help="all sessions' recordings together: the oldest finished ones are removed to make room for a "
                         "new one (0: no limit; default %(default)s)")
+    s.add_argument("--otlp-endpoint", metavar="URL",
+                   help="also send every live session's spans to this OpenTelemetry collector (OTLP/HTTP traces, "
+                        "e.g. http://127.0.0.1:4318/v1/traces); one trace per guest request")
+    s.add_argument("--otlp-header", action="append", default=[], metavar="NAME=VALUE",
+                   help="an HTTP header for the collector, e.g. Authorization=... (repeatable)")
     s.add_argument("--record-keep-free-mb", type=int, default=1024,
                    help="a recording stops growing when its filesystem has less than this free; tracing goes on "
                         "(0: never; default %(default)s)")
@@ -39,7 +45,8 @@ def settings_from(args):
                         record_dir=args.record_dir, record_max_mb=args.record_max_mb,
                         record_total_mb=args.record_total_mb,
                         record_keep_free_mb=args.record_keep_free_mb, extra_origins=tuple(args.allow_origin),
-                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+                        tls_cert=args.tls_cert, tls_key=args.tls_key, otlp_endpoint=args.otlp_endpoint,
+                        otlp_headers=tuple(name_value(h, "--otlp-header") for h in args.otlp_header))
     settings.check()
     return settings
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 
 from qspan.correlate import Correlator
+from qspan.live.metrics import RequestMetrics
 from qspan.live.reorder import WATERMARK_MARGIN_NS, ReorderBuffer
 from qspan.live.store import SpanStore
 from qspan.model.events import Lost, events_of_entries
@@ -31,6 +32,8 @@ class LiveFeed:
         self.string_kinds = string_kinds(header)
         self.correlator = Correlator(header, capture_timeline=True)
         self.store = store if store is not None else SpanStore()
+        # every span, counted once, for /metrics (the store keeps only the newest)
+        self.metrics = RequestMetrics(header.get("target", {}).get("devices"))
         self.buffer = ReorderBuffer()
         self.lines = 0
         self.lost = 0
@@ -39,6 +42,7 @@ class LiveFeed:
         self.watermarks = False  # the tracer says up to when its output is complete (maps transport)
         self._last_ts = 0  # the last event line's stamp: where a "Lost N events" line belongs
         self.crosscheck = None  # a LiveCrossCheck while one runs (live/crosscheck.py)
+        self.otlp = None  # an OtlpExporter when spans also go to a collector (output/otlp.py)
 
     def line(self, line: str) -> None:
         """One text line from the tracer (or a recording)."""
@@ -99,6 +103,9 @@ class LiveFeed:
         spans, timelines = self.correlator.take_spans()
         if spans:
             self.store.add(spans, timelines)
+            self.metrics.add(spans)
+            if self.otlp is not None:
+                self.otlp.offer(spans)  # Span objects: its own thread makes them dicts, then OTLP
         if self.crosscheck is not None:
             self.crosscheck.events(recs)
             self.crosscheck.spans(spans)

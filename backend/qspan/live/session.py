@@ -46,7 +46,8 @@ class LiveSession(FedSession):
 
     def __init__(self, session_id: str, pid: int, profile: str | None, record_dir: Path, sampling: str = "auto",
                  record_max_bytes: int | None = None, accounting: bool = False,
-                 record_room: Callable[[], str | None] | None = None, record_note: str | None = None):
+                 record_room: Callable[[], str | None] | None = None, record_note: str | None = None,
+                 otlp: tuple[str, dict] | None = None):
         self.id = session_id
         self.pid = pid
         self.profile_name = profile
@@ -59,6 +60,7 @@ class LiveSession(FedSession):
         self.record_max_bytes = record_max_bytes
         self.record_room = record_room  # asked as the recording grows: a reason to stop it (free space)
         self.record_note = record_note  # why its cap is below the server's, if it is
+        self.otlp = otlp  # (endpoint, headers): spans also go to an OpenTelemetry collector
         self._writer: recording.RecordingWriter | RawRecordingWriter | None = None
         self.state = "attaching"  # attaching, attached, detached, failed
         self.error: str | None = None
@@ -96,6 +98,11 @@ class LiveSession(FedSession):
         self.accounting_traced = "req.acct" in {p.event for p in plan.program.probes}
         self._event_us = overhead.event_costs(plan.program.probe_kinds, plan.program.transport.name, costs.load())
         self.feed = LiveFeed(self.header)
+        if self.otlp:
+            from qspan.output.otlp import OtlpExporter, unix_offset_ns
+
+            endpoint, headers = self.otlp
+            self.feed.otlp = OtlpExporter(endpoint, self.header, unix_offset_ns(self.header, None)[0], headers=headers)
         self._session = pipeline.session(plan)
         self._thread = threading.Thread(target=self._run, name=f"qspan-{self.id}", daemon=True)
         self._thread.start()
@@ -141,6 +148,9 @@ class LiveSession(FedSession):
             self.state = "failed"
         finally:
             self.ended_at = time.time()
+            if self.feed is not None and self.feed.otlp is not None:
+                # what is queued still goes out, but no thread of the server waits for the collector
+                threading.Thread(target=self.feed.otlp.close, name=f"qspan-otlp-close-{self.id}", daemon=True).start()
 
     def _line(self, writer, line: str, raw: bool) -> None:
         # A raw recording has the event lines already (a node's name, decoded from the rings):
@@ -255,6 +265,8 @@ class LiveSession(FedSession):
             "recording_stopped": self._writer.stopped_why if self._writer else None,
             "recording_note": self.record_note,
             "qemu_version": self.target.version if self.target else None,
+            # the OpenTelemetry export, when the server has one: requests offered, dropped, spans delivered
+            "otlp": dict(feed.otlp.counts, endpoint=feed.otlp.endpoint) if feed and feed.otlp else None,
             "newest_end_ns": newest,
             # what the probes cost QEMU, estimated from the events seen (tracers/costs.txt)
             "overhead": overhead.estimate(counts, self._event_us, spans),

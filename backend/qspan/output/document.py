@@ -11,7 +11,7 @@ from __future__ import annotations
 from qspan.model.spans import SCHEMA
 
 # What `trace` carries from the recording header.
-TRACE_FROM_HEADER = ("tool", "recorded_at", "transport", "probe_sites", "self_cost")
+TRACE_FROM_HEADER = ("tool", "recorded_at", "clock", "transport", "probe_sites", "self_cost")
 
 
 def spans_document(header: dict, spans: list[dict], stats: dict, end: dict | None = None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +107,14 @@ def make_header(t, cat, prof, prog) -> dict:
     from datetime import datetime, timezone
 
     from qspan import __version__
+    from qspan.transport.rings import bpftrace_clock_ns
 
     return {
         "profile": prof.header(),
         "tool": f"qspan {__version__}",
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # the trace's clock against Unix time, now: what turns its times into wall-clock ones (OTLP)
+        "clock": {"unix_minus_trace_ns": time.time_ns() - bpftrace_clock_ns()},
         "target": t.header(),
         "codes": {str(e.code): e.name for e in cat.events.values()},
         "probes": [f"{p.event} {p.source} {p.target}" for p in prog.probes],

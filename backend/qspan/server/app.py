@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from qspan import __version__
 from qspan import resources
 from qspan.errors import QspanError
-from . import api, compare, exports, ws
+from . import api, compare, exports, metrics, ws
 from .deps import token_ok
 from .sessions import SessionManager
 from .settings import Settings
@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
             return JSONResponse({"detail": "this server answers to loopback names only"}, status_code=421)
         # scope["path"] is what the router dispatches on; request.url is rebuilt from the Host
         # header, which a client chooses (a Host with "/" or "?" in it could move url.path)
-        if settings.token and request.scope["path"].startswith("/api"):
+        path = request.scope["path"]
+        if settings.token and (path.startswith("/api") or path == "/metrics"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ") or request.query_params.get("token", "")
             if not token_ok(given, settings):
                 return JSONResponse({"detail": "token required"}, status_code=401)
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
     app.include_router(api.sessions_router)
     app.include_router(exports.router)
     app.include_router(compare.router)
+    app.include_router(metrics.router)
     app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
 

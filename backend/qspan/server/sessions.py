@@ -66,7 +66,8 @@ class SessionManager:
             session = LiveSession(sid, pid, profile, st.record_dir, sampling=st.sampling,
                                   record_max_bytes=room.max_bytes, accounting=accounting,
                                   record_room=room_check(st.record_dir, st.record_keep_free_mb * MiB)
-                                  if st.record_keep_free_mb else None, record_note=room.note)
+                                  if st.record_keep_free_mb else None, record_note=room.note,
+                                  otlp=(st.otlp_endpoint, dict(st.otlp_headers)) if st.otlp_endpoint else None)
             session.start()  # inspection errors (no such PID, not QEMU, ...) propagate from here
             with self._lock:
                 self.sessions[sid] = session

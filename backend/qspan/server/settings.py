@@ -39,6 +39,9 @@ class Settings:
     # HTTPS: both or neither (anything beyond loopback should have it, or go through an SSH tunnel)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # every live session's spans also go to this OpenTelemetry collector (OTLP/HTTP traces URL)
+    otlp_endpoint: str | None = None
+    otlp_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def check(self) -> None:
         for flag, value in (("--record-max-mb", self.record_max_mb), ("--record-total-mb", self.record_total_mb),
@@ -57,6 +60,11 @@ class Settings:
         for what, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
             if path is not None and not path.is_file():
                 raise QspanError(f"{what} {path}: no such file")
+        if self.otlp_endpoint is not None:
+            u = urlsplit(self.otlp_endpoint)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise QspanError(f"--otlp-endpoint {self.otlp_endpoint!r}: an http(s):// URL, "
+                                 "e.g. http://127.0.0.1:4318/v1/traces")
         for origin in self.extra_origins:
             if not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise QspanError(f"--allow-origin {origin!r}: an origin is scheme://host[:port], nothing after")

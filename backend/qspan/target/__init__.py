@@ -17,6 +17,7 @@ from qspan.program.sites import ANCHOR_PATH
 from qspan.target.elf import debug_path, elf_facts
 from qspan.target.libvirt import LibvirtMonitor, domain_name, started_by_libvirt
 from qspan.target.mounts import site_anchor_view
+from qspan.target import qmpinfo
 from qspan.target.qmp import QMPClient, QMPError
 
 PROC = Path("/proc")
@@ -55,6 +56,8 @@ class Target:
     # namespace, must name it; None where QEMU cannot see it (site_anchor_view)
     site_anchor: str | None = ANCHOR_PATH
     libvirt_domain: str | None = None  # libvirt owns the monitor: QMP through virsh (target/libvirt.py)
+    name: str | None = None  # the VM's name (-name), for people and metrics' labels
+    devices: dict[str, str] = field(default_factory=dict)  # a guest disk's root node-name -> the disk's name (QMP)
 
     def library(self, name: str) -> str | None:
         """Path (through /proc/PID/root) of a mapped shared object whose file name is `name`."""
@@ -264,32 +267,19 @@ def inspect(pid: int, use_qmp: bool = True) -> Target:
     qmp_path = find_qmp_socket(pid)
     argv = _cmdline(pid)
     libvirt_domain = domain_name(argv) if not qmp_path and started_by_libvirt(argv) else None
-    version = ""
-    nodes: list[BlockNode] = []
     monitor = Target(pid, exe, probe_path, "", build_id, usdt, qmp_path, libvirt_domain=libvirt_domain)
+    info = qmpinfo.MonitorInfo()
     if use_qmp and monitor.monitor:
         try:
             with open_monitor(monitor) as qmp:
-                v = qmp.execute("query-version")["qemu"]
-                version = f"{v['major']}.{v['minor']}.{v['micro']}"
-                by_tid = {t.tid: t for t in threads}
-                for it in qmp.execute("query-iothreads"):
-                    if it["thread-id"] in by_tid:
-                        by_tid[it["thread-id"]].role = "iothread"
-                        by_tid[it["thread-id"]].name = it["id"]
-                for cpu in qmp.execute("query-cpus-fast"):
-                    if cpu["thread-id"] in by_tid:
-                        by_tid[cpu["thread-id"]].role = "vcpu"
-                        by_tid[cpu["thread-id"]].name = str(cpu["cpu-index"])
-                for n in qmp.execute("query-named-block-nodes", flat=True):
-                    nodes.append(BlockNode(n["node-name"], n["drv"], n.get("file", "")))
+                info = qmpinfo.read(qmp, threads)
         except QMPError as err:
             notes.append(f"QMP unavailable ({err}); thread roles from thread names, node names from QEMU's memory")
-    if not version:
-        version = _version_from_binary(probe_path)
+    version = info.version or _version_from_binary(probe_path)
     anchor = site_anchor_view(pid)
     if anchor is None:
         notes.append("QEMU runs in other mount and PID namespaces: probe sites inside functions are off "
                      "(their anchor file is out of its sight), function entries are probed instead")
-    return Target(pid, exe, probe_path, version, build_id, usdt, qmp_path, threads, nodes, symbols, notes,
-                  _mapped_libraries(pid), anchor, libvirt_domain)
+    return Target(pid, exe, probe_path, version, build_id, usdt, qmp_path, threads,
+                  [BlockNode(*n) for n in info.nodes], symbols, notes, _mapped_libraries(pid), anchor, libvirt_domain,
+                  qmpinfo.guest_name(argv), info.devices)
