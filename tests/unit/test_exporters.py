@@ -26,15 +26,18 @@ def test_chrome_trace_structure():
     assert all(e["ph"] in {"M", "X", "b", "e", "s", "f"} for e in evs)
     tids = {t["tid"] for t in header["target"]["threads"]}
     assert {e["tid"] for e in evs if e["ph"] == "M" and e["name"] == "thread_name"} == tids
-    # every async begin has its end with the same id and name, not before it
+    # every async begin has its end with the same process-local id and name, not before it
+    # (tests/e2e/test_perfetto.py checks how Perfetto itself reads them)
     opened = {}
     for e in evs:
         if e["ph"] == "b":
-            opened.setdefault((e["id"], e["name"]), []).append(e["ts"])
+            opened.setdefault((e["id2"]["local"], e["name"]), []).append(e["ts"])
         elif e["ph"] == "e":
-            assert opened[(e["id"], e["name"])].pop() <= e["ts"]
+            assert opened[(e["id2"]["local"], e["name"])].pop() <= e["ts"]
     assert all(not v for v in opened.values())
-    assert sum(1 for e in evs if e["ph"] == "b" and e["name"].startswith(("write #", "read #"))) == len(spans) == 200
+    requests = [e for e in evs if e["ph"] == "b" and "request" in e.get("args", {})]
+    assert sorted(e["args"]["request"] for e in requests) == sorted(x["id"] for x in spans) and len(spans) == 200
+    assert all(e["name"] == next(x["op"] for x in spans if x["id"] == e["args"]["request"]) for e in requests)
     # flows: one start and one finish per handoff, the finish binding to the enclosing slice
     s = {e["id"]: e for e in evs if e["ph"] == "s"}
     f = {e["id"]: e for e in evs if e["ph"] == "f"}

@@ -31,15 +31,21 @@ def chrome_trace(spans: list[dict], timelines: dict[int, list[dict]], header: di
     seen_segments: set[tuple[int, int]] = set()
     flow_id = 0
     for s in spans:
-        name = f"{s['op']} #{s['id']} @{s['offset']}"
-        events.append({"ph": "b", "cat": "request", "id": s["id"], "name": name, "pid": pid, "tid": s["tid"],
-                       "ts": _us(s["start_ns"], origin), "args": {"dur_us": s["dur_ns"] / 1000, "bytes": s["bytes"]}})
+        # named by op (a block job's by job): Perfetto merges a process's async tracks of one name, so
+        # requests pack into one lane per op instead of a track each; which request it is goes in args
+        name = s["op"] if not s.get("job") else f"job:{s['job']} {s['op']}"
+        # id2.local: the request's async track belongs to the QEMU process (a bare "id" makes
+        # Perfetto put every request on a global track of its own, outside the process)
+        rid = {"local": s["id"]}
+        events.append({"ph": "b", "cat": "request", "id2": rid, "name": name, "pid": pid, "tid": s["tid"],
+                       "ts": _us(s["start_ns"], origin),
+                       "args": {"request": s["id"], "offset": s["offset"], "bytes": s["bytes"], "dur_us": s["dur_ns"] / 1000}})
         for p in s["phases"]:
-            events.append({"ph": "b", "cat": "request", "id": s["id"], "name": p["name"], "pid": pid, "tid": s["tid"],
+            events.append({"ph": "b", "cat": "request", "id2": rid, "name": p["name"], "pid": pid, "tid": s["tid"],
                            "ts": _us(p["start_ns"], origin)})
-            events.append({"ph": "e", "cat": "request", "id": s["id"], "name": p["name"], "pid": pid, "tid": s["tid"],
+            events.append({"ph": "e", "cat": "request", "id2": rid, "name": p["name"], "pid": pid, "tid": s["tid"],
                            "ts": _us(p["start_ns"] + p["dur_ns"], origin)})
-        events.append({"ph": "e", "cat": "request", "id": s["id"], "name": name, "pid": pid, "tid": s["tid"],
+        events.append({"ph": "e", "cat": "request", "id2": rid, "name": name, "pid": pid, "tid": s["tid"],
                        "ts": _us(s["end_ns"], origin)})
         for h in s["handoffs"]:
             flow_id += 1
