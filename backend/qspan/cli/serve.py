@@ -27,6 +27,8 @@ def add_server_options(s) -> None:
     s.add_argument("--record-total-mb", type=int, default=8192,
                    help="all sessions' recordings together: the oldest finished ones are removed to make room for a "
                         "new one (0: no limit; default %(default)s)")
+    s.add_argument("--follow-all", action="store_true",
+                   help="trace every QEMU on the host, ones started later too (a user's detach is kept)")
     s.add_argument("--otlp-endpoint", metavar="URL",
                    help="also send every live session's spans to this OpenTelemetry collector (OTLP/HTTP traces, "
                         "e.g. http://127.0.0.1:4318/v1/traces); one trace per guest request")
@@ -46,6 +48,7 @@ def settings_from(args):
                         record_total_mb=args.record_total_mb,
                         record_keep_free_mb=args.record_keep_free_mb, extra_origins=tuple(args.allow_origin),
                         tls_cert=args.tls_cert, tls_key=args.tls_key, otlp_endpoint=args.otlp_endpoint,
+                        follow_all=args.follow_all,
                         otlp_headers=tuple(name_value(h, "--otlp-header") for h in args.otlp_header))
     settings.check()
     return settings

@@ -130,6 +130,10 @@ class SpanStore:
             out.append(s)
         return [span_dict(s) for s in out[-limit:]]
 
+    def ended_since(self, since_ns: int) -> list[Span]:
+        """The kept spans that ended at since_ns or later, as the correlator made them (no dicts)."""
+        return [s for s in self._spans if s.end_ns >= since_ns]
+
     def get(self, span_id: int) -> dict | None:
         return next((span_dict(s) for s in self._spans if s.id == span_id), None)
 

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from qspan import __version__
 from qspan import resources
 from qspan.errors import QspanError
-from . import api, compare, exports, metrics, ws
+from . import api, compare, exports, host, metrics, ws
 from .deps import token_ok
 from .sessions import SessionManager
 from .settings import Settings
@@ -51,10 +51,15 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
                 await asyncio.sleep(TICK_S)
 
         task = asyncio.create_task(ticker())
+        if settings.follow_all:
+            manager.follower = host.HostFollower(manager)
+            manager.follower.start()
         try:
             yield
         finally:
             task.cancel()
+            if manager.follower:
+                await asyncio.to_thread(manager.follower.stop)
             await asyncio.to_thread(manager.shutdown)
 
     app = FastAPI(title="qspan", version=__version__, lifespan=lifespan,
@@ -81,6 +86,7 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
     app.include_router(exports.router)
     app.include_router(compare.router)
     app.include_router(metrics.router)
+    app.include_router(host.router)
     app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
 

@@ -15,7 +15,7 @@ from qspan.live.replay import ReplaySession
 from .frames import FrameCache
 from .recordings import MiB, make_room, room_check
 from .settings import Settings
-from .targets import TargetCache
+from .targets import TargetCache, process_identity
 
 log = logging.getLogger("qspan.server")
 
@@ -42,6 +42,8 @@ class SessionManager:
         self._starting: set[int] = set()  # PIDs a session is being started on
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.follower = None  # a HostFollower with --follow-all (server/host.py)
+        self.unfollowed: set[tuple] = set()  # processes a user detached from: --follow-all leaves them be
 
     def attach(self, pid: int, profile: str | None, accounting: bool = False) -> LiveSession:
         """Start a session on QEMU `pid`; inspection and tracer errors (QspanError) propagate."""
@@ -105,6 +107,9 @@ class SessionManager:
 
     def detach(self, sid: str) -> LiveSession:
         s = self.get(sid)
+        ident = process_identity(s.pid)
+        if ident is not None:
+            self.unfollowed.add(ident)  # the user's choice outlasts the next scan; a restarted QEMU is new
         s.stop()
         s.join(timeout=30)
         return s

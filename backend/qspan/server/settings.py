@@ -39,6 +39,8 @@ class Settings:
     # HTTPS: both or neither (anything beyond loopback should have it, or go through an SSH tunnel)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # attach to every QEMU on the host, ones started later too (server/host.py)
+    follow_all: bool = False
     # every live session's spans also go to this OpenTelemetry collector (OTLP/HTTP traces URL)
     otlp_endpoint: str | None = None
     otlp_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
