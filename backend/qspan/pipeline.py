@@ -178,10 +178,15 @@ def aggregate_plan(pid: int, interval_s: int = 1) -> tuple[Target, str]:
     return t, aggregate_program.generate(program.program_input(t), interval_s)
 
 
+def aggregate_session(pid: int, text: str) -> TraceSession:
+    """An aggregate program's session, to run where the caller likes (qspan aggregate --all: a thread per QEMU)."""
+    return TraceSession(text, pid, transport=aggregate_program.TRANSPORT, all_lines=True)
+
+
 def run_aggregate(pid: int, text: str, duration_s: float, on_line: Callable[[str], None],
                   on_attached: Callable[[], None] | None = None) -> TraceResult:
     """Run an aggregate program; `on_line` gets every line bpftrace prints (histograms and marks)."""
     check_can_trace()
-    s = TraceSession(text, pid, transport=aggregate_program.TRANSPORT, all_lines=True)
+    s = aggregate_session(pid, text)
     with _sigint_stops(s):
         return s.run(on_line, duration_s, on_attached=on_attached)

@@ -46,7 +46,7 @@ def test_qspan_lab_is_installed_as_a_command():
 
 def test_setup_installs_the_lab_and_checks_its_command():
     text = (REPO / "scripts" / "setup.sh").read_text()
-    assert re.search(r"pip install .*-e '\.\[test,compiled\]' -e lab\b", text)
+    assert re.search(r"pip install .*-e '\.\[test,compiled,otlp\]' -e lab\b", text)
     assert re.search(r"for cmd in qspan qspan-lab; do\n\s+if ! \.venv/bin/\$cmd --help", text)
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup.sh")]).returncode == 0
 

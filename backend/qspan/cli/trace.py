@@ -60,7 +60,8 @@ def report_spans(corr: pipeline.Correlation, out: str) -> None:
 class _AggregatePrinter:
     """Prints a line per interval as aggregate mode's histograms come in, and keeps the totals."""
 
-    def __init__(self):
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix  # qspan aggregate --all: which VM a line is about
         self.reader = histogram.HistogramReader()
         self.totals: dict[str, dict[int, int]] = {}
         self.intervals: list[dict] = []
@@ -79,14 +80,14 @@ class _AggregatePrinter:
         self.intervals.append(row)
         ops = [f"{op} {s['requests']} req p50 {s.get('p50_us', 0):.0f} p99 {s.get('p99_us', 0):.0f} us"
                for op, s in row.items() if op != "t_s" and s["requests"]]
-        print(f"{row['t_s']:>7.1f} s  " + ("; ".join(ops) or "no requests"), flush=True)
+        print(f"{self.prefix}{row['t_s']:>7.1f} s  " + ("; ".join(ops) or "no requests"), flush=True)
 
 
     def finish(self, t, result) -> dict:
         """Print the totals; the JSON document `--out` writes."""
         total = {op: histogram.summary(b) for op, b in sorted(self.totals.items())}
         for op, s in total.items():
-            print(f"total {op}: {s['requests']} requests, p50 {s.get('p50_us', 0):.0f} us, "
+            print(f"{self.prefix}total {op}: {s['requests']} requests, p50 {s.get('p50_us', 0):.0f} us, "
                   f"p90 {s.get('p90_us', 0):.0f} us, p99 {s.get('p99_us', 0):.0f} us")
         return {"mode": "aggregate", "qemu": t.version, "pid": t.pid, "end": result.summary(),
                 "intervals": self.intervals, "total": total,
@@ -95,6 +96,14 @@ class _AggregatePrinter:
 
 def cmd_aggregate(args) -> int:
     """Always-on latency histograms: two probe hits per request, no spans."""
+    if args.all:
+        if args.pid is not None or args.print or args.print_program:
+            raise QspanError("qspan aggregate: --all follows every QEMU; it takes no --pid and prints no program")
+        from qspan.cli.aggregate_all import cmd_aggregate_all
+
+        return cmd_aggregate_all(args, _AggregatePrinter)
+    if args.pid is None:
+        raise QspanError("qspan aggregate: --pid PID, or --all for every QEMU on the host")
     t, text = pipeline.aggregate_plan(args.pid, args.interval)
     if args.print or args.print_program:
         sys.stdout.write(text)
@@ -120,8 +129,10 @@ def add(sub, parents) -> None:
     s.add_argument("--out", help="spans JSON file to write (required unless --print-program)")
     s.add_argument("--record", help="where to keep the recording (default: OUT with .qspan suffix)")
     s.set_defaults(fn=cmd_attach)
-    s = sub.add_parser("aggregate", parents=[parents.TARGET, parents.PRINT],
+    s = sub.add_parser("aggregate", parents=[parents.PRINT],
                        help="always-on latency histograms per op (two probe hits per request, no spans)")
+    s.add_argument("--pid", type=int, help="PID of the running QEMU")
+    s.add_argument("--all", action="store_true", help="every QEMU on the host, ones started later too")
     s.add_argument("--duration", type=float, default=10.0, help="seconds to trace (default %(default)s)")
     s.add_argument("--interval", type=int, default=1, help="seconds per printed line (default %(default)s)")
     s.add_argument("--out", help="also write the histograms and per-interval percentiles as JSON")
