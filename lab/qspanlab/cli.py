@@ -62,7 +62,7 @@ def cmd_up(args) -> int:
         return 0
     knobs = lab.SeedKnobs(args.replica_delay_us, args.b_cpu_us)
     info = lab.up(Path(args.dir), scenario=args.scenario, qemu=args.qemu, knobs=knobs, progress=_progress,
-                  setup=args.setup)
+                  setup=args.setup, name=args.name)
     print(f"pid {info.pid}")
     print(f"qmp {info.qmp}")
     print(f"console {info.console}")
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--qemu", default="7.2", choices=lab.QEMU_BUILDS,
                    help="7.2: Debian's installed QEMU; 10.0: bookworm-backports, unpacked under build/; "
                         "7.2-dtrace: 7.2 built with USDT probes under build/ (default 7.2)")
+    u.add_argument("--name", default="qspan-lab", help="the VM's -name (several labs at once: --dir and --name "
+                                                      "each; default %(default)s)")
     u.add_argument("--setup", default="virtio-blk", choices=lab.SETUPS,
                    help="the stock scenario's device setup: virtio-blk (aio=threads), virtio-scsi (aio=io_uring), "
                         "qcow2-native (qcow2 over aio=native), main-loop (no iothread); default %(default)s")

@@ -115,6 +115,15 @@ class ServerProcess:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
+    def request_text(self, method: str, path: str, headers: dict | None = None) -> tuple[int, str]:
+        """A request whose answer is not JSON (/metrics): its status and body."""
+        req = urllib.request.Request(self.base + path, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
     def get(self, path: str, headers: dict | None = None):
         status, body = self.request("GET", path, headers=headers)
         if status >= 500:

@@ -207,7 +207,7 @@ MAX_CPUS = 2
 
 
 def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: SeedKnobs = SeedKnobs(),
-               max_cpus: int = MAX_CPUS, setup: str = "virtio-blk") -> list[str]:
+               max_cpus: int = MAX_CPUS, setup: str = "virtio-blk", name: str = "qspan-lab") -> list[str]:
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
     return [
@@ -219,7 +219,7 @@ def _qemu_argv(qemu: list[str], d: Path, guest: Path, scenario: str, knobs: Seed
         # flight in the guest, every one completed and signalled in QEMU). Fixed upstream in
         # 8.1 (c914d46d0a "tcg: Do not elide memory barriers for !CF_PARALLEL in system mode").
         *qemu, "-accel", "tcg", "-smp", f"1,maxcpus={max_cpus}", "-m", "256", "-display", "none", "-no-reboot", "-nodefaults",
-        "-name", "qspan-lab,debug-threads=on",
+        "-name", f"{name},debug-threads=on",
         "-kernel", str(guest / "vmlinuz"), "-initrd", str(guest / "initramfs.gz"),
         "-append", "console=ttyS0 quiet panic=-1",
         # (main-loop too: a VM with an iothread whose disk is not on it, the case where qspan
@@ -261,7 +261,8 @@ def status(lab_dir: Path = DEFAULT_DIR) -> LabInfo | None:
 
 def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
        disk_mb: int = 64, boot_timeout_s: float = 180.0, knobs: SeedKnobs = SeedKnobs(),
-       progress=lambda msg: None, max_cpus: int = MAX_CPUS, setup: str = "virtio-blk") -> LabInfo:
+       progress=lambda msg: None, max_cpus: int = MAX_CPUS, setup: str = "virtio-blk",
+       name: str = "qspan-lab") -> LabInfo:
     running = status(lab_dir)
     if running:
         raise LabError(f"a lab is already running in {lab_dir} (PID {running.pid}); run 'qspan-lab down' first")
@@ -288,7 +289,9 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
         # LD_PRELOAD reaches QEMU alone: this environment is only for its process.
         env["LD_PRELOAD"] = str(build_driver_o())
     wrapper, qemu_prefix = qemu_command(qemu)
-    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs, max_cpus, setup)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise LabError(f"VM name {name!r}: letters, digits, '_', '.' and '-' only")
+    argv = _qemu_argv(qemu_prefix, lab_dir, guest, scenario, knobs, max_cpus, setup, name)
     progress(f"starting QEMU {qemu} ({scenario} scenario, {setup}) in {lab_dir}")
     proc = subprocess.run(wrapper + argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
