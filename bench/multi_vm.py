@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from qspanlab import lab
-from qspanlab.harness import ServerProcess
+from qspanlab.harness import ServerProcess, bpftraces_of
 from qspan.target import process_cpu_s
 
 
@@ -42,20 +41,8 @@ def rss_mib(pid: int) -> float:
 
 
 def bpftraces_for(qemu_pids: set[int]) -> dict[int, int]:
-    """qemu PID -> the bpftrace tracing it (bpftrace -p PID)."""
-    out = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"bpftrace") and b"-p" in argv:
-            target = int(argv[argv.index(b"-p") + 1])
-            if target in qemu_pids:
-                out[target] = int(p)
-    return out
+    """qemu PID -> the bpftrace tracing it."""
+    return {pid: found[0] for pid in qemu_pids if (found := bpftraces_of(pid))}
 
 
 def qspan_cpu_s(server_pid: int, bpf: dict[int, int]) -> float:

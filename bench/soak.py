@@ -37,7 +37,7 @@ from pathlib import Path
 
 from guest_stall import dump  # bench/guest_stall.py: every QEMU thread, the vCPU, the virtqueue, the guest
 from qspanlab import lab
-from qspanlab.harness import ServerProcess
+from qspanlab.harness import ServerProcess, bpftraces_of
 from qspan.errors import QspanError
 from qspan.target.qmp import QMPClient, QMPError
 
@@ -86,21 +86,6 @@ def kernel_probes() -> dict:
     except OSError:
         uprobes = 0
     return {"bpf_programs": len(progs), "pinned": pinned, "uprobe_events": uprobes}
-
-
-def bpftraces_of(pid: int) -> list[int]:
-    """bpftrace processes tracing QEMU `pid` (qspan runs it with -p PID)."""
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"bpftrace") and str(pid).encode() in argv:
-            found.append(int(p))
-    return found
 
 
 class Guest:

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from qspan.errors import QspanError
 from qspanlab.lab import REPO
@@ -45,6 +46,23 @@ def start_traced(*args: str, attach_timeout_s: float = 120.0, python: str = sys.
     proc.kill()
     proc.wait()
     raise QspanError(f"qspan {args[0]} did not attach: {seen.strip()[-500:]}")
+
+
+def bpftraces_of(pid: int) -> list[int]:
+    """bpftrace processes tracing QEMU `pid` (qspan runs it with -p PID)."""
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"bpftrace") and b"-p" in argv:
+            i = argv.index(b"-p")
+            if i + 1 < len(argv) and argv[i + 1] == str(pid).encode():
+                found.append(int(p))
+    return found
 
 
 def free_port() -> int:
