@@ -69,6 +69,22 @@ def query(prom: str, expr: str) -> list[dict]:
     return body["data"]["result"]
 
 
+def documented_queries() -> list[str]:
+    """The PromQL blocks of docs/metrics.md: one query per comment, continuation lines indented."""
+    text = (REPO / "docs" / "metrics.md").read_text()
+    out = []
+    for block in text.split("```promql\n")[1:]:
+        for line in block.split("```")[0].splitlines():
+            if line.startswith("#"):
+                out.append("")
+            elif line.startswith(" ") and out:
+                out[-1] += " " + line.strip()
+            elif line.strip():
+                out[-1] = line.strip()
+    assert len(out) >= 3 and all(out), out
+    return out
+
+
 def wait_for(prom: str, expr: str, want: float, timeout_s: float = 60.0) -> float:
     """The expression's single value once it equals `want` (Prometheus scrapes every second)."""
     deadline = time.monotonic() + timeout_s
@@ -124,6 +140,9 @@ def test_prometheus_agrees_with_qspan_and_the_guest(setup, output_dir):
     # and the phases add up to the latency, as the spans' do
     total = float(query(prom, f'sum(qspan_request_phase_seconds_total{{{labels},op="write"}})')[0]["value"][1])
     assert total == pytest.approx(sum(durs) / 1e9, rel=1e-6)
+    # the queries docs/metrics.md shows run, and give an answer
+    for expr in documented_queries():
+        assert query(prom, expr), expr
     # every scrape went through with the token (Prometheus' own view of its target)
     with urllib.request.urlopen(f"{prom}/api/v1/targets", timeout=10) as r:
         (target,) = json.loads(r.read())["data"]["activeTargets"]

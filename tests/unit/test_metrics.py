@@ -132,3 +132,18 @@ def test_metrics_need_the_token_when_the_server_has_one(tmp_path):
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Bearer t0k3n"}).status_code == 200
+
+
+def test_every_metric_and_label_is_documented(tmp_path):
+    from helpers import REPO
+
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    manager = SessionManager(Settings(record_dir=tmp_path))
+    manager.sessions["live1"] = StandIn("live1", fed())
+    text = _scrape(manager)[1]
+    for f in text_string_to_metric_families(text):
+        name = f.name + ("_total" if f.type == "counter" else "")
+        assert f"`{name}`" in doc, name
+        for s in f.samples:
+            for label in s.labels:
+                assert label == "le" or f"`{label}`" in doc, (f.name, label)

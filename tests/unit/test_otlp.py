@@ -128,3 +128,19 @@ def test_cli_says_when_no_collector_takes_them(tmp_path):
     r = run_qspan("otlp", str(RECORDING), "--endpoint", f"http://127.0.0.1:{free_port()}/v1/traces", "--timeout", "20")
     one_clear_error(r, "did not take every span")
     one_clear_error(run_qspan("otlp", str(RECORDING), "--header", "novalue"), "expected NAME=VALUE")
+
+
+def test_every_attribute_is_documented(receiver, real):
+    from helpers import REPO
+
+    doc = (REPO / "docs" / "otlp.md").read_text()
+    header, spans = real
+    exporter = otlp.OtlpExporter(receiver.url, header, 0)
+    exporter.offer(spans)
+    exporter.close()
+    names = set()
+    for res, s in receiver.spans():
+        names |= set(res) | set(attrs(s.attributes))
+    for n in sorted(names):
+        documented = f"`{n}`" in doc or (n.startswith("qspan.instead.") and "`qspan.instead.<category>_ns`" in doc)
+        assert documented, n

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from qspan.model.spans import Span, span_group
+from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_group
 
 # Upper bounds in seconds: 5 us to 1 s, about three a decade where guest I/O lives (10 us - 10 ms),
 # so histogram_quantile's interpolation lands within a bucket of that width.
@@ -29,7 +29,8 @@ class Series:
     count: int = 0
     sum_ns: int = 0
     phases_ns: dict[str, int] = field(default_factory=dict)
-    instead_ns: dict[str, int] = field(default_factory=dict)
+    # every category from the start: a query for one (e.g. B's "spawned") finds 0, not nothing
+    instead_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INSTEAD_CATEGORIES, 0))
 
 
 class RequestMetrics:
@@ -61,5 +62,4 @@ class RequestMetrics:
             instead = s.instead_ns
             for h in span.handoffs:
                 for cat, ns in h.instead_ns.items():
-                    if ns:
-                        instead[cat] = instead.get(cat, 0) + ns
+                    instead[cat] = instead.get(cat, 0) + ns
