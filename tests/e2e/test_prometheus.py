@@ -69,6 +69,11 @@ def query(prom: str, expr: str) -> list[dict]:
     return body["data"]["result"]
 
 
+def targets(prom: str) -> list[dict]:
+    with urllib.request.urlopen(f"{prom}/api/v1/targets", timeout=10) as r:
+        return json.loads(r.read())["data"]["activeTargets"]
+
+
 def documented_queries() -> list[str]:
     """The PromQL blocks of docs/metrics.md: one query per comment, continuation lines indented."""
     text = (REPO / "docs" / "metrics.md").read_text()
@@ -142,9 +147,8 @@ def test_prometheus_agrees_with_qspan_and_the_guest(setup, output_dir):
     assert total == pytest.approx(sum(durs) / 1e9, rel=1e-6)
     # the queries docs/metrics.md shows run, and give an answer
     for expr in documented_queries():
-        assert query(prom, expr), expr
+        assert query(prom, expr), (expr, query(prom, "rate(qspan_requests_total[1m])"), targets(prom))
     # every scrape went through with the token (Prometheus' own view of its target)
-    with urllib.request.urlopen(f"{prom}/api/v1/targets", timeout=10) as r:
-        (target,) = json.loads(r.read())["data"]["activeTargets"]
+    (target,) = targets(prom)
     assert target["health"] == "up" and not target["lastError"], (target, prom_log.read_text()[-2000:])
     server.request("DELETE", f"/api/sessions/{sid}", headers=auth)
