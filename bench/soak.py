@@ -17,6 +17,9 @@ guest's own view (bench/guest_stall.py's dump) into --out. After every cycle: no
 of qspan's left, no BPF program or uprobe left in the kernel beyond what was there before
 the soak (/proc/*/fdinfo prog ids, bpffs pins, /sys/kernel/tracing/uprobe_events).
 
+Run it alone on the host: another qspan following every QEMU would trace the soak's VM too
+(what the leak check looks for). Other tracers of other processes are told apart and ignored.
+
 Prints a line per cycle and the totals (hours, cycles, kills by kind, stalls, lost events,
 leaked probes, guest segments verified), and writes them to OUT/soak.json:
 
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from guest_stall import dump  # bench/guest_stall.py: every QEMU thread, the vCPU, the virtqueue, the guest
 from qspanlab import lab
-from qspanlab.harness import ServerProcess, bpftraces_of
+from qspanlab.harness import ServerProcess, bpftrace_targets, bpftraces_of
 from qspan.errors import QspanError
 from qspan.target.qmp import QMPClient, QMPError
 
@@ -66,11 +69,14 @@ def ended(server: ServerProcess, sid: str) -> tuple[dict, float]:
         time.sleep(0.2)
 
 
-def kernel_probes() -> dict:
-    """BPF programs held by any process, pinned programs, and text uprobes: what a leak would add to."""
+def kernel_probes(qemu_pid: int | None = None) -> dict:
+    """BPF programs held by any process, pinned programs, and text uprobes: what a leak would add to.
+    Programs of a bpftrace that traces another process than the soak's QEMU are someone else's
+    (a test or a user tracing another VM on this host) and are not counted."""
+    others = {b for b, traced in bpftrace_targets().items() if traced != qemu_pid} if qemu_pid else set()
     progs = set()
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) in others:
             continue
         try:
             for fd in os.listdir(f"/proc/{pid}/fdinfo"):
@@ -254,7 +260,7 @@ def main() -> None:
                 totals["kills"][kind] += 1
             time.sleep(5)  # whatever was going away is gone by now
             left = bpftraces_of(info.pid)
-            probes = kernel_probes()
+            probes = kernel_probes(info.pid)
             leaked = {k: v - baseline[k] for k, v in probes.items() if v > baseline[k]}
             if left or leaked:
                 totals["leaks"].append(f"cycle {totals['cycles']} ({kind}): bpftrace left {left}, kernel {leaked}")

@@ -48,9 +48,9 @@ def start_traced(*args: str, attach_timeout_s: float = 120.0, python: str = sys.
     raise QspanError(f"qspan {args[0]} did not attach: {seen.strip()[-500:]}")
 
 
-def bpftraces_of(pid: int) -> list[int]:
-    """bpftrace processes tracing QEMU `pid` (qspan runs it with -p PID)."""
-    found = []
+def bpftrace_targets() -> dict[int, int]:
+    """Every bpftrace on the host that traces a process (-p PID): bpftrace PID -> the traced PID."""
+    found = {}
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -60,9 +60,14 @@ def bpftraces_of(pid: int) -> list[int]:
             continue
         if argv and argv[0].endswith(b"bpftrace") and b"-p" in argv:
             i = argv.index(b"-p")
-            if i + 1 < len(argv) and argv[i + 1] == str(pid).encode():
-                found.append(int(p))
+            if i + 1 < len(argv) and argv[i + 1].isdigit():
+                found[int(p)] = int(argv[i + 1])
     return found
+
+
+def bpftraces_of(pid: int) -> list[int]:
+    """bpftrace processes tracing QEMU `pid` (qspan runs it with -p PID)."""
+    return sorted(b for b, traced in bpftrace_targets().items() if traced == pid)
 
 
 def free_port() -> int:

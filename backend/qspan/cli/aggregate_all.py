@@ -31,7 +31,7 @@ class _Followed:
     def _run(self) -> None:
         try:
             self.result = self.session.run(self.printer.line, None,
-                                           on_attached=lambda: progress(f"following {self.label} (PID {self.pid})"))
+                                           on_attached=lambda: progress(f"{self.label} (PID {self.pid}): attached; following it"))
         except QspanError as err:  # this VM's tracer; the others go on
             self.error = str(err)
             progress(f"{self.label} (PID {self.pid}): {err}")
