@@ -4,10 +4,10 @@ Boots --vms lab VMs (vm-1 .. vm-N) and one `qspan serve`, then for k = 1 .. N at
 session to one more VM and measures, with all k traced VMs:
 
 - idle (--idle-s, no guest I/O): qspan's CPU (the server process and every bpftrace, from
-  /proc) in cores, and its memory (RSS of the server and of each bpftrace);
+  /proc) in cores, and its memory (PSS of the server and of each bpftrace: shared pages split);
 - loaded (--load-s): every traced guest writes at --rate requests/s (qd 2) at once; qspan's
-  CPU per request (us), the requests/s the guests reached, spans the server made of them,
-  lost events.
+  CPU per request (us; in all, and above the idle cost), the requests/s the guests reached,
+  spans the server made of them, lost events.
 
 Then prints the cost of each additional VM (the step from k-1 to k: idle cores, MiB,
 us per request) and what one host's qspan could follow: requests/s per core of qspan at the
@@ -32,10 +32,12 @@ from qspanlab.harness import ServerProcess, bpftraces_of
 from qspan.target import process_cpu_s
 
 
-def rss_mib(pid: int) -> float:
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages (bpftrace's LLVM, libc) split among the processes that
+    map them, so N bpftraces add up to what they really take (RSS would count LLVM N times)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
     except (OSError, StopIteration):
         return 0.0
 
@@ -84,7 +86,7 @@ def main() -> None:
             c0, t0 = qspan_cpu_s(server.proc.pid, bpf), time.monotonic()
             time.sleep(args.idle_s)
             idle_cores = (qspan_cpu_s(server.proc.pid, bpf) - c0) / (time.monotonic() - t0)
-            mem = {"server_mib": rss_mib(server.proc.pid), "bpftrace_mib": [rss_mib(p) for p in bpf.values()]}
+            mem = {"server_mib": pss_mib(server.proc.pid), "bpftrace_mib": [pss_mib(p) for p in bpf.values()]}
 
             spans0, lost0 = spans_of(server, sids)
             c0, t0 = qspan_cpu_s(server.proc.pid, bpf), time.monotonic()
@@ -105,7 +107,9 @@ def main() -> None:
                    "guest_requests": requests, "guest_req_per_s": round(requests / args.load_s, 1),
                    "spans": spans1 - spans0, "lost_events": lost1 - lost0,
                    "qspan_cores_loaded": round(cpu / wall, 3),
-                   "qspan_us_per_request": round(cpu / max(1, requests) * 1e6, 1)}
+                   "qspan_us_per_request": round(cpu / max(1, requests) * 1e6, 1),
+                   # what the requests themselves cost, above the idle cost of following k VMs
+                   "marginal_us_per_request": round(max(0.0, cpu / wall - idle_cores) * wall / max(1, requests) * 1e6, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -115,12 +119,12 @@ def main() -> None:
             lab.down(work / f"vm-{i}")
 
     print(f"\n{'VMs':>4} {'idle cores':>11} {'server MiB':>11} {'bpftrace MiB each':>18} {'req/s':>8} "
-          f"{'spans':>7} {'lost':>6} {'cores':>6} {'us/req':>7}")
+          f"{'spans':>7} {'lost':>6} {'cores':>6} {'us/req':>7} {'above idle':>10}")
     for r in rows:
         each = sum(r["bpftrace_mib"]) / max(1, len(r["bpftrace_mib"]))
         print(f"{r['traced_vms']:>4} {r['idle_cores']:>11.4f} {r['server_mib']:>11.1f} {each:>18.1f} "
               f"{r['guest_req_per_s']:>8.0f} {r['spans']:>7} {r['lost_events']:>6} {r['qspan_cores_loaded']:>6.3f} "
-              f"{r['qspan_us_per_request']:>7.1f}")
+              f"{r['qspan_us_per_request']:>7.1f} {r['marginal_us_per_request']:>10.1f}")
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
         n = last["traced_vms"] - first["traced_vms"]
@@ -129,11 +133,11 @@ def main() -> None:
             "memory_mib": round((last["server_mib"] + sum(last["bpftrace_mib"])
                                  - first["server_mib"] - sum(first["bpftrace_mib"])) / n, 1),
         }
-        us = last["qspan_us_per_request"]
+        us = last["marginal_us_per_request"]
         scale = {"requests_per_s_per_qspan_core": round(1e6 / us) if us else None,
                  "vms_per_gib_of_qspan_memory": round(1024 / per_vm["memory_mib"]) if per_vm["memory_mib"] > 0 else None}
         print(f"\neach additional traced VM, idle: {per_vm['idle_cores']} cores, {per_vm['memory_mib']} MiB "
-              f"(server and its bpftrace); loaded: {us} us of qspan CPU a request with {last['traced_vms']} VMs")
+              f"(PSS: server and its bpftrace); loaded: {us} us of qspan CPU a request above that, with {last['traced_vms']} VMs")
         print(f"so one core of qspan follows ~{scale['requests_per_s_per_qspan_core']} requests/s across VMs, "
               f"and 1 GiB of qspan memory ~{scale['vms_per_gib_of_qspan_memory']} traced VMs")
     else:

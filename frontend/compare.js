@@ -67,8 +67,10 @@ const signed = (us) => `${us >= 0 ? "+" : ""}${us.toFixed(1)} us`;
 function explainText(what, moved, ex) {
   if (!ex) return `${what} moved ${signed(moved)}: no phase moved that way.`;
   const within = ex.part !== ex.phase ? `; within it, ${ex.part} ${signed(ex.part_delta_us)}` : "";
-  return `${what} moved ${signed(moved)}: most of it is ${ex.phase} (${signed(ex.delta_us)}, ` +
-    `${(100 * ex.share).toFixed(0)} % of the change${within}).`;
+  // a phase can move more than the whole did, when others moved the other way: say so
+  const share = ex.share <= 1 ? `${(100 * ex.share).toFixed(0)} % of the change`
+    : `more than the change: the other phases moved ${signed(ex.delta_us / ex.share - ex.delta_us)}`;
+  return `${what} moved ${signed(moved)}: most of it is ${ex.phase} (${signed(ex.delta_us)}, ${share}${within}).`;
 }
 
 function renderCompare() {

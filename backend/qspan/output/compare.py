@@ -164,8 +164,11 @@ def render_text(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
             ex = g[key]["explains"]
             if ex:
                 within = (f"; in it {ex['part']} {ex['part_delta_us']:+.1f} us" if ex["part"] != ex["phase"] else "")
+                # a phase can move more than the whole did, when others moved the other way: say so
+                share = (f"{100 * ex['share']:.0f} % of {where}" if ex["share"] <= 1.0 else
+                         f"more than {where}: the other phases moved {ex['delta_us'] / ex['share'] - ex['delta_us']:+.1f} us")
                 lines.append(f"  {what} moved {g[key]['delta_us']:+.1f} us: most of it {ex['phase']} "
-                             f"({ex['delta_us']:+.1f} us, {100 * ex['share']:.0f} % of {where}{within})")
+                             f"({ex['delta_us']:+.1f} us, {share}{within})")
             else:
                 lines.append(f"  {what} moved {g[key]['delta_us']:+.1f} us: no part moved that way")
     return "\n".join(lines)
