@@ -69,11 +69,12 @@ def ended(server: ServerProcess, sid: str) -> tuple[dict, float]:
         time.sleep(0.2)
 
 
-def kernel_probes(qemu_pid: int | None = None) -> dict:
+def kernel_probes(ours: set[int]) -> dict:
     """BPF programs held by any process, pinned programs, and text uprobes: what a leak would add to.
-    Programs of a bpftrace that traces another process than the soak's QEMU are someone else's
-    (a test or a user tracing another VM on this host) and are not counted."""
-    others = {b for b, traced in bpftrace_targets().items() if traced != qemu_pid} if qemu_pid else set()
+    Programs of a bpftrace that traces a process the soak did not start (`ours`: every QEMU it
+    booted, killed ones too) are someone else's, a test or a user tracing another VM on this
+    host, and are not counted, at the baseline either."""
+    others = {b for b, traced in bpftrace_targets().items() if traced not in ours}
     progs = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) in others:
@@ -180,12 +181,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix="qspan-soak-"))
-    baseline = kernel_probes()
+    ours: set[int] = set()  # every QEMU the soak booted: a tracer of a killed one left behind is a leak
     totals = {"cycles": 0, "kills": {k: 0 for k in KINDS if k != "detach"}, "detaches": 0, "lost_events": 0,
               "sessions_failed_unexpectedly": 0, "leaks": [], "qemu_boots": 1, "ended_after_kill_s": [],
               "bpftrace_gone_after_server_kill_s": []}
     watchdog = Watchdog(out, args.stall_s)
     info = lab.up(d / "lab")
+    ours.add(info.pid)
+    baseline = kernel_probes(ours)
     guest = Guest(info, args.segment_s)
     watchdog.watch(info, guest)
     server = ServerProcess().wait_ready()
@@ -253,14 +256,15 @@ def main() -> None:
                                            f"({status['reason']}) {ENDED_WITHIN_S} s after QEMU was killed")
                 lab.down(d / "lab")
                 info = lab.up(d / "lab")
+                ours.add(info.pid)
                 totals["qemu_boots"] += 1
                 guest = Guest(info, args.segment_s)
                 watchdog.watch(info, guest)
             if kind != "detach":
                 totals["kills"][kind] += 1
             time.sleep(5)  # whatever was going away is gone by now
-            left = bpftraces_of(info.pid)
-            probes = kernel_probes(info.pid)
+            left = sorted(b for b, traced in bpftrace_targets().items() if traced in ours)
+            probes = kernel_probes(ours)
             leaked = {k: v - baseline[k] for k, v in probes.items() if v > baseline[k]}
             if left or leaked:
                 totals["leaks"].append(f"cycle {totals['cycles']} ({kind}): bpftrace left {left}, kernel {leaked}")

@@ -27,6 +27,8 @@ function renderHost(h) {
     for (const c of cells) tr.appendChild(Object.assign(document.createElement("td"), { textContent: c }));
     const disks = document.createElement("td");
     const lines = vm.error && !vm.session ? [vm.error] : hostDisks(vm.disks);
+    // past the server's 5,000 kept spans the percentiles cover less than the window: say so
+    if (vm.percentiles_over_s && vm.percentiles_over_s < h.window_s) lines.push(`(percentiles over the last ${vm.percentiles_over_s} s)`);
     disks.replaceChildren(...lines.map((t) => Object.assign(document.createElement("div"), { textContent: t })));
     tr.appendChild(disks);
     const act = document.createElement("td");

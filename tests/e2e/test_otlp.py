@@ -36,6 +36,7 @@ def test_a_live_session_sends_one_trace_per_guest_request(tmp_path):
                 break
             time.sleep(0.5)
         assert st["dropped"] == 0 and st["failed"] == 0, st
+        assert all(h.get("x-qspan-test") == "1" for h in receiver.headers) and receiver.headers  # --otlp-header
         roots = [(res_attrs, s) for res_attrs, s in receiver.spans() if not s.parent_span_id]
         writes = [(r, s) for r, s in roots if attrs(s.attributes).get("disk.io.direction") == "write"]
         assert len(writes) == WRITES, st

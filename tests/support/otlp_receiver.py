@@ -27,6 +27,7 @@ class Receiver:
     def __init__(self, delay_s: float = 0.0):
         self.requests: list[ExportTraceServiceRequest] = []
         self.content_types: set[str] = set()
+        self.headers: list[dict] = []  # each request's HTTP headers
         self.delay_s = delay_s
         received = self
 
@@ -40,6 +41,7 @@ class Receiver:
                 time.sleep(received.delay_s)
                 received.requests.append(req)
                 received.content_types.add(self.headers.get("Content-Type", ""))
+                received.headers.append(dict(self.headers))
                 out = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200 if self.path == "/v1/traces" else 404)
                 self.send_header("Content-Type", "application/x-protobuf")

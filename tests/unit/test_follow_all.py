@@ -8,7 +8,7 @@ from qspan.server.host import HostFollower
 
 class Session:
     def __init__(self, pid):
-        self.pid, self.state, self.id = pid, "attached", f"s{pid}"
+        self.pid, self.state, self.id, self.error = pid, "attached", f"s{pid}-{id(self)}", None
 
 
 class Manager:
@@ -94,3 +94,19 @@ def test_a_failed_scan_of_one_qemu_does_not_stop_the_others():
     host.pids = {100: 1, 200: 2}
     host.follower(m).step()
     assert [s.pid for s in m.sessions] == [200]
+
+
+def test_a_session_that_failed_after_it_started_is_tried_again_only_after_the_retry_time():
+    host, m = Host(), Manager()
+    host.pids = {100: 1}
+    f = host.follower(m, retry_s=60)
+    f.step()
+    m.sessions[0].state, m.sessions[0].error = "failed", "bpftrace: cannot attach"  # its tracer failed later
+    host.t = 2
+    f.step()
+    host.t = 30
+    f.step()
+    assert m.attempts == [100] and "cannot attach" in f.failed[(100, "/usr/bin/qemu-system-x86_64", 1)][1]
+    host.t = 63
+    f.step()
+    assert m.attempts == [100, 100]

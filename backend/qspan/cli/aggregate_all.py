@@ -56,6 +56,8 @@ def cmd_aggregate_all(args, printer_cls) -> int:
                 except QspanError as err:
                     refused[pid] = str(err)
                     progress(f"PID {pid}: not followed: {err}")
+                except OSError:  # it went away while qspan looked at it
+                    followed.pop(pid, None)
             stop.wait(min(args.interval, max(0.0, deadline - time.monotonic())))
     finally:
         signal.signal(signal.SIGINT, old)

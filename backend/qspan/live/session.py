@@ -61,6 +61,7 @@ class LiveSession(FedSession):
         self.record_room = record_room  # asked as the recording grows: a reason to stop it (free space)
         self.record_note = record_note  # why its cap is below the server's, if it is
         self.otlp = otlp  # (endpoint, headers): spans also go to an OpenTelemetry collector
+        self._otlp_close: threading.Thread | None = None
         self._writer: recording.RecordingWriter | RawRecordingWriter | None = None
         self.state = "attaching"  # attaching, attached, detached, failed
         self.error: str | None = None
@@ -149,8 +150,11 @@ class LiveSession(FedSession):
         finally:
             self.ended_at = time.time()
             if self.feed is not None and self.feed.otlp is not None:
-                # what is queued still goes out, but no thread of the server waits for the collector
-                threading.Thread(target=self.feed.otlp.close, name=f"qspan-otlp-close-{self.id}", daemon=True).start()
+                # what is queued still goes out, and no tick or request waits for the collector;
+                # join() (the server's shutdown) waits for it, up to the exporter's own timeout
+                self._otlp_close = threading.Thread(target=self.feed.otlp.close, kwargs={"timeout_s": 20.0},
+                                                    name=f"qspan-otlp-close-{self.id}", daemon=True)
+                self._otlp_close.start()
 
     def _line(self, writer, line: str, raw: bool) -> None:
         # A raw recording has the event lines already (a node's name, decoded from the rings):
@@ -236,6 +240,8 @@ class LiveSession(FedSession):
     def join(self, timeout: float | None = None) -> None:
         if self._thread:
             self._thread.join(timeout)
+        if self._otlp_close is not None:
+            self._otlp_close.join(timeout)
 
     def status(self) -> dict:
         rate = 0.0

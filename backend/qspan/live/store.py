@@ -130,6 +130,27 @@ class SpanStore:
             out.append(s)
         return [span_dict(s) for s in out[-limit:]]
 
+    @property
+    def full(self) -> bool:
+        """The ring holds as many spans as it keeps: older ones are gone."""
+        return len(self._spans) == self._spans.maxlen
+
+    @property
+    def spans_kept(self) -> int:
+        return len(self._spans)
+
+    @property
+    def oldest_end_ns(self) -> int:
+        return self._spans[0].end_ns if self._spans else 0
+
+    def rate(self, window_s: int) -> float:
+        """Requests a second over the last window_s closed seconds (the per-second rows outlive the ring)."""
+        rows = list(self.seconds)
+        if not rows or window_s <= 0:
+            return 0.0
+        last = rows[-1]["t_s"]
+        return round(sum(r["requests"] for r in rows if r["t_s"] > last - window_s) / window_s, 1)
+
     def ended_since(self, since_ns: int) -> list[Span]:
         """The kept spans that ended at since_ns or later, as the correlator made them (no dicts)."""
         return [s for s in self._spans if s.end_ns >= since_ns]

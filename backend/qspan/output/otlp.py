@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from datetime import datetime
 
@@ -25,6 +26,11 @@ from qspan.model.spans import span_dict
 
 log = logging.getLogger("qspan.otlp")
 QUEUE_SPANS = 20_000  # requests waiting for the converter (~10 s at 2,000/s); more are dropped, and counted
+# The SDK's own queue drops the oldest spans when full, uncounted: the converter waits for the
+# exporter (force_flush) after this many SDK spans, so that queue never fills, and a slow
+# collector backs up into qspan's queue, where drops are counted.
+SDK_QUEUE = 65_536
+FLUSH_EVERY = 8_192
 ATTR = "qspan."
 
 
@@ -118,8 +124,7 @@ class OtlpExporter:
         self.counts = {"offered": 0, "dropped": 0, "requests": 0, "otel_spans": 0, "exported": 0, "failed": 0}
         exporter = _Counting(OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout_s), self.counts)
         self.provider = TracerProvider(resource=Resource.create(resource_attributes(header)), shutdown_on_exit=False)
-        # one request is ~8 SDK spans: room for a few seconds of them before the SDK drops
-        self.provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65_536,
+        self.provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=SDK_QUEUE,
                                                             schedule_delay_millis=1000, max_export_batch_size=2048))
         self.tracer = self.provider.get_tracer("qspan", __version__)
         self._queue: deque = deque()  # span dicts, or Span objects from the live path
@@ -139,6 +144,7 @@ class OtlpExporter:
             self._wake.notify()
 
     def _run(self) -> None:
+        unflushed = 0
         while True:
             with self._wake:
                 while not self._queue and not self._closed:
@@ -148,21 +154,33 @@ class OtlpExporter:
                 batch = [self._queue.popleft() for _ in range(min(256, len(self._queue)))]
             for s in batch:
                 try:
-                    if not isinstance(s, dict):
-                        s = span_dict(s)
-                    self.counts["otel_spans"] += emit(self.tracer, s, self.offset_ns, self.disks)
+                    n = emit(self.tracer, s if isinstance(s, dict) else span_dict(s), self.offset_ns, self.disks)
+                    self.counts["otel_spans"] += n
                     self.counts["requests"] += 1
+                    unflushed += n
                 except Exception:  # one odd span must not stop the export of the rest
-                    log.exception("OTLP: span %s not converted", s.get("id"))
+                    log.exception("OTLP: request %s not converted", s["id"] if isinstance(s, dict) else s.id)
+            if unflushed >= FLUSH_EVERY:
+                self.provider.force_flush()  # this thread waits for the collector; the live path never does
+                unflushed = 0
 
     def close(self, timeout_s: float = 30.0) -> dict:
-        """Send what is queued (up to timeout_s), stop, and return the counts."""
+        """Send what is queued, waiting up to timeout_s in all, stop, and return the counts.
+        What a slow collector has not taken by then is given up (the SDK's own flush would wait
+        for it batch after batch: it runs in a thread this call stops waiting for)."""
+        deadline = time.monotonic() + timeout_s
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout_s)
-        self.provider.force_flush(int(timeout_s * 1000))
-        self.provider.shutdown()
+
+        def finish():
+            self.provider.force_flush()
+            self.provider.shutdown()
+
+        t = threading.Thread(target=finish, name="qspan-otlp-flush", daemon=True)
+        t.start()
+        t.join(max(0.0, deadline - time.monotonic()))
         return dict(self.counts)
 
 

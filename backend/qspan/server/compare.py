@@ -20,8 +20,13 @@ def _side(manager, sid: str, since_ns: int, until_ns: int | None) -> list[dict]:
     s = manager.get(sid)  # NoSuchSession: 404
     with s.locked():
         spans = s.store.query(since_ns, until_ns, None, 0, 1 << 30)
+        kept = s.store.spans_kept
+        oldest, newest = s.store.oldest_end_ns, s.store.newest_end_ns
     if not spans:
-        raise QspanError(f"session {sid} has no spans in the window asked for")  # 422
+        # the store keeps the newest spans only: say what it has, so a window before it is understood
+        have = f"; it keeps its newest {kept:,} spans, which ended over the last {(newest - oldest) / 1e9:.1f} s" \
+            if kept else "; it has none yet"
+        raise QspanError(f"session {sid} has no spans in the window asked for{have}")  # 422
     return spans
 
 

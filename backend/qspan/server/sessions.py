@@ -107,7 +107,7 @@ class SessionManager:
 
     def detach(self, sid: str) -> LiveSession:
         s = self.get(sid)
-        ident = process_identity(s.pid)
+        ident = process_identity(s.pid) if not isinstance(s, ReplaySession) else None  # a replay's PID is history
         if ident is not None:
             self.unfollowed.add(ident)  # the user's choice outlasts the next scan; a restarted QEMU is new
         s.stop()

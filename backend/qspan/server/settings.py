@@ -67,6 +67,12 @@ class Settings:
             if u.scheme not in ("http", "https") or not u.hostname:
                 raise QspanError(f"--otlp-endpoint {self.otlp_endpoint!r}: an http(s):// URL, "
                                  "e.g. http://127.0.0.1:4318/v1/traces")
+            try:  # found at start, not at the first attach
+                import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+                import opentelemetry.sdk.trace  # noqa: F401
+            except ImportError as err:
+                raise QspanError(f"--otlp-endpoint needs the OpenTelemetry SDK ({err.name} missing): "
+                                 "pip install 'qspan[otlp]' (scripts/setup.sh installs it)") from None
         for origin in self.extra_origins:
             if not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise QspanError(f"--allow-origin {origin!r}: an origin is scheme://host[:port], nothing after")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qspan.target.qmp import QMPError
+
 
 @dataclass
 class MonitorInfo:
@@ -42,7 +44,11 @@ def read(qmp, threads) -> MonitorInfo:
             by_tid[cpu["thread-id"]].name = str(cpu["cpu-index"])
     for n in qmp.execute("query-named-block-nodes", flat=True):
         info.nodes.append((n["node-name"], n["drv"], n.get("file", "")))
-    for b in qmp.execute("query-block"):
+    try:
+        blocks = qmp.execute("query-block")
+    except QMPError:  # disks named by their node then; what was read above stands
+        blocks = []
+    for b in blocks:
         root = (b.get("inserted") or {}).get("node-name")
         if root and (b.get("qdev") or b.get("device")):
             info.devices[root] = disk_name(b)
