@@ -120,5 +120,11 @@ def test_aggregate_all_follows_every_qemu_ones_started_later_too(tmp_path):
             lab.down(tmp_path / d)
     doc = json.loads(out.read_text())
     totals = {vm["vm"]: vm["total"]["write"]["requests"] for vm in doc["vms"] if vm["vm"] in WRITES}
-    assert totals == WRITES, (totals, err[-2000:])  # (any other QEMU on the host is followed too)
+    assert set(totals) == set(WRITES), (totals, err[-2000:])  # (any other QEMU on the host is followed too)
+    for name, n in WRITES.items():
+        # Never more than the guest's own count (no VM's requests in another's), but aggregate mode
+        # prints and then clears its BPF histograms each interval, and a request that completes in
+        # between is not counted: 6 of 16,000 in an earlier run (README, issue 5), 3 of 300 once
+        # here in CI. Allowed: 2 % or 3 requests, whichever is more.
+        assert n - max(3, n // 50) <= totals[name] <= n, (name, totals, err[-2000:])
     assert "vm-b (" in stdout
