@@ -52,14 +52,6 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def _spans_of(path: str) -> list[dict]:
-    """A spans JSON file's spans, or a recording's, correlated here."""
-    if recording.is_recording(path):
-        progress(f"{path}: correlating the recording")
-        return [span_dict(s) for s in pipeline.correlate_recording(recording.read(path)).spans]
-    return _spans_json(path)
-
-
 def _window(text: str | None) -> tuple[float | None, float | None]:
     """'FROM:TO' in seconds after the first span's start; either end may be left out."""
     if text is None:
@@ -81,7 +73,7 @@ def cmd_compare(args) -> int:
     sides = []
     for path, win in ((args.a, args.window_a), (args.b, args.window_b)):
         lo, hi = _window(win)
-        spans = compare.window(_spans_of(path), lo, hi)
+        spans = compare.window(_header_and_spans(path)[1], lo, hi)
         if not spans:
             raise QspanError(f"{path}: no spans" + (f" in window {win}" if win else ""))
         sides.append(spans)
@@ -98,8 +90,9 @@ def cmd_compare(args) -> int:
 
 
 def _header_and_spans(path: str) -> tuple[dict, list[dict]]:
-    """What OTLP needs of a recording or a spans file: the recording header's facts, and the spans."""
+    """A recording's header and spans (correlated here), or a spans file's facts and spans."""
     if recording.is_recording(path):
+        progress(f"{path}: correlating the recording")
         rec = recording.read(path)
         return rec.header, [span_dict(s) for s in pipeline.correlate_recording(rec).spans]
     doc = _document(path)

@@ -16,11 +16,11 @@ from qspan.live.host import vm_summary
 from qspan.live.replay import ReplaySession
 from qspan.transport.rings import bpftrace_clock_ns
 from .deps import Manager
+from .sessions import LIVE
 from .targets import process_identity
 
 log = logging.getLogger("qspan.server")
 router = APIRouter(prefix="/api/host", tags=["host"])
-LIVE = ("attaching", "attached")
 
 
 class HostFollower:
