@@ -149,3 +149,17 @@ def test_the_command_check_catches_what_it_should():
     assert "needs a subcommand" in _check_command(["qspan-lab", "--dir", "x"], parsers)
     assert _commands("make demo    # boots the lab\n.venv/bin/qspan-lab load --op write &\n") == [
         ["make", "demo"], [".venv/bin/qspan-lab", "load", "--op", "write"]]
+
+
+def test_the_dashboard_s_hover_texts_are_the_schema_s_own_words():
+    """live/glossary.py (what the dashboard shows over a phase or category) says what docs/spans-schema.md says."""
+    from qspan.live import glossary
+
+    doc = " ".join((REPO / "docs" / "spans-schema.md").read_text().split())
+    for name, text in glossary.PHASES.items():
+        said = f"{name} role (e.g. `" if name in ("driver", "hop") else f"`{name}`: {text}"
+        assert said in doc and text in doc, f"phase {name}: {text!r} is not the schema's"
+    for name, text in glossary.INSTEAD.items():
+        assert f"`{name}` ({text})" in doc, f"category {name}: {text!r} is not the schema's"
+    assert set(glossary.INSTEAD) == set(spans.INSTEAD_CATEGORIES)
+    assert glossary.phase_meanings({"driver": "O", "hop": "replication"})["O"].endswith(glossary.PHASES["driver"])
