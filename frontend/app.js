@@ -27,7 +27,12 @@ function takeTokenFromAddress() {
     const parts = text.split("&").filter(Boolean);
     const i = parts.findIndex((p) => p.startsWith("token="));
     if (i < 0) return [null, text];
-    const given = decodeURIComponent(parts[i].slice(6));
+    let given;
+    try {
+      given = decodeURIComponent(parts[i].slice(6));
+    } catch (e) {
+      given = parts[i].slice(6);  // a stray "%": take it as typed
+    }
     parts.splice(i, 1);
     return [given, parts.join("&")];
   };
@@ -131,6 +136,7 @@ function watch(sid, then) {
   if (other) {
     $("detail").hidden = true;
     resetView();  // views.js: a new session starts at the whole VM, the last minute
+    if (/(^|[#&])(session|span|recording)=/.test(location.hash)) history.replaceState(null, "", location.pathname + location.search);
   }
   stopCrosscheck();
   api(`/api/sessions/${sid}`).then((s) => {
@@ -252,7 +258,7 @@ async function refreshStatus() {
   try {
     const s = await api(`/api/sessions/${state.session}`);
     setHealth(s.status);
-    if (s.status.state === "attached" || s.status.state === "attaching") connect();
+    connect();  // an ended session's frames still follow the view (a recording's, above all)
   } catch (e) {
     showError(e.message);
   }
@@ -315,14 +321,16 @@ function setHealth(s) {
   if (s.error && s.state === "failed") showError(s.error);
 }
 
-// Frames arrive ten times a second; a slow browser must not fall behind. Health and the
-// slowest list follow every frame; charts come only when they changed (a second closed, or
-// the view did), and views.js draws them one chart per task, so none holds the page long.
+// Frames arrive ten times a second; a slow browser must not fall behind. Health follows every
+// frame; charts and the slowest list come only when they changed (a second closed, or the view
+// did), and views.js draws them one chart per task, so none holds the page long.
 function render(frame) {
   setHealth(frame.status);
   renderViewBar(frame);
-  renderSlowest(frame.slowest);
-  if (frame.charts !== null && frame.charts !== undefined) scheduleCharts(frame);
+  if (frame.charts && sameView(frame.view)) {  // views.js: a frame of a view this page left is not drawn
+    renderSlowest(frame.charts.slowest);
+    scheduleCharts(frame);
+  }
 }
 
 function renderSlowest(rows) {
@@ -371,9 +379,12 @@ for (const id of ["export-spans", "export-perfetto"]) {
 $("refresh").onclick = loadProcesses;
 $("crosscheck-start").onclick = startCrosscheck;
 $("detach").onclick = detach;
-loadProcesses();
-api("/api/sessions").then((list) => {
-  if (openPermalink(list)) return;  // detail.js: #session=...&span=... in the address
-  const live = list.find((s) => s.state === "attached" || s.state === "attaching");
-  if (live) watch(live.id);
-}).catch(() => {});
+// once every script ran (views.js, detail.js, find.js define what this calls)
+document.addEventListener("DOMContentLoaded", () => {
+  loadProcesses();
+  api("/api/sessions").then((list) => {
+    if (openPermalink(list)) return;  // detail.js: #session=...&span=... in the address
+    const live = list.find((s) => s.state === "attached" || s.state === "attaching");
+    if (live) watch(live.id);
+  }).catch((e) => showError(`cannot list sessions: ${e.message}`));
+});

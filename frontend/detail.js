@@ -14,9 +14,10 @@ function permalink(sid, spanId) {
 
 // #session=...&span=...[&recording=...] in the address: open that request. True if there was one.
 function openPermalink(sessions) {
+  const decode = (text) => { try { return decodeURIComponent(text); } catch (e) { return text; } };
   const params = new Map(location.hash.slice(1).split("&").filter(Boolean).map((p) => {
     const i = p.indexOf("=");
-    return i < 0 ? [p, ""] : [p.slice(0, i), decodeURIComponent(p.slice(i + 1))];
+    return i < 0 ? [p, ""] : [p.slice(0, i), decode(p.slice(i + 1))];
   }));
   if (!params.has("session") && !params.has("recording")) return false;
   const rec = params.get("recording");

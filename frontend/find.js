@@ -61,7 +61,8 @@ function renderFound(r) {
   }));
   const from = r.ring_spans ? `the newest ${r.ring_spans} requests (from ${clockText(r.ring_from_ns / 1e9)})` : "no requests yet";
   $("find-note").textContent = `${r.matched} found${r.matched > r.spans.length ? `, the newest ${r.spans.length} shown` : ""}; `
-    + `searched ${from}, the ${r.slowest_kept_per_second} slowest of each second and disk before them, and ${r.pinned} opened before`;
+    + `searched ${from}; before them, the ${r.slowest_kept_per_second} slowest of each second, disk and op (10 min), `
+    + `then the ${r.slowest_kept_per_minute} slowest of each minute; and ${r.pinned} opened before`;
 }
 
 $("find-form").addEventListener("submit", findRequests);

@@ -27,6 +27,13 @@ function setView(change) {
   sendView();
 }
 
+// Whether a frame's view is the one this page shows (a frame sent before the page's last change is not).
+function sameView(v) {
+  const r = (x) => (x ? x.map(Number).join(",") : "");
+  return v && v.scope === view.scope && (v.op || null) === (view.op || null) && v.window_s === view.window_s
+    && r(v.range_s) === r(view.range_s);
+}
+
 // Exports hold what the view selects (its disk or node, its op, and a brushed range).
 function exportLinks() {
   if (!state.session) return;
@@ -70,7 +77,7 @@ function renderViewBar(frame) {
   const entries = scopes.map((s) => [s.scope, `${scopeLabel(s.scope)} (${s.requests} requests)`]);
   fillSelect($("scope"), entries, view.scope);
   fillSelect($("find-scope"), entries, $("find-scope").value || "all");
-  const groups = frame.charts ? Object.keys(frame.charts.latency) : null;
+  const groups = frame.charts ? frame.charts.all_groups : null;
   if (groups) fillSelect($("op"), [["", "every op"], ...groups.map((g) => [g, g])], view.op || "");
 }
 
@@ -107,12 +114,13 @@ const meaning = (kind, name) => {
 
 function scheduleCharts(frame) {
   chartsFrame = frame;
-  if (drawing) return;
+  if (drawing) return;  // the drawing under way starts over with this frame when it gets there
   drawing = true;
   // one chart per task: a slow machine sees charts drawn in steps, never a frozen page
   const steps = [drawLatency, drawHeatmap, drawPhasesOverTime, drawInsteadOverTime, drawBreakdown, drawHistogram, describeView];
+  let f = chartsFrame;
   const next = (i) => {
-    const f = chartsFrame;
+    if (chartsFrame !== f) { f = chartsFrame; i = 0; }  // a newer frame came meanwhile: every chart from it
     if (i >= steps.length || !f) { drawing = false; return; }
     try {
       steps[i](f.charts || emptyCharts());
@@ -277,8 +285,9 @@ function drawHistogram(c) {
   }, PLOT);
 }
 
-$("scope").onchange = () => setView({ scope: $("scope").value });
-$("op").onchange = () => setView({ op: $("op").value || null });
+// (a select keeps the focus after a choice, and fillSelect leaves a focused one alone)
+$("scope").onchange = () => { setView({ scope: $("scope").value }); $("scope").blur(); };
+$("op").onchange = () => { setView({ op: $("op").value || null }); $("op").blur(); };
 for (const b of document.querySelectorAll("#viewbar .windows button")) {
   b.onclick = () => setView({ window_s: Number(b.dataset.window), range_s: null });
 }

@@ -97,8 +97,9 @@ def test_live_websocket_frames(server, session, vm):
     # has none unless a second closed meanwhile: charts are sent when they change
     assert a["view"] == {"scope": "all", "op": None, "window_s": 60, "range_s": None}
     assert "write" in a["charts"]["groups"] and sum(a["charts"]["latency"]["write"]["requests"]) > 0
-    assert b["charts"] is None or b["charts"]["t1_s"] > a["charts"]["t1_s"]
-    assert a["slowest"] and a["slowest"][0]["dur_us"] >= a["slowest"][-1]["dur_us"]
+    assert b["charts"] is None or b["charts"]["t1_s"] >= a["charts"]["t1_s"]
+    slow = a["charts"]["slowest"]
+    assert slow and slow[0]["dur_us"] >= slow[-1]["dur_us"]
     assert a["status"]["state"] == "attached"
 
 

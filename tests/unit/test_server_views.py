@@ -44,7 +44,7 @@ def test_the_live_socket_sends_the_view_it_is_asked_for_and_charts_only_when_the
         ws.send_text(json.dumps({"type": "view", "scope": "disk:disk0", "op": "write", "window_s": 0}))
         frame = next(f for f in _frames(ws, 5) if f["charts"] is not None)
         assert frame["view"]["op"] == "write" and frame["charts"]["groups"] == ["write"]
-        assert sum(frame["charts"]["requests"]) == 100 and all(r["op"] == "write" for r in frame["slowest"])
+        assert sum(frame["charts"]["requests"]) == 100 and all(r["op"] == "write" for r in frame["charts"]["slowest"])
         ws.send_text(json.dumps({"type": "view", "scope": "vda"}))
         assert any(f["type"] == "error" and "scope" in f["message"] for f in _frames(ws, 3))
         ws.send_text("x" * 5000)
@@ -98,3 +98,12 @@ def test_exports_hold_the_view_s_selection(opened):
     doc = client.get(f"/api/sessions/{sid}/export/spans.json", params={"scope": "disk:disk0", "op": "read"}).json()
     assert len(doc["spans"]) == 100 and {s["op"] for s in doc["spans"]} == {"read"}
     assert client.get(f"/api/sessions/{sid}/export/spans.json", params={"scope": "bogus"}).status_code == 422
+
+
+def test_spans_is_a_list_with_the_new_filters(opened):
+    client, sid = opened
+    r = client.get(f"/api/sessions/{sid}/spans", params={"op": "read", "offset_min": 4096, "offset_max": 8192})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got and all(s["op"] == "read" and s["offset"] < 8192 and s["offset"] + s["bytes"] > 4096 for s in got)
+    assert len(client.get(f"/api/sessions/{sid}/spans", params={"limit": 20000}).json()) == 200

@@ -16,7 +16,7 @@ from helpers import DATA
 from qspan.correlate import Correlator, in_time_order
 from qspan.live import SpanStore
 from qspan.live.views import MAX_POINTS, View, ViewError, bin_width, charts, parse_view, scope_choices, slowest
-from qspan.live.windows import ALL, Windows, bucket_low_us, bucket_of
+from qspan.live.windows import ALL, SLOWEST_PER_SECOND, Windows, bucket_low_us, bucket_of
 from qspan.output import recording
 from qspan.output.report import percentile
 
@@ -117,13 +117,29 @@ def test_a_brushed_range_a_disk_and_an_op_narrow_everything(laid_out):
     assert inside and sum(ch["requests"]) == len(inside) and ch["groups"] == ["write"]
     assert sum(ch["instead_mean_us"]["runnable"][i] * n for i, n in enumerate(ch["requests"])) == pytest.approx(
         sum(h.instead_ns.get("runnable", 0) for s in inside for h in s.handoffs) / 1000)
-    # the slowest list is exact for a disk though the ring holds only the newest 50 spans
+    # the window's slowest few are found for a disk and an op though the ring holds only the newest 50
     got = slowest(w, store.ring, view, 10)
-    want = sorted(inside, key=lambda s: (-s.dur_ns, s.id))[:10]
-    assert [s.id for s in got] == [s.id for s in want]
+    want = sorted(inside, key=lambda s: (-s.dur_ns, s.id))
+    assert [s.id for s in got[:SLOWEST_PER_SECOND]] == [s.id for s in want[:SLOWEST_PER_SECOND]]
+    assert [s.dur_ns for s in got] == sorted((s.dur_ns for s in got), reverse=True) and len(got) == 10
 
 
-def test_old_windows_are_read_per_minute_and_slowest_stay_exact():
+def test_a_range_is_held_to_the_session_and_never_makes_more_than_max_points(laid_out):
+    spans, store = laid_out
+    w = store.windows
+    first, last = min(_sec(s) for s in spans), max(_sec(s) for s in spans)
+    for rng in ([0, 1e12], [first - 1e6, first + 3], [last - 0.5, last + 1e9], [first + 7, first + 7]):
+        ch = charts(w, parse_view({"range_s": rng}))
+        assert first <= ch["t0_s"] <= ch["t1_s"] <= last and len(ch["t_s"]) <= MAX_POINTS
+    for n in range(1, 5000, 37):
+        width = bin_width(n, 1)
+        assert all(len(range(t0 - t0 % width, t0 + n, width)) <= MAX_POINTS for t0 in (0, 1, width - 1))
+    for bad in ([float("nan"), 1], [0, float("inf")]):
+        with pytest.raises(ViewError, match="finite"):
+            parse_view({"range_s": bad})
+
+
+def test_old_windows_are_read_per_minute_and_their_slowest_found():
     spans = _laid_out(240, 700_000_000)
     store = SpanStore(max_spans=50, devices=DEVICES)
     store.windows = Windows(DEVICES, seconds_kept=30)
@@ -133,10 +149,39 @@ def test_old_windows_are_read_per_minute_and_slowest_stay_exact():
     assert ch["resolution_s"] == 60 and ch["bin_s"] == 60 and not ch["exact_percentiles"]
     assert sum(ch["requests"]) == len(spans)
     got = slowest(store.windows, store.ring, View(window_s=0), 10)
-    assert [s.dur_ns for s in got] == sorted((s.dur_ns for s in spans), reverse=True)[:10]
+    assert [s.dur_ns for s in got[:3]] == sorted((s.dur_ns for s in spans), reverse=True)[:3]
+    # rows of a key that saw no request for a while go too: a flush in the first second only
+    # must not make old windows look per second
+    w = Windows(DEVICES, seconds_kept=10)
+    flush = replace(spans[0], op="flush", id=10 ** 6)
+    for s in [flush] + spans:
+        w.add(s)
+    w.close(1 << 62)
+    assert not w.per_second_from(w.first_s) and ("all", "flush") not in w.seconds
+    ch = charts(w, View(window_s=0))
+    assert sum(ch["requests"]) == len(spans) + 1 and ch["resolution_s"] == 60
 
 
-def test_an_idle_guest_s_last_second_closes_with_time():
+def test_a_span_after_its_second_closed_counts_and_its_row_is_no_longer_exact():
+    spans = _laid_out(6, 700_000_000)
+    w = Windows(DEVICES)
+    late = max(spans[:100], key=lambda s: s.dur_ns)
+    for s in spans:
+        if s is not late:
+            w.add(s)
+    w.close(_sec(spans[-1]) - 1)
+    version = w.version
+    w.add(late)
+    w.close(_sec(spans[-1]) - 1)
+    assert w.version > version, "the charts are sent again"
+    row = next(r for r in w.seconds[("all", late.op)] if r.t_s == _sec(late))
+    assert row.exact is None and row.rollup.max_ns >= late.dur_ns
+    assert sum(r.rollup.requests for rows in [w.seconds[("all", "read")], w.seconds[("all", "write")]] for r in rows) \
+        == sum(1 for s in spans if _sec(s) <= _sec(spans[-1]) - 1)
+    assert late in list(w.kept_spans()), "among its second's slowest"
+
+
+def test_an_idle_guest_s_last_second_closes_and_windows_slide_with_time():
     spans = _laid_out(4, 700_000_000)
     store = SpanStore(devices=DEVICES)
     store.add(spans, {})
@@ -144,6 +189,9 @@ def test_an_idle_guest_s_last_second_closes_with_time():
     assert store.windows.closed_upto < last
     store.advance((last + 3) * NS)
     assert store.windows.closed_upto == last and sum(r["requests"] for r in store.seconds) == len(spans)
+    store.advance((last + 30) * NS)  # nothing more: the last 10 s are empty, not the last busy ones
+    ch = charts(store.windows, View(window_s=10))
+    assert ch["t1_s"] == last + 28 and sum(ch["requests"]) == 0 and store.rate(10) == 0
 
 
 def test_search_by_offset_latency_disk_and_the_pins(laid_out):
@@ -152,8 +200,8 @@ def test_search_by_offset_latency_disk_and_the_pins(laid_out):
     want = [s for s in spans[-50:] if s.op == "write" and s.nodes[0].node == "disk0" and s.offset < 1 << 20
             and s.dur_ns >= 500_000]
     assert {s.id for s in want} <= {d["id"] for d in found["spans"]}
-    assert found["ring_spans"] == 50 and found["slowest_kept_per_second"] == 10
-    old = next(s for s in store.windows.slow_seconds[0][2])
+    assert found["ring_spans"] == 50 and found["slowest_kept_per_second"] == SLOWEST_PER_SECOND
+    old = next(iter(store.windows.kept_spans()))
     assert store.pin(old.id) and store.find(old.id)[0].id == old.id
     assert not store.pin(-1)
 

@@ -92,7 +92,9 @@ class LiveFeed:
             # the guest is idle, what is in the buffer becomes safe to correlate.
             self.buffer.max_ts = max(self.buffer.max_ts, now_ns)
         self._process(self.buffer.ready())
-        self.store.advance(now_ns)
+        if not self.watermarks:
+            # (with watermarks only they move the rollups: dumps may lag the clock by seconds)
+            self.store.advance(now_ns)
 
     def drain(self) -> None:
         """The stream ended: correlate everything left and close the store's open seconds."""

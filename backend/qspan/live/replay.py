@@ -55,6 +55,9 @@ class ReplaySession(FedSession):
         devices = self.header.get("target", {}).get("devices")
         self.feed = LiveFeed(self.header, store=SpanStore(max_spans=REPLAY_MAX_SPANS, devices=devices))
         self._timelines: dict[int, Timeline | None] = {}
+        # one correlation again at a time: clicks on several requests wait for each other
+        # (and find the ones done meanwhile cached) rather than each using a core
+        self._timeline_lock = threading.Lock()
         self.state = "attaching"
         self.error: str | None = None
         self.started_at = time.time()
@@ -79,20 +82,21 @@ class ReplaySession(FedSession):
         """A request's thread timeline, when the store no longer has it: the recording correlated
         again up to that request (the correlator is deterministic: the same ids). Seconds for a
         large recording; the last few asked for are cached."""
-        if span_id in self._timelines:
-            return self._timelines[span_id]
-        store = _OneTimeline(span_id)
-        feed = LiveFeed(self.header, store=store)
-        for line in recording.body_lines(self.path):
-            feed.line(line)
-            if store.seen:
-                break
-        else:
-            feed.drain()
-        if len(self._timelines) >= TIMELINES_CACHED:
-            del self._timelines[next(iter(self._timelines))]
-        self._timelines[span_id] = store.found
-        return store.found
+        with self._timeline_lock:
+            if span_id in self._timelines:
+                return self._timelines[span_id]
+            store = _OneTimeline(span_id)
+            feed = LiveFeed(self.header, store=store)
+            for line in recording.body_lines(self.path):
+                feed.line(line)
+                if store.seen:
+                    break
+            else:
+                feed.drain()
+            if len(self._timelines) >= TIMELINES_CACHED:
+                del self._timelines[next(iter(self._timelines))]
+            self._timelines[span_id] = store.found
+            return store.found
 
     def tick(self) -> None:
         pass

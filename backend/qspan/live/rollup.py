@@ -58,21 +58,25 @@ class Rollup:
         self.costed = 0  # requests with qspan's own cost estimated (qspan_ns not None)
         self.qspan_ns = 0
 
-    def add(self, dur_ns: int, bucket: int, phases: list, instead: list, qspan_ns: int | None) -> None:
+    def add_span(self, s: Span, bucket: int) -> None:
+        """Count one span in (its latency bucket given)."""
+        dur = s.dur_ns
         self.requests += 1
-        self.dur_ns += dur_ns
-        if dur_ns > self.max_ns:
-            self.max_ns = dur_ns
+        self.dur_ns += dur
+        if dur > self.max_ns:
+            self.max_ns = dur
         self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
         ph = self.phases_ns
-        for name, ns in phases:
-            ph[name] = ph.get(name, 0) + ns
+        for p in s.phases:
+            ph[p.name] = ph.get(p.name, 0) + p.dur_ns
         ins = self.instead_ns
-        for cat, ns in instead:
-            ins[cat] = ins.get(cat, 0) + ns
-        if qspan_ns is not None:
+        for h in s.handoffs:
+            for cat, ns in h.instead_ns.items():
+                if ns:
+                    ins[cat] = ins.get(cat, 0) + ns
+        if s.qspan_ns is not None:
             self.costed += 1
-            self.qspan_ns += qspan_ns
+            self.qspan_ns += s.qspan_ns
 
     def merge(self, other: Rollup) -> None:
         self.requests += other.requests

@@ -9,7 +9,7 @@ from operator import attrgetter
 
 from qspan.correlate import Timeline
 from qspan.live.views import in_scope
-from qspan.live.windows import ALL, Windows, disk_of
+from qspan.live.windows import ALL, SLOWEST_PER_MINUTE, SLOWEST_PER_SECOND, Windows, disk_of
 from qspan.model.spans import Span, span_dict, span_group
 
 _dur = attrgetter("dur_ns")
@@ -62,7 +62,9 @@ class SpanStore:
                 self._trim_timelines()
             self.windows.add(s)
         if spans:
-            self.windows.close(spans[-1].end_ns // 1_000_000_000 - 1)
+            # spans leave the correlator when their coroutine ends, after their ack (end_ns):
+            # a second is closed once a span two seconds later came
+            self.windows.close(max(s.end_ns for s in spans) // 1_000_000_000 - 2)
 
     def _trim_timelines(self) -> None:
         if len(self.timelines) <= self.max_timelines + 100:  # trim in batches
@@ -114,7 +116,7 @@ class SpanStore:
         min_dur_ns = min_dur_us * 1000
         devices = self.windows.devices
         seen: dict[int, Span] = {}
-        kept_slow = (s for _t, _d, spans in self.windows.slow_seconds for s in spans)
+        kept_slow = self.windows.kept_spans()
         pinned = (p[0] for p in self.pinned.values())
         for s in self._spans if ring_only else itertools.chain(kept_slow, pinned, self._spans):
             if s.end_ns < since_ns or (until_ns is not None and s.start_ns > until_ns) or s.dur_ns < min_dur_ns:
@@ -135,7 +137,7 @@ class SpanStore:
             out.append(d)
         return {"spans": out, "matched": len(found),
                 "ring_from_ns": self.oldest_end_ns, "ring_spans": len(self._spans), "pinned": len(self.pinned),
-                "slowest_kept_per_second": self.windows.slowest_kept}
+                "slowest_kept_per_second": SLOWEST_PER_SECOND, "slowest_kept_per_minute": SLOWEST_PER_MINUTE}
 
     @property
     def full(self) -> bool:
@@ -153,9 +155,9 @@ class SpanStore:
     def rate(self, window_s: int) -> float:
         """Requests a second over the last window_s closed seconds (the per-second rows outlive the ring)."""
         w = self.windows
-        if w.closed_upto < 0 or window_s <= 0:
+        if w.newest_s < 0 or window_s <= 0:
             return 0.0
-        last = w.closed_upto
+        last = w.newest_s
         n = sum(r.rollup.requests for (scope, _g), kept in w.seconds.items() if scope == ALL
                 for r in kept if r.t_s > last - window_s)
         return round(n / window_s, 1)
@@ -170,9 +172,7 @@ class SpanStore:
             return self.pinned[span_id]
         s = next((s for s in self._spans if s.id == span_id), None)
         if s is None:
-            s = next((s for _t, _d, spans in self.windows.slow_seconds for s in spans if s.id == span_id), None)
-        if s is None:
-            s = next((s for _t, _d, spans in self.windows.slow_minutes for s in spans if s.id == span_id), None)
+            s = next((s for s in self.windows.kept_spans() if s.id == span_id), None)
         return None if s is None else (s, self.timelines.get(span_id))
 
     def get(self, span_id: int) -> dict | None:
@@ -198,4 +198,4 @@ class SpanStore:
     def advance(self, now_ns: int) -> None:
         """Time passed (the tracer's clock): close the seconds no span can end in any more, so an
         idle guest's last second is drawn (spans close seconds too, as they come)."""
-        self.windows.close(now_ns // 1_000_000_000 - 2)
+        self.windows.advance(now_ns // 1_000_000_000 - 2)

@@ -9,6 +9,7 @@ the heatmap, the phases and what ran instead over time, and the window's breakdo
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 from qspan.live.windows import ALL, Rollup, Windows, bucket_low_us, disk_of
@@ -55,30 +56,34 @@ def parse_view(msg: dict) -> View:
     rng = msg.get("range_s")
     if rng is not None:
         if (not isinstance(rng, list | tuple) or len(rng) != 2
-                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in rng) or rng[0] > rng[1]):
-            raise ViewError("range_s: [from, to] in the trace's seconds, from <= to")
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in rng)
+                or rng[0] > rng[1]):
+            raise ViewError("range_s: [from, to] in the trace's seconds, finite, from <= to")
         rng = (float(rng[0]), float(rng[1]))
     return View(scope, op, int(window), rng)
 
 
 def bounds(w: Windows, view: View) -> tuple[int, int] | None:
-    """The view's window as whole seconds [t0, t1], or None before anything was closed."""
-    if w.closed_upto < 0:
+    """The view's window as whole seconds [t0, t1] within what the session has, or None before
+    anything was closed."""
+    if w.newest_s < 0:
         return None
-    if view.range_s is not None:
-        return int(view.range_s[0]), int(view.range_s[1])
-    t1 = w.closed_upto
+    t1 = w.newest_s
     first = w.first_s if w.first_s is not None else t1
+    if view.range_s is not None:  # a brushed range, held to the session's own stretch
+        a, b = max(first, math.floor(view.range_s[0])), min(t1, math.floor(view.range_s[1]))
+        return (a, b) if a <= b else (t1, t1)
     if view.window_s == 0:
         return first, t1
     return max(first, t1 - view.window_s + 1), t1  # no empty stretch before the first request
 
 
 def bin_width(span_s: int, resolution_s: int) -> int:
+    """The narrowest bin (a multiple of the rows' resolution) that keeps the window to MAX_POINTS bins."""
     for b in BIN_CHOICES_S:
-        if b >= resolution_s and span_s / b <= MAX_POINTS:
+        if b >= resolution_s and b % resolution_s == 0 and math.ceil(span_s / b) + 1 <= MAX_POINTS:
             return b
-    return BIN_CHOICES_S[-1]
+    return math.ceil(span_s / (MAX_POINTS - 1) / resolution_s) * resolution_s
 
 
 def in_scope(s: Span, scope: str, devices: dict[str, str]) -> bool:
@@ -127,7 +132,7 @@ def charts(w: Windows, view: View) -> dict | None:
     phase_names = sorted({k for x in merged for k in x.phases_ns})
     return {
         "t0_s": t0, "t1_s": t1, "bin_s": width, "resolution_s": resolution, "exact_percentiles": exact,
-        "t_s": times, "groups": groups, "latency": latency,
+        "t_s": times, "groups": groups, "all_groups": w.groups(view.scope), "latency": latency,
         "heatmap": {"buckets": heat_rows, "low_us": [bucket_low_us(k) for k in heat_rows],
                     "z": [[x.buckets.get(k, 0) for x in merged] for k in heat_rows]},
         "requests": [x.requests for x in merged],
@@ -152,23 +157,25 @@ def breakdown(w: Windows, view: View, t0: int, t1: int) -> dict:
     return out
 
 
-def slowest(w: Windows, ring: list[Span], view: View, n: int = 10) -> list[Span]:
-    """The view's n longest spans: exact for the VM and each disk over the rows kept (the ring and
-    each second's slowest per disk); for a block node, over what those hold."""
+def slowest(w: Windows, ring, view: View, n: int = 10) -> list[Span]:
+    """The view's n longest spans among those kept: the ring (every request of its stretch) and
+    each second's slowest per disk and group (windows.py), so the window's slowest
+    SLOWEST_PER_SECOND are always among them, for the VM or a disk, one op or all."""
     b = bounds(w, view)
+    match_op = (lambda s: True) if view.op is None else (lambda s: span_group(s.op, s.job) == view.op)
     if b is None:
-        cands = [s for s in ring if in_scope(s, view.scope, w.devices)
-                 and (view.op is None or span_group(s.op, s.job) == view.op)]
+        cands = [s for s in ring if match_op(s) and in_scope(s, view.scope, w.devices)]
         return heapq.nlargest(n, cands, key=lambda s: (s.dur_ns, -s.id))
-    t0, t1 = b
-    lo, hi = t0 * 1_000_000_000, (t1 + 1) * 1_000_000_000
+    lo, hi = b[0] * 1_000_000_000, (b[1] + 1) * 1_000_000_000
+    # the ring first, newest first, up to the window's start (it is in end order, nearly)
     seen: dict[int, Span] = {}
-    for s in list(ring) + list(w.slowest_kept_spans(t0, t1)):
-        if s.id in seen or not (lo <= s.end_ns < hi):
-            continue
-        if view.op is not None and span_group(s.op, s.job) != view.op:
-            continue
-        if in_scope(s, view.scope, w.devices):
+    for s in reversed(ring):
+        if s.end_ns < lo - 2_000_000_000:
+            break
+        if lo <= s.end_ns < hi and match_op(s) and in_scope(s, view.scope, w.devices):
+            seen[s.id] = s
+    for s in w.slowest_kept_spans(*b):
+        if s.id not in seen and lo <= s.end_ns < hi and match_op(s) and in_scope(s, view.scope, w.devices):
             seen[s.id] = s
     return heapq.nlargest(n, seen.values(), key=lambda s: (s.dur_ns, -s.id))
 

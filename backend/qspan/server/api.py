@@ -77,7 +77,7 @@ def spans(s: Session,
           scope: Annotated[str, Query(max_length=300, description='"all", "disk:NAME" or "node:NAME"')] = "all",
           offset_min: Annotated[int, Query(ge=0, description="the request overlaps [offset_min, offset_max)")] = 0,
           offset_max: Annotated[int | None, Query(ge=0)] = None,
-          min_dur_us: Annotated[float, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=20000)] = 1000) -> dict:
+          min_dur_us: Annotated[float, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=20000)] = 1000) -> list[dict]:
     return find(s, since_ns, until_ns, op, scope, offset_min, offset_max, min_dur_us, limit)["spans"]
 
 

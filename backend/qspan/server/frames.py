@@ -1,9 +1,9 @@
 """What a live client gets a few times a second, for the view it chose, and the cache that lets clients share it.
 
-A frame carries the session's health and the view's slowest requests every tick; its charts
-(live/views.py) change only when a second closes, so a client is sent them only when they
+A frame carries the session's health every tick; its charts (live/views.py) and the view's
+slowest requests change only when a second closes, so a client is sent them only when they
 changed since it last got them (`charts: null` otherwise): ten frames a second of a 10-minute
-heatmap would be megabytes a second to a remote browser.
+heatmap would be megabytes a second to a remote browser, and their builds a core.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ def clock_offset_s(header: dict) -> float | None:
 
 def build_frame(s: LiveSession, view: View = View(), n_slowest: int = 10,
                 with_charts: bool = True) -> tuple[dict, int]:
-    """The session's frame for a view, and its charts' version: the newest closed second (charts
-    change when a second closes, not with every span)."""
+    """The session's frame for a view, and its charts' version (windows.Windows.version)."""
     status = s.status()
     with s.locked():
         w = s.store.windows
@@ -43,15 +42,28 @@ def build_frame(s: LiveSession, view: View = View(), n_slowest: int = 10,
             "type": "frame", "status": status,
             "view": {"scope": view.scope, "op": view.op, "window_s": view.window_s, "range_s": view.range_s},
             "scopes": scope_choices(w), "clock_offset_s": clock_offset_s(s.header),
-            "slowest": [_slow_row(x, w.devices) for x in slowest(w, s.store.ring, view, n_slowest)],
         }
         if with_charts:
-            frame["charts"] = charts(w, view)
-        return frame, w.closed_upto
+            frame["charts"] = _charts(s, view, n_slowest)
+        return frame, w.version
+
+
+def _charts(s: LiveSession, view: View, n_slowest: int = 10) -> dict | None:
+    """The view's charts and slowest requests (under the session's lock)."""
+    w = s.store.windows
+    c = charts(w, view)
+    if c is not None:
+        c["slowest"] = [_slow_row(x, w.devices) for x in slowest(w, s.store.ring, view, n_slowest)]
+    return c
 
 
 class FrameCache:
-    """Per session and view: the frame's JSON, reused for `reuse_s`; its charts' JSON, until they change."""
+    """Per session and view: the frame's JSON, reused for `reuse_s`; its charts' JSON, until they change.
+
+    Read on the event loop and dropped from the manager's tick thread: every walk over the
+    dicts is over a copy of their keys."""
+
+    MAX_VIEWS = 128  # views cached at once (a client brushing range after range makes new ones)
 
     def __init__(self, reuse_s: float = FRAME_REUSE_S, clock: Callable[[], float] = time.monotonic):
         self.reuse_s = reuse_s
@@ -69,9 +81,9 @@ class FrameCache:
         if not (hit and now - hit[0] < self.reuse_s):
             frame, version = build_frame(s, view, with_charts=False)
             hit = self._frames[key] = (now, version, json.dumps(frame)[:-1])
-            if len(self._frames) > 64:  # views nobody looks at any more
-                for k in [k for k, v in self._frames.items() if now - v[0] > 60]:
-                    del self._frames[k]
+            if len(self._frames) > self.MAX_VIEWS:  # the least recently built go
+                for k in sorted(list(self._frames), key=lambda k: self._frames.get(k, (0,))[0])[:len(self._frames) // 4]:
+                    self._frames.pop(k, None)
                     self._charts.pop(k, None)
         _, version, head = hit
         if version == sent_version:
@@ -79,14 +91,14 @@ class FrameCache:
         cached = self._charts.get(key)
         if cached is None or cached[0] != version:
             with s.locked():
-                cached = self._charts[key] = (version, json.dumps(charts(s.store.windows, view)))
-        return head + ', "charts": ' + cached[1] + "}", version
+                version = s.store.windows.version
+                cached = self._charts[key] = (version, json.dumps(_charts(s, view)))
+        return head + ', "charts": ' + cached[1] + "}", cached[0]
 
     def drop(self, sid: str) -> None:
-        for k in [k for k in self._frames if k[0] == sid]:
-            del self._frames[k]
-        for k in [k for k in self._charts if k[0] == sid]:
-            del self._charts[k]
+        for table in (self._frames, self._charts):
+            for k in [k for k in list(table) if k[0] == sid]:
+                table.pop(k, None)
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -36,25 +36,35 @@ ENDED_FRAME_INTERVAL_S = 0.5
 class ClientViews:
     """What the client asked for last (read by the sender), and errors to tell it."""
 
+    MAX_ERRORS = 8  # a client that keeps sending junk and never reads is told of the last few
+
     def __init__(self) -> None:
         self.view = View()
         self.errors: list[str] = []
         self.gone = False
 
+    def refuse(self, why: str) -> None:
+        self.errors = (self.errors + [why])[-self.MAX_ERRORS:]
+
     async def read(self, ws: WebSocket) -> None:
         try:
             while True:
-                text = await ws.receive_text()
-                if len(text) > MAX_CLIENT_MESSAGE:
-                    self.errors.append(f"a message of {len(text)} bytes: at most {MAX_CLIENT_MESSAGE}")
-                    continue
-                try:
-                    msg = json.loads(text)
-                    if not isinstance(msg, dict) or msg.get("type") != "view":
-                        raise ViewError('expected {"type": "view", ...}')
-                    self.view = parse_view(msg)
-                except (ValueError, ViewError) as err:
-                    self.errors.append(f"view refused: {err}")
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                text = msg.get("text")
+                if text is None:
+                    self.refuse("view refused: send a view as text (JSON), not binary")
+                elif len(text) > MAX_CLIENT_MESSAGE:
+                    self.refuse(f"a message of {len(text)} bytes: at most {MAX_CLIENT_MESSAGE}")
+                else:
+                    try:
+                        msg = json.loads(text)
+                        if not isinstance(msg, dict) or msg.get("type") != "view":
+                            raise ViewError('expected {"type": "view", ...}')
+                        self.view = parse_view(msg)
+                    except (ValueError, ViewError) as err:
+                        self.refuse(f"view refused: {err}")
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -95,17 +105,24 @@ async def live(ws: WebSocket, sid: str, manager: Manager, settings: AppSettings)
         next_tick = time.monotonic()
         view, sent = views.view, None  # the charts' version this client has, for its view
         ended = False
+
+        async def send(text: str) -> None:
+            await asyncio.wait_for(ws.send_text(text), timeout=settings.send_timeout_s)
+
         while not views.gone:
+            if manager.find(sid) is not s:  # the session was dropped (ended long ago): nothing more to show
+                await ws.close(code=1000, reason=f"session {sid} is gone")
+                return
             while views.errors:
-                await ws.send_text(json.dumps({"type": "error", "message": views.errors.pop(0)}))
+                await send(json.dumps({"type": "error", "message": views.errors.pop(0)}))
             if views.view != view:
                 view, sent = views.view, None
             data, sent = manager.frame(s, view, sent)
-            await asyncio.wait_for(ws.send_text(data), timeout=settings.send_timeout_s)
+            await send(data)
             interval = settings.frame_interval_s
             if s.state in ENDED:
                 if not ended:
-                    await ws.send_text(json.dumps({"type": "end", "status": s.status()}))
+                    await send(json.dumps({"type": "end", "status": s.status()}))
                     ended = True
                 # nothing changes any more but the client's view: frames for it, slower
                 interval = ENDED_FRAME_INTERVAL_S
