@@ -89,6 +89,7 @@ function axisTime(t_s) {
 }
 function traceSeconds(axisValue) {
   if (!hasClock()) return Number(axisValue);
+  if (typeof axisValue === "number") return axisValue / 1000 - state.clockOffset;  // ms since the epoch
   return Date.parse(`${String(axisValue).replace(" ", "T")}Z`) / 1000 - state.clockOffset;
 }
 function clockText(t_s) {
@@ -170,7 +171,6 @@ function drawLatency(c) {
       const [a, b] = ev.range.x.map(traceSeconds);
       if (Number.isFinite(a) && Number.isFinite(b) && b > a) setView({ range_s: [a, b] });
     });
-    el.on("plotly_deselect", () => { if (view.range_s) setView({ range_s: null }); });
   }
 }
 
