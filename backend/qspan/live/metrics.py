@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from qspan.live.windows import disk_of
+from qspan.live.rollup import count_parts, disk_of
 from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_group
 
 # Upper bounds in seconds: 5 us to 1 s, about three a decade where guest I/O lives (10 us - 10 ms),
@@ -52,10 +52,4 @@ class RequestMetrics:
             s.buckets[bisect_left(_BUCKETS_NS, span.dur_ns)] += 1
             s.count += 1
             s.sum_ns += span.dur_ns
-            phases = s.phases_ns
-            for p in span.phases:
-                phases[p.name] = phases.get(p.name, 0) + p.dur_ns
-            instead = s.instead_ns
-            for h in span.handoffs:
-                for cat, ns in h.instead_ns.items():
-                    instead[cat] = instead.get(cat, 0) + ns
+            count_parts(span, s.phases_ns, s.instead_ns)

@@ -43,6 +43,16 @@ def disk_of(span: Span, devices: dict[str, str]) -> str:
     return span.nodes[0].node if span.nodes else UNKNOWN_DISK
 
 
+def count_parts(s: Span, phases: dict[str, int], instead: dict[str, int]) -> None:
+    """Add a span's time per phase, and its handoffs' time per what-ran-instead category."""
+    for p in s.phases:
+        phases[p.name] = phases.get(p.name, 0) + p.dur_ns
+    for h in s.handoffs:
+        for cat, ns in h.instead_ns.items():
+            if ns:
+                instead[cat] = instead.get(cat, 0) + ns
+
+
 class Rollup:
     """Sums over a set of requests: what every panel of the dashboard is drawn from."""
 
@@ -66,14 +76,7 @@ class Rollup:
         if dur > self.max_ns:
             self.max_ns = dur
         self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
-        ph = self.phases_ns
-        for p in s.phases:
-            ph[p.name] = ph.get(p.name, 0) + p.dur_ns
-        ins = self.instead_ns
-        for h in s.handoffs:
-            for cat, ns in h.instead_ns.items():
-                if ns:
-                    ins[cat] = ins.get(cat, 0) + ns
+        count_parts(s, self.phases_ns, self.instead_ns)
         if s.qspan_ns is not None:
             self.costed += 1
             self.qspan_ns += s.qspan_ns
