@@ -35,7 +35,8 @@ function openPermalink(sessions) {
 async function openSpan(id) {
   const sid = state.session;
   try {
-    const { span, timeline, timeline_kept: kept } = await api(`/api/sessions/${sid}/spans/${id}`);
+    const { span, timeline, timeline_kept: kept, threads } = await api(`/api/sessions/${sid}/spans/${id}`);
+    state.threads = threads || {};
     state.selected = id;
     $("detail").hidden = false;
     $("detail-title").textContent = `${span.job ? `Block job ${span.job}, request` : "Request"} #${span.id}: ${span.op} ${span.bytes} B at ${span.offset}${diskOf(span)}, ${(span.dur_ns / 1000).toFixed(1)} us`;
@@ -50,6 +51,10 @@ async function openSpan(id) {
     showError(`request ${id}: ${e.message}`);
   }
 }
+
+// A thread by its QEMU name (iothread0, main loop, worker) and tid; a thread started after
+// attach (a pool worker, mostly) by its tid alone.
+const threadName = (tid, unknown = "thread") => (state.threads && state.threads[tid] ? `${state.threads[tid]} ${tid}` : `${unknown} ${tid}`);
 
 const diskOf = (span) => (span.nodes.length ? ` (node ${span.nodes[0].node})` : "");
 
@@ -77,9 +82,9 @@ function drawWaterfall(span) {
   rows.push({ name: `${span.op} #${span.id}`, start: 0, dur: span.dur_ns, color: "#1d232a" });
   for (const p of span.phases) rows.push({ name: `phase: ${p.name}`, start: p.start_ns - t0, dur: p.dur_ns, color: "#4c78a8", hint: meaning("phases", p.name) });
   for (const n of span.nodes) rows.push({ name: `node ${n.node} (${n.driver})`, start: n.ts_ns - t0, dur: Math.max(1000, span.end_ns - n.ts_ns), color: "#72b7b2" });
-  for (const p of span.pool) if (p.io_start_ns) rows.push({ name: `worker ${p.worker_tid} syscall`, start: p.io_start_ns - t0, dur: p.io_done_ns - p.io_start_ns, color: "#54a24b" });
+  for (const p of span.pool) if (p.io_start_ns) rows.push({ name: `${threadName(p.worker_tid, "worker")} syscall`, start: p.io_start_ns - t0, dur: p.io_done_ns - p.io_start_ns, color: "#54a24b" });
   for (const c of span.children) rows.push({ name: childName(span, c), start: c.start_ns - t0, dur: (c.end_ns || span.end_ns) - c.start_ns, color: "#ff7f0e" });
-  for (const h of span.handoffs) rows.push({ name: `handoff ${h.from_tid}→${h.to_tid} (${h.signal})`, start: h.ready_ns - t0, dur: h.delay_ns, color: "#d62728" });
+  for (const h of span.handoffs) rows.push({ name: `handoff ${threadName(h.from_tid, h.signal === "sys.io_done" ? "worker" : "thread")} → ${threadName(h.to_tid)} (${h.signal})`, start: h.ready_ns - t0, dur: h.delay_ns, color: "#d62728" });
   const y = rows.map((r, i) => `${i}. ${r.name}`);
   const traces = [{
     type: "bar", orientation: "h", y, x: rows.map((r) => r.dur / 1000), base: rows.map((r) => r.start / 1000),
@@ -125,7 +130,7 @@ function drawTimeline(span, timeline) {
   const traces = SEGMENT_KINDS.map(([kind, color]) => {
     const mine = timeline.filter((s) => segmentKind(span, s) === kind);
     return {
-      type: "bar", orientation: "h", name: kind, marker: { color }, y: mine.map((s) => `thread ${s.tid}`),
+      type: "bar", orientation: "h", name: kind, marker: { color }, y: mine.map((s) => threadName(s.tid)),
       base: mine.map((s) => (s.start_ns - t0) / 1000), x: mine.map((s) => s.dur_ns / 1000),
       customdata: mine.map((s) => segmentName(span, s)), hovertemplate: "%{customdata}: %{x:.1f} us<extra></extra>",
     };

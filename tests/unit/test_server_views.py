@@ -66,6 +66,8 @@ def test_find_pin_and_open_a_request_with_its_named_timeline(opened):
     assert client.post(f"/api/sessions/{sid}/spans/{wanted}/pin").json() == {"pinned": wanted}
     got = client.get(f"/api/sessions/{sid}/spans/{wanted}").json()
     assert got["span"]["id"] == wanted and got["timeline_kept"] and got["timeline"]
+    # threads by QEMU's names for them: the request's own thread is the iothread
+    assert got["threads"][str(got["span"]["tid"])] == "iothread0" and "main loop" in got["threads"].values()
     # segments name the node a coroutine was in, never its pointer
     assert {seg["node"] for seg in got["timeline"] if seg["kind"] == "co"} <= {"disk0", None}
     assert client.get(f"/api/sessions/{sid}/spans/99999999").status_code == 404

@@ -116,7 +116,18 @@ def span(s: Session, span_id: int) -> dict:
                                  "5,000 requests, each second's slowest, and the ones opened before (pinned) are")
     if timeline is None and hasattr(s, "timeline_of"):  # a recording: correlated again up to the request
         timeline = _named(s.timeline_of(span_id), names)
-    return {"span": d, "timeline": timeline or [], "timeline_kept": timeline is not None}
+    return {"span": d, "timeline": timeline or [], "timeline_kept": timeline is not None,
+            "threads": thread_names(s.header)}
+
+
+def thread_names(header: dict) -> dict[str, str]:
+    """QEMU's threads as the page names them (tid -> "iothread0", "main loop", ...): what qspan saw at attach."""
+    out = {}
+    for th in header.get("target", {}).get("threads", []):
+        role, name = th.get("role"), th.get("name") or ""
+        out[str(th["tid"])] = ("main loop" if role == "main" else f"vCPU {name}" if role == "vcpu" and name
+                               else name or th.get("comm") or "thread")
+    return out
 
 
 @sessions_router.post("/{sid}/spans/{span_id}/pin", summary="keep a request for the session's lifetime (a permalink's)")
