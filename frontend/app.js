@@ -1,7 +1,7 @@
 // qspan dashboard: plain JS, no build step. Talks to the REST API and one WebSocket.
 "use strict";
 
-const state = { session: null, ws: null, selected: null, reconnect: null, crosscheck: null };
+const state = { session: null, ws: null, selected: null, reconnect: null, crosscheck: null, glossary: null, sessionInfo: null };
 const $ = (id) => document.getElementById(id);
 const PLOT = { displaylogo: false, responsive: true };
 // legends above the plot: below it they would sit on the x axis title
@@ -27,7 +27,12 @@ function takeTokenFromAddress() {
     const parts = text.split("&").filter(Boolean);
     const i = parts.findIndex((p) => p.startsWith("token="));
     if (i < 0) return [null, text];
-    const given = decodeURIComponent(parts[i].slice(6));
+    let given;
+    try {
+      given = decodeURIComponent(parts[i].slice(6));
+    } catch (e) {
+      given = parts[i].slice(6);  // a stray "%": take it as typed
+    }
     parts.splice(i, 1);
     return [given, parts.join("&")];
   };
@@ -119,17 +124,28 @@ async function attach(pid) {
   }
 }
 
-function watch(sid) {
+function watch(sid, then) {
+  const other = state.session !== sid;
   state.session = sid;
   $("session-id").textContent = sid;
   $("session-bar").hidden = false;
-  $("export-spans").href = `/api/sessions/${sid}/export/spans.json`;
-  $("export-perfetto").href = `/api/sessions/${sid}/export/perfetto.json`;
   $("waiting").hidden = true;
   $("charts").hidden = false;
-  $("slowest-panel").hidden = false;
+  $("viewbar").hidden = false;
+  $("find-panel").hidden = false;
+  if (other) {
+    $("detail").hidden = true;
+    resetView();  // views.js: a new session starts at the whole VM, the last minute
+    if (/(^|[#&])(session|span|recording)=/.test(location.hash)) history.replaceState(null, "", location.pathname + location.search);
+  }
   stopCrosscheck();
-  api(`/api/sessions/${sid}`).then((s) => { $("crosscheck-panel").hidden = !s.status.qemu_accounting; }).catch(() => {});
+  api(`/api/sessions/${sid}`).then((s) => {
+    state.sessionInfo = s.status;
+    state.glossary = s.glossary;
+    if (chartsFrame) scheduleCharts(chartsFrame);  // views.js: again, with the hover texts
+    $("crosscheck-panel").hidden = !s.status.qemu_accounting;
+    if (then) then(s);
+  }).catch((e) => showError(`session ${sid}: ${e.message}`));
   connect();
   loadProcesses();
 }
@@ -205,7 +221,7 @@ function renderCrosscheck(rep) {
     bar(first.r.qemu_bins, "QEMU's histogram", "#1f77b4"),
     bar(first.r.acct_bins, "qspan: QEMU's interval", "#2ca02c"),
     bar(first.r.span_bins, "qspan: spans (kick to ack)", "#ff7f0e"),
-  ], { ...LAYOUT, barmode: "group", xaxis: { title: `latency bin (us): ${first.dev} ${first.op}` }, yaxis: { title: { text: "requests" } } }, PLOT);
+  ], { ...LAYOUT, barmode: "group", xaxis: { title: { text: `latency bin (us): ${first.dev} ${first.op}` }, automargin: true }, yaxis: { title: { text: "requests" } } }, PLOT);
 }
 
 function connect() {
@@ -218,8 +234,12 @@ function connect() {
     const data = JSON.parse(msg.data);
     if (data.type === "frame") render(data);
     if (data.type === "end") setHealth(data.status);
+    if (data.type === "error") showError(`live view: ${data.message}`);
   };
-  ws.onopen = () => { state.refused = 0; };
+  ws.onopen = () => {
+    state.refused = 0;
+    sendView();  // views.js: the view this page shows
+  };
   ws.onclose = (ev) => {
     if (state.ws === ws && state.session && ev.code !== 1000) {
       // refused before it opened, again and again (origin or token): say so instead of retrying in silence
@@ -239,7 +259,7 @@ async function refreshStatus() {
   try {
     const s = await api(`/api/sessions/${state.session}`);
     setHealth(s.status);
-    if (s.status.state === "attached" || s.status.state === "attaching") connect();
+    connect();  // an ended session's frames still follow the view (a recording's, above all)
   } catch (e) {
     showError(e.message);
   }
@@ -302,66 +322,16 @@ function setHealth(s) {
   if (s.error && s.state === "failed") showError(s.error);
 }
 
-// Frames arrive ten times a second; a slow browser must not fall behind. Health and the
-// table follow every frame; charts are redrawn at most once a second, from the newest frame.
-const CHART_INTERVAL_MS = 1000;
-let lastCharts = 0;
-let pendingCharts = null;
-
+// Frames arrive ten times a second; a slow browser must not fall behind. Health follows every
+// frame; charts and the slowest list come only when they changed (a second closed, or the view
+// did), and views.js draws them one chart per task, so none holds the page long.
 function render(frame) {
   setHealth(frame.status);
-  renderSlowest(frame.slowest);
-  pendingCharts = frame;
-  const now = performance.now();
-  if (now - lastCharts >= CHART_INTERVAL_MS) {
-    lastCharts = now;
-    requestAnimationFrame(() => {
-      const f = pendingCharts;
-      pendingCharts = null;
-      if (!f) return;
-      renderLatency(f.latency);
-      renderBreakdown(f.breakdown);
-    });
+  renderViewBar(frame);
+  if (frame.charts && sameView(frame.view)) {  // views.js: a frame of a view this page left is not drawn
+    renderSlowest(frame.charts.slowest);
+    scheduleCharts(frame);
   }
-}
-
-function renderLatency(rows) {
-  const traces = [];
-  const ops = [...new Set(rows.map((r) => r.op))];
-  for (const op of ops) {
-    const mine = rows.filter((r) => r.op === op);
-    const x = mine.map((r) => new Date(r.t_s * 1000).toISOString().slice(11, 19));
-    for (const p of ["p50_us", "p90_us", "p99_us", "max_us"]) {
-      traces.push({ x, y: mine.map((r) => r[p]), name: `${op} ${p.replace("_us", "")}`, mode: "lines", type: "scatter" });
-    }
-  }
-  Plotly.react("latency", traces, { ...LAYOUT, yaxis: { title: { text: "us" }, type: "log" }, xaxis: { title: { text: "time (monotonic)" } } }, PLOT);
-}
-
-function renderBreakdown(bd) {
-  const ops = Object.keys(bd);
-  const phaseNames = [...new Set(ops.flatMap((op) => Object.keys(bd[op].phase_mean_us)))];
-  const phaseTraces = phaseNames.map((ph) => ({
-    type: "bar", orientation: "h", name: ph, y: ops, x: ops.map((op) => bd[op].phase_mean_us[ph] || 0),
-  }));
-  Plotly.react("phases", phaseTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: { text: "us" } } }, PLOT);
-  // qspan's own probes are inside those phases: say how much, as calibrated (tracers/costs.txt)
-  const own = ops.filter((op) => bd[op].qspan_mean_us !== null && bd[op].qspan_mean_us !== undefined)
-    .map((op) => `${op} ${bd[op].qspan_mean_us.toFixed(1)} us of ${bd[op].mean_us.toFixed(1)}`);
-  $("selfcost").textContent = own.length
-    ? `of which qspan's own probes on the critical path (calibrated estimate): ${own.join(", ")}`
-    : "";
-  const cats = Object.keys(CATEGORY_COLORS);
-  const insteadTraces = cats.map((c) => ({
-    type: "bar", orientation: "h", name: c, y: ops, marker: { color: CATEGORY_COLORS[c] },
-    x: ops.map((op) => (bd[op].instead_mean_us || {})[c] || 0),
-  }));
-  Plotly.react("instead", insteadTraces, { ...LAYOUT, barmode: "stack", xaxis: { title: { text: "us" } } }, PLOT);
-  const histTraces = ops.map((op) => ({
-    type: "bar", name: op, x: bd[op].histogram.edges_us.map((e) => `<${e}`).concat([`>=${bd[op].histogram.edges_us.slice(-1)[0]}`]),
-    y: bd[op].histogram.counts,
-  }));
-  Plotly.react("histogram", histTraces, { ...LAYOUT, xaxis: { title: { text: "latency (us)" } }, yaxis: { title: { text: "requests" } } }, PLOT);
 }
 
 function renderSlowest(rows) {
@@ -374,7 +344,7 @@ function renderSlowest(rows) {
     const tr = document.createElement("tr");
     tr.dataset.span = r.id;
     const phases = Object.entries(r.phases).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
-    for (const c of [r.id, r.op, r.offset, r.dur_us.toFixed(1), phases]) {
+    for (const c of [r.id, r.op, r.disk, r.offset, r.dur_us.toFixed(1), phases]) {
       const td = document.createElement("td");
       td.textContent = c;
       tr.appendChild(td);
@@ -382,61 +352,6 @@ function renderSlowest(rows) {
     tr.onclick = () => openSpan(r.id);
     tbody.appendChild(tr);
   }
-}
-
-async function openSpan(id) {
-  try {
-    const { span, timeline } = await api(`/api/sessions/${state.session}/spans/${id}`);
-    state.selected = id;
-    $("detail").hidden = false;
-    $("detail-title").textContent = `${span.job ? `Block job ${span.job}, request` : "Request"} #${span.id}: ${span.op} ${span.bytes} B at ${span.offset}, ${(span.dur_ns / 1000).toFixed(1)} us`;
-    drawWaterfall(span);
-    drawTimeline(span, timeline);
-    $("detail").scrollIntoView({ behavior: "smooth" });
-  } catch (e) {
-    showError(`request ${id}: ${e.message}`);
-  }
-}
-
-function drawWaterfall(span) {
-  const t0 = span.start_ns;
-  const rows = [];
-  rows.push({ name: `${span.op} #${span.id}`, start: 0, dur: span.dur_ns, color: "#1d232a" });
-  for (const p of span.phases) rows.push({ name: `phase: ${p.name}`, start: p.start_ns - t0, dur: p.dur_ns, color: "#4c78a8" });
-  for (const n of span.nodes) rows.push({ name: `node ${n.node} (${n.driver})`, start: n.ts_ns - t0, dur: Math.max(1000, span.end_ns - n.ts_ns), color: "#72b7b2" });
-  for (const p of span.pool) if (p.io_start_ns) rows.push({ name: `worker ${p.worker_tid} syscall`, start: p.io_start_ns - t0, dur: p.io_done_ns - p.io_start_ns, color: "#54a24b" });
-  for (const c of span.children) rows.push({ name: `child ${c.role} 0x${c.co.toString(16)}`, start: c.start_ns - t0, dur: (c.end_ns || span.end_ns) - c.start_ns, color: "#ff7f0e" });
-  for (const h of span.handoffs) rows.push({ name: `handoff ${h.from_tid}→${h.to_tid} (${h.signal})`, start: h.ready_ns - t0, dur: h.delay_ns, color: "#d62728" });
-  const y = rows.map((r, i) => `${i}. ${r.name}`);
-  const traces = [{
-    type: "bar", orientation: "h", y, x: rows.map((r) => r.dur / 1000), base: rows.map((r) => r.start / 1000),
-    marker: { color: rows.map((r) => r.color) }, hovertemplate: "%{y}: %{x:.1f} us<extra></extra>",
-  }];
-  const shapes = span.handoffs.map((h) => ({
-    type: "line", xref: "x", yref: "paper", x0: (h.ready_ns - t0) / 1000, x1: (h.resumed_ns - t0) / 1000, y0: 0.02, y1: 0.02,
-    line: { color: "#d62728", width: 3 },
-  }));
-  const annotations = span.handoffs.map((h) => ({
-    x: (h.resumed_ns - t0) / 1000, y: 0.02, yref: "paper", ax: -40, ay: 0, xref: "x", axref: "pixel",
-    text: "handoff", showarrow: true, arrowcolor: "#d62728", font: { color: "#d62728" },
-  }));
-  Plotly.react("waterfall", traces, {
-    ...LAYOUT, margin: { l: 260, r: 10, t: 10, b: 40 }, showlegend: false, shapes, annotations,
-    yaxis: { autorange: "reversed" }, xaxis: { title: { text: "us since the request started" } },
-  }, PLOT);
-}
-
-function drawTimeline(span, timeline) {
-  const t0 = span.start_ns;
-  const colors = { co: "#4c78a8", asleep: "#1f77b4", runnable: "#bcbd22", loop: "#c7c7c7" };
-  const label = (s) => (s.kind === "co" ? (s.request === span.id ? `this request (${s.role})` : s.role === "request" ? `request #${s.request}` : `${s.role || "unbound"} coroutine`) : s.kind);
-  const traces = [{
-    type: "bar", orientation: "h", y: timeline.map((s) => `thread ${s.tid}`), base: timeline.map((s) => (s.start_ns - t0) / 1000),
-    x: timeline.map((s) => s.dur_ns / 1000), text: timeline.map(label), hovertemplate: "%{text}: %{x:.1f} us<extra></extra>",
-    marker: { color: timeline.map((s) => (s.kind === "co" && s.request === span.id ? "#2ca02c" : s.kind === "co" && s.role !== "request" && s.role ? "#ff7f0e" : colors[s.kind] || "#999")) },
-  }];
-  const wakeups = span.handoffs.map((h) => ({ type: "line", x0: (h.ready_ns - t0) / 1000, x1: (h.ready_ns - t0) / 1000, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#d62728" } }));
-  Plotly.react("timeline", traces, { ...LAYOUT, barmode: "overlay", showlegend: false, shapes: wakeups, xaxis: { title: { text: "us since the request started" } } }, PLOT);
 }
 
 // Exports are links; with a token they are fetched with it and saved from memory instead.
@@ -465,8 +380,12 @@ for (const id of ["export-spans", "export-perfetto"]) {
 $("refresh").onclick = loadProcesses;
 $("crosscheck-start").onclick = startCrosscheck;
 $("detach").onclick = detach;
-loadProcesses();
-api("/api/sessions").then((list) => {
-  const live = list.find((s) => s.state === "attached" || s.state === "attaching");
-  if (live) watch(live.id);
-}).catch(() => {});
+// once every script ran (views.js, detail.js, find.js define what this calls)
+document.addEventListener("DOMContentLoaded", () => {
+  loadProcesses();
+  api("/api/sessions").then((list) => {
+    if (openPermalink(list)) return;  // detail.js: #session=...&span=... in the address
+    const live = list.find((s) => s.state === "attached" || s.state === "attaching");
+    if (live) watch(live.id);
+  }).catch((e) => showError(`cannot list sessions: ${e.message}`));
+});

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "each; default %(default)s)")
     u.add_argument("--setup", default="virtio-blk", choices=lab.SETUPS,
                    help="the stock scenario's device setup: virtio-blk (aio=threads), virtio-scsi (aio=io_uring), "
-                        "qcow2-native (qcow2 over aio=native), main-loop (no iothread); default %(default)s")
+                        "qcow2-native (qcow2 over aio=native), main-loop (no iothread), two-disks (vda and vdb on "
+                        "one iothread); default %(default)s")
     u.add_argument("--libvirt", action="store_true",
                    help="start the stock lab through a private libvirtd (qspanlab/libvirt.py): QEMU as libvirt-qemu, "
                         "its monitor libvirt's; --dir must be reachable by that user (e.g. under /tmp)")

@@ -36,7 +36,7 @@ SCENARIOS = ("stock", "seed", "seed-mitigated")
 # virtio-scsi: a scsi-hd on a virtio-scsi controller on iothread0, the file node with aio=io_uring;
 # qcow2-native: virtio-blk on iothread0, qcow2 over a file node with aio=native (O_DIRECT);
 # main-loop: virtio-blk on no iothread (the VM has iothread0, unused): its requests run in the main loop.
-SETUPS = ("virtio-blk", "virtio-scsi", "qcow2-native", "main-loop")
+SETUPS = ("virtio-blk", "virtio-scsi", "qcow2-native", "main-loop", "two-disks")
 # QEMU builds the lab can run: Debian's installed 7.2, 10.0 from bookworm-backports
 # unpacked by lab/qemu10/fetch.sh (run in a private mount namespace, see there), or 7.2
 # built with USDT probes by lab/qemu-dtrace/build.sh.
@@ -184,6 +184,13 @@ def _stock_disk_args(d: Path, setup: str) -> list[str]:
         return ["-blockdev", f"driver=file,filename={d / 'disk.qcow2'},node-name=file0,aio=native,cache.direct=on",
                 "-blockdev", "driver=qcow2,file=file0,node-name=disk0",
                 "-device", f"{blk},iothread=iothread0"]
+    if setup == "two-disks":
+        # two guest disks (vda, vdb) on one iothread: the dashboard's per-disk views, and one
+        # disk's requests running instead of the other's
+        return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
+                "-device", f"{blk},iothread=iothread0,id=vda",
+                "-blockdev", f"driver=file,filename={d / 'disk1.img'},node-name=disk1,aio=threads",
+                "-device", "virtio-blk-pci,drive=disk1,request-merging=off,iothread=iothread0,id=vdb"]
     if setup == "main-loop":
         return ["-blockdev", f"driver=file,filename={d / 'disk.img'},node-name=disk0,aio=threads",
                 "-device", blk]
@@ -269,9 +276,9 @@ def up(lab_dir: Path = DEFAULT_DIR, scenario: str = "stock", qemu: str = "7.2",
     guest = build_guest()
     lab_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale(lab_dir)
-    disk = lab_dir / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(disk_mb << 20)
+    for name_ in ("disk.img", "disk1.img") if setup == "two-disks" else ("disk.img",):
+        with open(lab_dir / name_, "wb") as f:
+            f.truncate(disk_mb << 20)
     if scenario not in SCENARIOS:
         raise LabError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
     if setup not in SETUPS or (setup != "virtio-blk" and scenario != "stock"):

@@ -70,7 +70,7 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
             assert page.locator("#error").is_hidden(), page.inner_text("#error")
             labels = page.evaluate("document.getElementById('waterfall').data[0].y")
             assert any("handoff" in y for y in labels) and any("phase: replication" in y for y in labels)
-            assert any("child B" in y for y in labels)
+            assert any("B coroutine" in y for y in labels)
             assert page.evaluate("document.getElementById('timeline').data[0].x.length") > 0
             page.screenshot(path=str(output_dir / "browser-2-waterfall.png"), full_page=True)
 

@@ -149,3 +149,49 @@ def test_the_command_check_catches_what_it_should():
     assert "needs a subcommand" in _check_command(["qspan-lab", "--dir", "x"], parsers)
     assert _commands("make demo    # boots the lab\n.venv/bin/qspan-lab load --op write &\n") == [
         ["make", "demo"], [".venv/bin/qspan-lab", "load", "--op", "write"]]
+
+
+def test_the_dashboard_s_hover_texts_are_the_schema_s_own_words():
+    """live/glossary.py (what the dashboard shows over a phase or category) says what docs/spans-schema.md says."""
+    from qspan.live import glossary
+
+    doc = " ".join((REPO / "docs" / "spans-schema.md").read_text().split())
+    for name, text in glossary.PHASES.items():
+        said = f"{name} role (e.g. `" if name in ("driver", "hop") else f"`{name}`: {text}"
+        assert said in doc and text in doc, f"phase {name}: {text!r} is not the schema's"
+    for name, text in glossary.INSTEAD.items():
+        assert f"`{name}` ({text})" in doc, f"category {name}: {text!r} is not the schema's"
+    assert set(glossary.INSTEAD) == set(spans.INSTEAD_CATEGORIES)
+    assert glossary.phase_meanings({"driver": "O", "hop": "replication"})["O"].endswith(glossary.PHASES["driver"])
+
+
+def test_every_field_the_dashboard_is_sent_is_documented(tmp_path):
+    """docs/dashboard.md's tables name every key of a frame, its charts and a view."""
+    import json
+
+    from helpers import DATA, local_client
+    from qspan.server.app import create_app
+    from qspan.server.settings import Settings
+
+    doc = (REPO / "docs" / "dashboard.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)`(?:, `([a-z0-9_]+)`)? \|", doc, re.M))
+    names = {n for pair in documented for n in pair if n}
+    app = create_app(Settings(record_dir=tmp_path))
+    with local_client(app) as client:
+        sid = app.state.manager.open_recording(DATA / "stock-qd4-w100.qspan.gz").id
+        with client.websocket_connect(f"ws://127.0.0.1:8321/api/sessions/{sid}/live") as ws:
+            frame = ws.receive_json()
+        charts = frame["charts"]
+        found = client.get(f"/api/sessions/{sid}/find").json()
+    assert set(frame) - names == set(), "frame fields not in docs/dashboard.md"
+    assert set(frame["view"]) - names == set(), "view fields not in docs/dashboard.md"
+    assert set(charts) - names == set(), "charts fields not in docs/dashboard.md"
+    assert {w for w in found if f"`{w}`" not in doc} == set(), "find's fields not in docs/dashboard.md"
+    for key in ("latency", "breakdown", "heatmap"):
+        inner = next(iter(charts[key].values())) if key != "heatmap" else charts[key]
+        words = set(inner) if isinstance(inner, dict) else set()
+        missing = {w for w in words if f"`{w}`" not in doc}
+        assert not missing, f"charts.{key} fields not in docs/dashboard.md: {missing}"
+    slow = charts["slowest"][0]
+    assert {w for w in slow if f"`{w}`" not in doc} == set()
+    json.dumps(frame)

@@ -10,20 +10,11 @@ import pytest
 from helpers import local_client
 
 from qspan.errors import QspanError
+from qspan.live import SpanStore
 from qspan.server import frames
 from qspan.server.app import create_app
 from qspan.server.sessions import SessionManager
 from qspan.server.settings import Settings
-
-
-class FakeStore:
-    seconds: list = []
-
-    def breakdown(self) -> dict:
-        return {}
-
-    def slowest(self, n: int) -> list:
-        return []
 
 
 class FakeSession:
@@ -32,7 +23,7 @@ class FakeSession:
     def __init__(self, sid: str, pid: int, state: str = "attached"):
         self.id, self.pid, self.state, self.error = sid, pid, state, None
         self.profile_name, self.header = "stock", {}
-        self.store = FakeStore()
+        self.store = SpanStore()  # empty: no tracer feeds it
         self.ticks = 0
         self._lock = threading.Lock()
 
@@ -168,21 +159,21 @@ def test_clients_of_one_session_share_a_recent_frame(builds):
     clock = Clock()
     a, b = FakeSession("s1", 101), FakeSession("s2", 102)
     m = manager_with(clock, a, b)
-    first = m.frame(a)
+    first = m.frame(a)[0]
     clock.t += frames.FRAME_REUSE_S / 2
-    assert m.frame(a) is first and builds["n"] == 1
-    assert json.loads(m.frame(b))["status"]["pid"] == 102 and builds["n"] == 2, "each session its own frame"
+    assert m.frame(a)[0] == first and builds["n"] == 1
+    assert json.loads(m.frame(b)[0])["status"]["pid"] == 102 and builds["n"] == 2, "each session its own frame"
     clock.t += frames.FRAME_REUSE_S
     a.state = "detached"
-    assert json.loads(m.frame(a))["status"]["state"] == "detached" and builds["n"] == 3, "an old frame is rebuilt"
+    assert json.loads(m.frame(a)[0])["status"]["state"] == "detached" and builds["n"] == 3, "an old frame is rebuilt"
 
 
 def test_two_servers_never_share_frames(builds):
     """Session ids are per server (s1, s2, ...): frames are the manager's, not the process's."""
     clock = Clock()
     one, two = manager_with(clock, FakeSession("s1", 101)), manager_with(clock, FakeSession("s1", 202))
-    assert json.loads(one.frame(one.sessions["s1"]))["status"]["pid"] == 101
-    assert json.loads(two.frame(two.sessions["s1"]))["status"]["pid"] == 202
+    assert json.loads(one.frame(one.sessions["s1"])[0])["status"]["pid"] == 101
+    assert json.loads(two.frame(two.sessions["s1"])[0])["status"]["pid"] == 202
 
 
 def test_a_dropped_session_leaves_no_frame_behind():

@@ -77,7 +77,7 @@ class Timeline:
 
     def dicts(self) -> list[dict]:
         return [{"tid": self.tid, "start_ns": seg.start_ns, "dur_ns": seg.end_ns - seg.start_ns, "kind": seg.kind,
-                 "co": seg.co, "request": seg.request, "role": seg.role} for seg in self.segments]
+                 "co": seg.co, "request": seg.request, "role": seg.role, "node": seg.node} for seg in self.segments]
 
 
 class ThreadTimeline:

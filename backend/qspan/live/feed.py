@@ -31,9 +31,10 @@ class LiveFeed:
         self.codes = codes(header)
         self.string_kinds = string_kinds(header)
         self.correlator = Correlator(header, capture_timeline=True)
-        self.store = store if store is not None else SpanStore()
+        devices = header.get("target", {}).get("devices")
+        self.store = store if store is not None else SpanStore(devices=devices)
         # every span, counted once, for /metrics (the store keeps only the newest)
-        self.metrics = RequestMetrics(header.get("target", {}).get("devices"))
+        self.metrics = RequestMetrics(devices)
         self.buffer = ReorderBuffer()
         self.lines = 0
         self.lost = 0
@@ -82,6 +83,7 @@ class LiveFeed:
         self.watermarks = True
         self.buffer.watermark_ns = ts_ns
         self._process(self.buffer.ready())
+        self.store.advance(ts_ns)
 
     def clock(self, now_ns: int) -> None:
         """Time passes even when no line comes (printf transport: no watermarks say so)."""
@@ -90,6 +92,9 @@ class LiveFeed:
             # the guest is idle, what is in the buffer becomes safe to correlate.
             self.buffer.max_ts = max(self.buffer.max_ts, now_ns)
         self._process(self.buffer.ready())
+        if not self.watermarks:
+            # (with watermarks only they move the rollups: dumps may lag the clock by seconds)
+            self.store.advance(now_ns)
 
     def drain(self) -> None:
         """The stream ended: correlate everything left and close the store's open seconds."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from qspan.live.rollup import count_parts, disk_of
 from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_group
 
 # Upper bounds in seconds: 5 us to 1 s, about three a decade where guest I/O lives (10 us - 10 ms),
@@ -18,7 +19,6 @@ from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_group
 BUCKETS_S = (5e-6, 10e-6, 20e-6, 30e-6, 50e-6, 75e-6, 100e-6, 150e-6, 200e-6, 300e-6, 500e-6, 750e-6,
              1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 250e-3, 1.0)
 _BUCKETS_NS = tuple(round(b * 1e9) for b in BUCKETS_S)
-UNKNOWN_DISK = "unknown"
 
 
 @dataclass
@@ -39,12 +39,8 @@ class RequestMetrics:
         self.series: dict[tuple[str, str], Series] = {}
 
     def disk_of(self, span: Span) -> str:
-        """The guest disk a span went to: the first of its nodes that is a disk's root (a job's
-        filter node may come first), else its first node, else unknown."""
-        for v in span.nodes:
-            if v.node in self.devices:
-                return self.devices[v.node]
-        return span.nodes[0].node if span.nodes else UNKNOWN_DISK
+        """The guest disk a span went to (windows.disk_of)."""
+        return disk_of(span, self.devices)
 
     def add(self, spans: list[Span]) -> None:
         for span in spans:
@@ -56,10 +52,4 @@ class RequestMetrics:
             s.buckets[bisect_left(_BUCKETS_NS, span.dur_ns)] += 1
             s.count += 1
             s.sum_ns += span.dur_ns
-            phases = s.phases_ns
-            for p in span.phases:
-                phases[p.name] = phases.get(p.name, 0) + p.dur_ns
-            instead = s.instead_ns
-            for h in span.handoffs:
-                for cat, ns in h.instead_ns.items():
-                    instead[cat] = instead.get(cat, 0) + ns
+            count_parts(span, s.phases_ns, s.instead_ns)

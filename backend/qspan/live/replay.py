@@ -12,8 +12,33 @@ import threading
 import time
 from pathlib import Path
 
+from qspan.correlate import Timeline
 from qspan.live.feed import FedSession, LiveFeed
+from qspan.live.store import SpanStore
 from qspan.output import recording
+
+# A recording is looked at whole: its requests are kept up to this many (a span is ~2.4 KB,
+# so ~120 MiB), where a live session keeps its newest 5,000. Past it, each second's slowest.
+REPLAY_MAX_SPANS = 50_000
+TIMELINES_CACHED = 64
+
+
+class _OneTimeline(SpanStore):
+    """A store that keeps nothing but the timeline of one span (timeline_of's)."""
+
+    def __init__(self, span_id: int):
+        super().__init__(max_spans=1, max_timelines=1)
+        self.want = span_id
+        self.found: Timeline | None = None
+        self.seen = False
+
+    def add(self, spans, timelines) -> None:
+        if self.found is None and self.want in timelines:
+            self.found = timelines[self.want]
+        self.seen = self.seen or any(s.id == self.want for s in spans)
+
+    def flush(self) -> None:
+        pass
 
 
 class ReplaySession(FedSession):
@@ -27,7 +52,12 @@ class ReplaySession(FedSession):
         target = self.header.get("target", {})
         self.pid = target.get("pid", 0)
         self.profile_name = self.header.get("profile", {}).get("name")
-        self.feed = LiveFeed(self.header)
+        devices = self.header.get("target", {}).get("devices")
+        self.feed = LiveFeed(self.header, store=SpanStore(max_spans=REPLAY_MAX_SPANS, devices=devices))
+        self._timelines: dict[int, Timeline | None] = {}
+        # one correlation again at a time: clicks on several requests wait for each other
+        # (and find the ones done meanwhile cached) rather than each using a core
+        self._timeline_lock = threading.Lock()
         self.state = "attaching"
         self.error: str | None = None
         self.started_at = time.time()
@@ -47,6 +77,26 @@ class ReplaySession(FedSession):
             self.feed.drain()
         self.state = "detached"
         self.ended_at = time.time()
+
+    def timeline_of(self, span_id: int) -> Timeline | None:
+        """A request's thread timeline, when the store no longer has it: the recording correlated
+        again up to that request (the correlator is deterministic: the same ids). Seconds for a
+        large recording; the last few asked for are cached."""
+        with self._timeline_lock:
+            if span_id in self._timelines:
+                return self._timelines[span_id]
+            store = _OneTimeline(span_id)
+            feed = LiveFeed(self.header, store=store)
+            for line in recording.body_lines(self.path):
+                feed.line(line)
+                if store.seen:
+                    break
+            else:
+                feed.drain()
+            if len(self._timelines) >= TIMELINES_CACHED:
+                del self._timelines[next(iter(self._timelines))]
+            self._timelines[span_id] = store.found
+            return store.found
 
     def tick(self) -> None:
         pass

@@ -1,42 +1,48 @@
-"""The live session's spans: the most recent ones, per-second percentiles, running breakdowns (pure, bounded)."""
+"""The live session's spans: the most recent ones, their timelines, and per-window rollups (pure, bounded)."""
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+import itertools
 from collections import deque
 from operator import attrgetter
 
 from qspan.correlate import Timeline
-from qspan.model.spans import INSTEAD_CATEGORIES, Span, span_dict, span_group
-from qspan.output.report import percentile
+from qspan.live.views import in_scope
+from qspan.live.windows import ALL, SLOWEST_PER_MINUTE, SLOWEST_PER_SECOND, Windows, disk_of
+from qspan.model.spans import Span, span_dict, span_group
 
-HIST_EDGES_US = [2 ** i for i in range(0, 18)]  # 1 us .. 131 ms, log2 buckets
 _dur = attrgetter("dur_ns")
 
 
 class SpanStore:
-    """The most recent spans, per-second latency percentiles, and running breakdowns. Bounded.
+    """The most recent spans and their timelines, and every span rolled up per second (windows.py). Bounded.
 
     Spans are kept as the correlator made them and become dicts (span_dict) only when
     someone reads them: converting every span as it came was half of the store's time
     at full rate (4.3 of 9 us a span), and the dashboard reads a few dozen a second.
     """
 
-    def __init__(self, max_spans: int = 5_000, max_seconds: int = 600, max_timelines: int = 300):
+    def __init__(self, max_spans: int = 5_000, max_timelines: int = 300, devices: dict[str, str] | None = None,
+                 max_pinned: int = 1_000):
         # Memory is bounded by these: the full stream is in the session's recording.
         self._spans: deque[Span] = deque(maxlen=max_spans)
         self.max_timelines = max_timelines
         self.timelines: dict[int, Timeline] = {}  # span id -> its thread timeline, most recent only
         self._timeline_dur: dict[int, int] = {}  # span id -> its duration, for the spans in timelines
-        self.seconds: deque[dict] = deque(maxlen=max_seconds * 3)  # one row per op per second
-        self._open: dict[tuple[int, str], list[int]] = {}  # (second, op) -> durations in ns
-        self.totals: dict[str, dict] = {}
-
+        self.windows = Windows(devices)
+        # spans someone opened (a permalink's): kept with their timelines for the session's lifetime
+        self.pinned: dict[int, tuple[Span, Timeline | None]] = {}
+        self.max_pinned = max_pinned
     @property
     def spans(self) -> list[dict]:
         """Every span kept, oldest first, as dicts (a copy: for tests and whole-store reads)."""
         return [span_dict(s) for s in self._spans]
+
+    @property
+    def ring(self) -> deque[Span]:
+        """The newest spans, as the correlator made them (read under the session's lock)."""
+        return self._spans
 
     @property
     def newest_end_ns(self) -> int | None:
@@ -54,11 +60,11 @@ class SpanStore:
                 self.timelines[s.id] = timelines[s.id]
                 self._timeline_dur[s.id] = s.dur_ns
                 self._trim_timelines()
-            sec = s.end_ns // 1_000_000_000
-            self._open.setdefault((sec, span_group(s.op, s.job)), []).append(s.dur_ns)
-            self._account(s)
+            self.windows.add(s)
         if spans:
-            self._close_seconds(spans[-1].end_ns // 1_000_000_000 - 1)
+            # spans leave the correlator when their coroutine ends, after their ack (end_ns):
+            # a second is closed once a span two seconds later came
+            self.windows.close(max(s.end_ns for s in spans) // 1_000_000_000 - 2)
 
     def _trim_timelines(self) -> None:
         if len(self.timelines) <= self.max_timelines + 100:  # trim in batches
@@ -75,43 +81,21 @@ class SpanStore:
                 del self.timelines[sid]
                 del self._timeline_dur[sid]
 
-    def _account(self, s: Span) -> None:
-        group = span_group(s.op, s.job)
-        t = self.totals.get(group)
-        if t is None:
-            t = self.totals[group] = {"requests": 0, "dur_ns": 0, "phases_ns": {},
-                                     "instead_ns": dict.fromkeys(INSTEAD_CATEGORIES, 0),
-                                     "histogram": [0] * (len(HIST_EDGES_US) + 1), "costed": 0, "qspan_ns": 0}
-        t["requests"] += 1
-        t["dur_ns"] += s.dur_ns
-        if s.qspan_ns is not None:
-            t["costed"] += 1
-            t["qspan_ns"] += s.qspan_ns
-        phases = t["phases_ns"]
-        for p in s.phases:
-            phases[p.name] = phases.get(p.name, 0) + p.dur_ns
-        instead = t["instead_ns"]
-        for h in s.handoffs:
-            for k, v in h.instead_ns.items():
-                instead[k] = instead.get(k, 0) + v
-        t["histogram"][bisect_right(HIST_EDGES_US, s.dur_ns / 1000)] += 1  # bucket i: edges[i-1] <= us < edges[i]
-
-    def _close_seconds(self, upto_sec: int) -> None:
-        for key in sorted(k for k in self._open if k[0] <= upto_sec):
-            durs = sorted(self._open.pop(key))
-            self.seconds.append({
-                "t_s": key[0], "op": key[1], "requests": len(durs),
-                "p50_us": percentile(durs, 50) / 1000, "p90_us": percentile(durs, 90) / 1000,
-                "p99_us": percentile(durs, 99) / 1000, "max_us": durs[-1] / 1000,
-            })
-
     @property
     def requests(self) -> int:
         """Spans added since the start (the ring keeps only the newest)."""
-        return sum(t["requests"] for t in self.totals.values())
+        return self.windows.added
 
     def flush(self) -> None:
-        self._close_seconds(1 << 62)
+        self.windows.close(1 << 62)
+
+    @property
+    def seconds(self) -> list[dict]:
+        """The VM's per-second rows, per op group, oldest first (the last windows.SECONDS_KEPT seconds)."""
+        w = self.windows
+        rows = [{"t_s": r.t_s, "op": g, "requests": r.rollup.requests, **(r.exact or {}), "max_us": r.rollup.max_ns / 1000}
+                for (scope, g), kept in w.seconds.items() if scope == ALL for r in kept]
+        return sorted(rows, key=lambda r: (r["t_s"], r["op"]))
 
     def slowest(self, n: int = 10, since_ns: int = 0) -> list[dict]:
         """The n longest spans ending at since_ns or later, longest first (ties: older first)."""
@@ -120,15 +104,40 @@ class SpanStore:
 
     def query(self, since_ns: int = 0, until_ns: int | None = None, op: str | None = None,
               min_dur_us: float = 0, limit: int = 1000) -> list[dict]:
-        out = []
+        """The ring's spans by time, op group and latency, oldest first (compare's read)."""
+        return self.search(since_ns, until_ns, op, min_dur_us, limit, ring_only=True)["spans"]
+
+    def search(self, since_ns: int = 0, until_ns: int | None = None, op: str | None = None, min_dur_us: float = 0,
+               limit: int = 1000, scope: str = ALL, offset_min: int = 0, offset_max: int | None = None,
+               ring_only: bool = False, with_disk: bool = False) -> dict:
+        """Requests that match, oldest first (the newest `limit`): every kept one, the ring's and
+        the pinned ones and, before the ring, each second's slowest (ring_only: the ring's, a
+        stretch with every request in it: what exports hold); and what the search covered."""
         min_dur_ns = min_dur_us * 1000
-        for s in self._spans:
-            if s.end_ns < since_ns or (until_ns is not None and s.start_ns > until_ns):
+        devices = self.windows.devices
+        seen: dict[int, Span] = {}
+        kept_slow = self.windows.kept_spans()
+        pinned = (p[0] for p in self.pinned.values())
+        for s in self._spans if ring_only else itertools.chain(kept_slow, pinned, self._spans):
+            if s.end_ns < since_ns or (until_ns is not None and s.start_ns > until_ns) or s.dur_ns < min_dur_ns:
                 continue
-            if (op and span_group(s.op, s.job) != op) or s.dur_ns < min_dur_ns:
+            if op and span_group(s.op, s.job) != op:
                 continue
-            out.append(s)
-        return [span_dict(s) for s in out[-limit:]]
+            if s.offset + max(s.bytes, 1) <= offset_min or (offset_max is not None and s.offset >= offset_max):
+                continue
+            if scope != ALL and not in_scope(s, scope, devices):
+                continue
+            seen[s.id] = s
+        found = sorted(seen.values(), key=lambda s: (s.end_ns, s.id))
+        out = []
+        for s in found[-limit:]:
+            d = span_dict(s)
+            if with_disk:
+                d["disk"] = disk_of(s, devices)  # not a span field: what the dashboard shows
+            out.append(d)
+        return {"spans": out, "matched": len(found),
+                "ring_from_ns": self.oldest_end_ns, "ring_spans": len(self._spans), "pinned": len(self.pinned),
+                "slowest_kept_per_second": SLOWEST_PER_SECOND, "slowest_kept_per_minute": SLOWEST_PER_MINUTE}
 
     @property
     def full(self) -> bool:
@@ -145,30 +154,48 @@ class SpanStore:
 
     def rate(self, window_s: int) -> float:
         """Requests a second over the last window_s closed seconds (the per-second rows outlive the ring)."""
-        rows = list(self.seconds)
-        if not rows or window_s <= 0:
+        w = self.windows
+        if w.newest_s < 0 or window_s <= 0:
             return 0.0
-        last = rows[-1]["t_s"]
-        return round(sum(r["requests"] for r in rows if r["t_s"] > last - window_s) / window_s, 1)
+        last = w.newest_s
+        n = sum(r.rollup.requests for (scope, _g), kept in w.seconds.items() if scope == ALL
+                for r in kept if r.t_s > last - window_s)
+        return round(n / window_s, 1)
 
     def ended_since(self, since_ns: int) -> list[Span]:
         """The kept spans that ended at since_ns or later, as the correlator made them (no dicts)."""
         return [s for s in self._spans if s.end_ns >= since_ns]
 
+    def find(self, span_id: int) -> tuple[Span, Timeline | None] | None:
+        """A span by id, with its timeline if kept: pinned, in the ring, or among the windows' slowest."""
+        if span_id in self.pinned:
+            return self.pinned[span_id]
+        s = next((s for s in self._spans if s.id == span_id), None)
+        if s is None:
+            s = next((s for s in self.windows.kept_spans() if s.id == span_id), None)
+        return None if s is None else (s, self.timelines.get(span_id))
+
     def get(self, span_id: int) -> dict | None:
-        return next((span_dict(s) for s in self._spans if s.id == span_id), None)
+        found = self.find(span_id)
+        return span_dict(found[0]) if found else None
+
+    def pin(self, span_id: int) -> bool:
+        """Keep a span and its timeline for the session's lifetime (a permalink's); False if not kept."""
+        found = self.find(span_id)
+        if found is None:
+            return False
+        self.pinned.pop(span_id, None)
+        self.pinned[span_id] = found
+        while len(self.pinned) > self.max_pinned:  # the oldest pin goes first
+            del self.pinned[next(iter(self.pinned))]
+        return True
 
     def breakdown(self) -> dict:
-        out = {}
-        for op, t in self.totals.items():
-            n = t["requests"] or 1
-            out[op] = {
-                "requests": t["requests"],
-                "mean_us": t["dur_ns"] / n / 1000,
-                "phase_mean_us": {k: v / n / 1000 for k, v in t["phases_ns"].items()},
-                "instead_mean_us": {k: v / n / 1000 for k, v in t["instead_ns"].items()},
-                "histogram": {"edges_us": HIST_EDGES_US, "counts": t["histogram"]},
-                # qspan's own probes on the critical path, as calibrated (tracers/costs.txt); null without
-                "qspan_mean_us": t["qspan_ns"] / t["costed"] / 1000 if t["costed"] else None,
-            }
-        return out
+        """The VM's sums since the start, per op group, as means per request."""
+        w = self.windows
+        return {g: w.window_rollup(ALL, g, None, None).summary() for g in w.groups(ALL)}
+
+    def advance(self, now_ns: int) -> None:
+        """Time passed (the tracer's clock): close the seconds no span can end in any more, so an
+        idle guest's last second is drawn (spans close seconds too, as they come)."""
+        self.windows.advance(now_ns // 1_000_000_000 - 2)

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from qspan import __version__
@@ -89,6 +89,10 @@ def create_app(settings: Settings | None = None, manager: SessionManager | None 
     app.include_router(host.router)
     app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)  # none: a browser's console stays free of a 404 for it
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

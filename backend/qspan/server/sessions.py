@@ -12,6 +12,8 @@ from pathlib import Path
 from qspan.errors import AlreadyTraced, NoSuchSession
 from qspan.live import LiveSession
 from qspan.live.replay import ReplaySession
+from qspan.live.views import View
+
 from .frames import FrameCache
 from .recordings import MiB, make_room, room_check
 from .settings import Settings
@@ -114,9 +116,10 @@ class SessionManager:
         s.join(timeout=30)
         return s
 
-    def frame(self, s: LiveSession) -> str:
-        """The session's live frame as JSON, shared by every client within FRAME_REUSE_S."""
-        data = self.frames.get(s)
+    def frame(self, s: LiveSession, view: View = View(), sent_version: int | None = None) -> tuple[str, int]:
+        """The session's live frame for a view as JSON, shared by every client within FRAME_REUSE_S,
+        its charts null when unchanged since `sent_version`; and the charts' version."""
+        data = self.frames.get(s, view, sent_version)
         if s.id not in self.sessions:  # dropped while a client still held it: cache nothing for it
             self.frames.drop(s.id)
         return data

@@ -1,4 +1,9 @@
-"""The live WebSocket: a session's frame a few times a second, then an end message."""
+"""The live WebSocket: a session's frame a few times a second, for the view the client chose, then an end message.
+
+The client may send a view at any time ({"type": "view", "scope", "op", "window_s", "range_s"}:
+live/views.py); the next frame is for it. A view that cannot be is answered with
+{"type": "error", "message"} and the previous view stays.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from qspan.live.views import View, ViewError, parse_view
+
 from .deps import AppSettings, Manager, token_ok
 from .sessions import ENDED
 
@@ -21,6 +28,47 @@ PROTOCOL = "qspan.v1"  # what the page asks for, and the server accepts with
 # + the token, base64url (a subprotocol may hold only token characters): how the page hands it
 # over; the server never echoes it
 TOKEN_PROTOCOL = "qspan.token."
+MAX_CLIENT_MESSAGE = 4096  # a view is a few hundred bytes
+# After the end (or for a recording opened with --open) frames change only with the client's view.
+ENDED_FRAME_INTERVAL_S = 0.5
+
+
+class ClientViews:
+    """What the client asked for last (read by the sender), and errors to tell it."""
+
+    MAX_ERRORS = 8  # a client that keeps sending junk and never reads is told of the last few
+
+    def __init__(self) -> None:
+        self.view = View()
+        self.errors: list[str] = []
+        self.gone = False
+
+    def refuse(self, why: str) -> None:
+        self.errors = (self.errors + [why])[-self.MAX_ERRORS:]
+
+    async def read(self, ws: WebSocket) -> None:
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                text = msg.get("text")
+                if text is None:
+                    self.refuse("view refused: send a view as text (JSON), not binary")
+                elif len(text) > MAX_CLIENT_MESSAGE:
+                    self.refuse(f"a message of {len(text)} bytes: at most {MAX_CLIENT_MESSAGE}")
+                else:
+                    try:
+                        msg = json.loads(text)
+                        if not isinstance(msg, dict) or msg.get("type") != "view":
+                            raise ViewError('expected {"type": "view", ...}')
+                        self.view = parse_view(msg)
+                    except (ValueError, ViewError) as err:
+                        self.refuse(f"view refused: {err}")
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self.gone = True
 
 
 def _unb64(text: str) -> str:
@@ -51,17 +99,35 @@ async def live(ws: WebSocket, sid: str, manager: Manager, settings: AppSettings)
     await ws.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     # One frame in flight per client, built fresh each tick: a slow client gets fewer frames,
     # never a queue; one that cannot take a frame within send_timeout_s is dropped.
+    views = ClientViews()
+    reader = asyncio.create_task(views.read(ws))
     try:
         next_tick = time.monotonic()
-        while True:
-            data = manager.frame(s)
-            await asyncio.wait_for(ws.send_text(data), timeout=settings.send_timeout_s)
-            if s.state in ENDED:
-                await ws.send_text(json.dumps({"type": "end", "status": s.status()}))
-                await ws.close()
+        view, sent = views.view, None  # the charts' version this client has, for its view
+        ended = False
+
+        async def send(text: str) -> None:
+            await asyncio.wait_for(ws.send_text(text), timeout=settings.send_timeout_s)
+
+        while not views.gone:
+            if manager.find(sid) is not s:  # the session was dropped (ended long ago): nothing more to show
+                await ws.close(code=1000, reason=f"session {sid} is gone")
                 return
+            while views.errors:
+                await send(json.dumps({"type": "error", "message": views.errors.pop(0)}))
+            if views.view != view:
+                view, sent = views.view, None
+            data, sent = manager.frame(s, view, sent)
+            await send(data)
+            interval = settings.frame_interval_s
+            if s.state in ENDED:
+                if not ended:
+                    await send(json.dumps({"type": "end", "status": s.status()}))
+                    ended = True
+                # nothing changes any more but the client's view: frames for it, slower
+                interval = ENDED_FRAME_INTERVAL_S
             # a fixed cadence, not "interval after the last send": a busy server keeps its rate
-            next_tick = max(next_tick + settings.frame_interval_s, time.monotonic() - settings.frame_interval_s)
+            next_tick = max(next_tick + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
     except WebSocketDisconnect:
         return
@@ -71,3 +137,5 @@ async def live(ws: WebSocket, sid: str, manager: Manager, settings: AppSettings)
         log.exception("session %s: live frames failed", sid)
         with contextlib.suppress(Exception):
             await ws.close(code=1011, reason="internal error")
+    finally:
+        reader.cancel()
