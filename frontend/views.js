@@ -96,7 +96,10 @@ function clockText(t_s) {
   if (!hasClock()) return `${t_s.toFixed(1)} s`;
   return new Date((t_s + state.clockOffset) * 1000).toISOString().slice(11, 19);
 }
-const timeAxis = () => ({ title: { text: hasClock() ? "time (UTC)" : "trace clock (s)" }, type: hasClock() ? "date" : "linear", automargin: true });
+const timeAxis = () => ({ title: { text: hasClock() ? "time (UTC)" : "trace clock (s)" }, type: hasClock() ? "date" : "linear" });
+// Fixed margins wide enough for the tick labels: automargin lays a chart out twice, and the
+// charts are redrawn every second beside a guest at full rate (the browser test's long tasks)
+const MARGIN = { l: 70, r: 20, t: 30, b: 50 };
 
 function wrap(text, width = 60) {
   const out = [];
@@ -118,7 +121,8 @@ function scheduleCharts(frame) {
   if (drawing) return;  // the drawing under way starts over with this frame when it gets there
   drawing = true;
   // one chart per task: a slow machine sees charts drawn in steps, never a frozen page
-  const steps = [drawLatency, drawHeatmap, drawPhasesOverTime, drawInsteadOverTime, drawBreakdown, drawHistogram, describeView];
+  const steps = [drawLatency, drawHeatmap, drawPhasesOverTime, drawInsteadOverTime, drawBreakdown, drawInsteadBreakdown,
+    drawHistogram, describeView];
   let f = chartsFrame;
   const next = (i) => {
     if (chartsFrame !== f) { f = chartsFrame; i = 0; }  // a newer frame came meanwhile: every chart from it
@@ -151,15 +155,15 @@ function drawLatency(c) {
   for (const [g, s] of Object.entries(c.latency)) {
     for (const p of ["p50_us", "p99_us", "max_us"]) {
       traces.push({
-        x, y: s[p], name: `${g} ${p.replace("_us", "")}`, type: "scatter", mode: "lines+markers",
+        x, y: s[p], name: `${g} ${p.replace("_us", "")}`, type: "scatter", mode: x.length > 5 ? "lines" : "lines+markers",
         marker: { size: 4 }, line: { dash: dash[p] }, connectgaps: false,
         customdata: s.requests, hovertemplate: `${g} ${p.replace("_us", "")}: %{y:.1f} us (%{customdata} requests)<extra></extra>`,
       });
     }
   }
   const layout = {
-    ...LAYOUT, dragmode: "select", selectdirection: "h", xaxis: timeAxis(),
-    yaxis: { title: { text: "latency (us)" }, type: "log", automargin: true },
+    ...LAYOUT, margin: MARGIN, dragmode: "select", selectdirection: "h", xaxis: timeAxis(),
+    yaxis: { title: { text: "latency (us)" }, type: "log" },
   };
   Plotly.react("latency", traces, layout, PLOT);
   const el = $("latency");
@@ -198,8 +202,8 @@ function drawHeatmap(c) {
     hovertemplate: "%{x}<br>latency %{customdata}<br>%{z} requests<extra></extra>",
   }] : [];
   Plotly.react("heatmap", traces, {
-    ...LAYOUT, xaxis: timeAxis(),
-    yaxis: { title: { text: "latency" }, automargin: true, ...octaveTicks(h.buckets, h.low_us) },
+    ...LAYOUT, margin: MARGIN, xaxis: timeAxis(),
+    yaxis: { title: { text: "latency" }, ...octaveTicks(h.buckets, h.low_us) },
   }, PLOT);
 }
 
@@ -230,8 +234,8 @@ function stackedOverTime(id, series, kind, colors) {
     hovertemplate: `<b>${name}</b>: %{y:.1f} us per request<br>${meaning(kind, name)}<extra></extra>`,
   }));
   Plotly.react(id, traces, {
-    ...LAYOUT, barmode: "stack", bargap: 0.05, xaxis: timeAxis(),
-    yaxis: { title: { text: "us per request" }, automargin: true },
+    ...LAYOUT, margin: MARGIN, barmode: "stack", bargap: 0.05, xaxis: timeAxis(),
+    yaxis: { title: { text: "us per request" } },
   }, PLOT);
 }
 function drawPhasesOverTime(c) {
@@ -242,6 +246,8 @@ function drawInsteadOverTime(c) {
   stackedOverTime("instead-time", { x: c.t_s.map(axisTime), values: c.instead_mean_us }, "instead", CATEGORY_COLORS);
 }
 
+const hbar = () => ({ ...LAYOUT, margin: { ...MARGIN, l: 90 }, barmode: "stack", xaxis: { title: { text: "us per request" } } });
+
 function drawBreakdown(c) {
   const bd = c.breakdown;
   const ops = Object.keys(bd);
@@ -251,20 +257,24 @@ function drawBreakdown(c) {
     marker: { color: phaseColor(ph) },
     hovertemplate: `<b>${ph}</b>: %{x:.1f} us per request<br>${meaning("phases", ph)}<extra></extra>`,
   }));
-  const hbar = { ...LAYOUT, barmode: "stack", xaxis: { title: { text: "us per request" }, automargin: true }, yaxis: { automargin: true } };
-  Plotly.react("phases", phaseTraces, hbar, PLOT);
+  Plotly.react("phases", phaseTraces, hbar(), PLOT);
   // qspan's own probes are inside those phases: say how much, as calibrated (tracers/costs.txt)
   const own = ops.filter((op) => bd[op].qspan_mean_us !== null && bd[op].qspan_mean_us !== undefined)
     .map((op) => `${op} ${bd[op].qspan_mean_us.toFixed(1)} us of ${bd[op].mean_us.toFixed(1)}`);
   $("selfcost").textContent = own.length
     ? `of which qspan's own probes on the critical path (calibrated estimate): ${own.join(", ")}`
     : "";
+}
+
+function drawInsteadBreakdown(c) {
+  const bd = c.breakdown;
+  const ops = Object.keys(bd);
   const insteadTraces = Object.keys(CATEGORY_COLORS).map((cat) => ({
     type: "bar", orientation: "h", name: cat, y: ops, marker: { color: CATEGORY_COLORS[cat] },
     x: ops.map((op) => (bd[op].instead_mean_us || {})[cat] || 0),
     hovertemplate: `<b>${cat}</b>: %{x:.1f} us per request<br>${meaning("instead", cat)}<extra></extra>`,
   }));
-  Plotly.react("instead", insteadTraces, hbar, PLOT);
+  Plotly.react("instead", insteadTraces, hbar(), PLOT);
 }
 
 const bucketLow = (k) => (k <= 0 ? 0 : 2 ** ((k - 1) / 4));
@@ -279,9 +289,9 @@ function drawHistogram(c) {
     hovertemplate: `${op}: %{y} requests of %{customdata}<extra></extra>`,
   }));
   Plotly.react("histogram", traces, {
-    ...LAYOUT, barmode: "group", bargap: 0.1,
-    xaxis: { title: { text: "latency" }, automargin: true, ...octaveTicks(span, span.map(bucketLow)) },
-    yaxis: { title: { text: "requests" }, automargin: true },
+    ...LAYOUT, margin: MARGIN, barmode: "group", bargap: 0.1,
+    xaxis: { title: { text: "latency" }, ...octaveTicks(span, span.map(bucketLow)) },
+    yaxis: { title: { text: "requests" } },
   }, PLOT);
 }
 
