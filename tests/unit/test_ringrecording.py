@@ -184,6 +184,35 @@ def test_a_full_disk_stops_the_recording_not_the_trace(raw):
     assert end["recording_error"] == "no end marker after the failed write: the file reads as cut"
 
 
+def test_after_a_failed_write_the_count_is_what_the_file_holds(raw):
+    """A real file whose every write fails (/dev/full): what its buffer held was counted when handed
+    over, but never reached the disk. The status's recording_bytes is the file's size after that
+    (a 4 MiB tmpfs once read 4,197,191 bytes in tests/e2e/test_disk.py)."""
+    _, header, frames = _split(raw)
+    rings = [(_CPU.unpack_from(p)[0], p[_CPU.size:]) for tag, p in frames if tag == RING]
+    formats = tuple(header.pop("ring_printfs"))
+    with open("/dev/full", "wb", buffering=1 << 16) as f:  # a buffer the header fits in
+        w = RawRecordingWriter(f, header, formats, header.pop("ring_strlen"))
+        assert 0 < w.written < 1 << 16 < sum(len(d) for _, d in rings)  # the header, in the file's buffer
+        for cpu, data in rings:
+            w.ring(cpu, data)
+        assert w.stopped_why == "write failed: No space left on device"
+        assert w.written == os.fstat(f.fileno()).st_size == 0
+        _close_failing(f)
+    with open("/dev/full", "w") as f:  # the text writer: the same count
+        t = recording.RecordingWriter(f, {"v": 1})
+        t.lines(["x" * 100] * 200)
+        assert t.stopped_why == "write failed: No space left on device" and t.written == 0
+        _close_failing(f)
+
+
+def _close_failing(f) -> None:
+    """Close a file whose buffer cannot be written (as open_writer does): the close raises, then it is closed."""
+    with pytest.raises(OSError):
+        f.close()
+    assert f.closed
+
+
 def test_a_room_check_stops_the_recording_with_its_reason(raw):
     """The free-space check (server/recordings.py room_check) is asked before the first write and
     then every ROOM_CHECK_EVERY bytes; its reason ends up in the end marker."""
