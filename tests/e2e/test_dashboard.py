@@ -16,19 +16,16 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from chromium import launch, require_chromium
+from chromium import full_page_screenshot, launch, require_chromium
 from helpers import require_tracing
 from qspanlab import lab
 from qspanlab.harness import ServerProcess as Server
 
 pytestmark = pytest.mark.e2e
 
-# Long tasks over a steady stretch at full rate, the view changed meanwhile. The issue asks for
-# none over 100 ms; on this 2-core machine, beside a TCG guest at full rate, the bpftrace and
-# the server, one Plotly redraw of a chart measured 42-52 ms median and up to 102 ms (one run,
-# every draw timed in the page). Until the charts are cheaper to redraw, the test holds them to
-# 250 ms (a frozen page, which the old one-task-per-frame drawing was, fails) and prints them.
-LONG_TASK_MS = 250
+# Long tasks over a steady stretch at full rate, the view changed meanwhile: the issue asks for
+# none over 100 ms. The page redraws only the charts on screen, one per task.
+LONG_TASK_MS = 100
 STEADY_S = 20
 LONG_TASKS = """
 window.__longtasks = [];
@@ -60,6 +57,14 @@ def _wait_view(page, condition: str, timeout: float = 60_000) -> None:
                            timeout=timeout)
 
 
+def _drawn(page, chart: str, what: str = "null") -> list:
+    """Scroll a chart into view, as a person would to read it, wait until it is drawn from the
+    newest frame (off screen, the page does not redraw it), and read at once that frame's charts
+    and `what` (JS) of the chart: a frame arriving in between cannot part them."""
+    page.locator(f"#{chart}").scroll_into_view_if_needed()
+    return page.wait_for_function(f"isDrawn('{chart}') && [chartsFrame.charts, {what}]", timeout=30_000).json_value()
+
+
 def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
     vm, server = two_disks
     sid = server.attach(vm.pid)
@@ -84,9 +89,8 @@ def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
             assert scopes[:3] == ["all", "disk:vda", "disk:vdb"] and {"node:disk0", "node:disk1"} <= set(scopes), scopes
             page.select_option("#scope", "disk:vdb")
             _wait_view(page, "chartsFrame.view.scope === 'disk:vdb'")
-            c = _frame_charts(page)
             # what is drawn is the view's: the heatmap's counts are the requests of its bins
-            heat = page.evaluate("document.getElementById('heatmap').data[0].z")
+            c, heat = _drawn(page, "heatmap", "document.getElementById('heatmap').data[0].z")
             assert sum(n or 0 for row in heat for n in row) == sum(c["requests"]) > 0
             assert set(c["groups"]) == {"read", "write"}
             slow = page.eval_on_selector_all("#slowest tbody tr", "rs => rs.map((r) => r.children[2].textContent)")
@@ -97,24 +101,25 @@ def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
             page.select_option("#scope", "disk:vda")
             _wait_view(page, "chartsFrame.view.scope === 'disk:vda'")
             assert _frame_charts(page)["groups"] == ["write"]
-            page.screenshot(path=str(output_dir / "dashboard-1-disk.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "dashboard-1-disk.png")
 
             # 2. windows: the last 10 s is ten one-second points with exact percentiles
             page.click("#viewbar .windows button[data-window='10']")
             _wait_view(page, "chartsFrame.view.window_s === 10 && c.t_s.length === 10")
             c = _frame_charts(page)
             assert c["bin_s"] == 1 and c["exact_percentiles"] and c["t1_s"] - c["t0_s"] == 9
-            lat = page.evaluate("document.getElementById('latency').data.map((t) => [t.name, t.x.length])")
+            lat = _drawn(page, "latency", "document.getElementById('latency').data.map((t) => [t.name, t.x.length])")[1]
             assert ["write p99", 10] in lat, lat
             # hover text says what a phase and a category mean (the schema's words)
-            hovers = page.evaluate("document.getElementById('phases-time').data.map((t) => t.hovertemplate)")
+            hovers = _drawn(page, "phases-time", "document.getElementById('phases-time').data.map((t) => t.hovertemplate)")[1]
             assert any("ready until the coroutine is entered again" in h for h in hovers), hovers
-            hovers = page.evaluate("document.getElementById('instead').data.map((t) => t.hovertemplate)")
+            hovers = _drawn(page, "instead", "document.getElementById('instead').data.map((t) => t.hovertemplate)")[1]
             assert any("the coroutines of other guest requests" in h for h in hovers)
 
             # 3. brushing a range on the latency chart zooms every panel and the slowest list to it
             page.click("#viewbar .windows button[data-window='60']")
             _wait_view(page, "chartsFrame.view.window_s === 60 && c.t_s.length >= 10")
+            _drawn(page, "latency")
             box = page.locator("#latency .nsewdrag").bounding_box()
             y = box["y"] + box["height"] / 2
             page.mouse.move(box["x"] + box["width"] * 0.55, y)
@@ -130,11 +135,13 @@ def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
             assert page.locator("#range").is_visible()
             ends = page.evaluate("chartsFrame.charts.slowest.map((r) => r.end_ns)")
             assert ends and all(c["t0_s"] * 1e9 <= e < (c["t1_s"] + 1) * 1e9 for e in ends)
-            page.screenshot(path=str(output_dir / "dashboard-2-brushed.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "dashboard-2-brushed.png")
             page.click("#range-clear")
             _wait_view(page, "chartsFrame.view.range_s === null")
 
-            # 4. long tasks over a steady stretch at full rate, the view changed meanwhile
+            # 4. long tasks over a steady stretch at full rate, the view changed meanwhile, the page
+            # at its top (the charts a user sees first)
+            page.evaluate("window.scrollTo(0, 0)")
             mark = page.evaluate("performance.now()")
             time.sleep(STEADY_S / 2)
             page.select_option("#scope", "all")
@@ -142,7 +149,9 @@ def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
             time.sleep(STEADY_S / 2)
             tasks = page.evaluate(f"window.__longtasks.filter((t) => t.start >= {mark})")
             worst = max((t["dur"] for t in tasks), default=0)
-            print(f"long tasks over {STEADY_S} s at full rate: {len(tasks)}, the longest {worst:.0f} ms")
+            cost = page.evaluate("drawCost.recent.map(([, ms]) => ms).sort((a, b) => a - b)")
+            print(f"long tasks over {STEADY_S} s at full rate: {len(tasks)}, the longest {worst:.0f} ms; a chart's redraw"
+                  f" {cost[len(cost) // 2]:.0f} ms median, {cost[-1]:.0f} ms at most, of {len(cost)}")
             assert worst <= LONG_TASK_MS, tasks
 
             # 5. find a request: a disk, an op, an offset range and a latency bound
@@ -169,7 +178,7 @@ def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
             other.wait_for_function(f"document.getElementById('detail-title').textContent.includes('#{wanted}:')", timeout=30_000)
             labels = other.evaluate("document.getElementById('timeline').data.flatMap((t) => t.customdata)")
             assert labels and not any(re.search(r"0x[0-9a-f]{6,}", x) for x in labels), labels[:10]
-            other.screenshot(path=str(output_dir / "dashboard-3-permalink.png"), full_page=True)
+            full_page_screenshot(other, output_dir / "dashboard-3-permalink.png")
             assert errors == [], errors
             browser.close()
     finally:
@@ -197,9 +206,9 @@ def test_views_selector_brush_find_and_permalinks(two_disks, output_dir):
             _wait_view(page, "chartsFrame.view.scope === 'disk:vdb' && chartsFrame.view.window_s === 0")
             c = _frame_charts(page)
             assert set(c["groups"]) == {"read", "write"} and sum(c["requests"]) > 0
-            heat = page.evaluate("document.getElementById('heatmap').data[0].z")
+            c, heat = _drawn(page, "heatmap", "document.getElementById('heatmap').data[0].z")
             assert sum(n or 0 for row in heat for n in row) == sum(c["requests"])
-            page.screenshot(path=str(output_dir / "dashboard-4-recording.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "dashboard-4-recording.png")
             browser.close()
     finally:
         viewer.stop()
