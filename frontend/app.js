@@ -142,7 +142,7 @@ function watch(sid, then) {
   api(`/api/sessions/${sid}`).then((s) => {
     state.sessionInfo = s.status;
     state.glossary = s.glossary;
-    if (chartsFrame) scheduleCharts(chartsFrame);  // views.js: again, with the hover texts
+    redrawCharts();  // views.js: again, with the hover texts
     $("crosscheck-panel").hidden = !s.status.qemu_accounting;
     if (then) then(s);
   }).catch((e) => showError(`session ${sid}: ${e.message}`));

@@ -7,7 +7,6 @@
 
 const view = { scope: "all", op: null, window_s: 60, range_s: null };
 let chartsFrame = null;  // the newest frame that had charts
-let drawing = false;
 
 function resetView() {
   Object.assign(view, { scope: "all", op: null, window_s: 60, range_s: null });
@@ -116,25 +115,71 @@ const meaning = (kind, name) => {
   return g && g[name] ? wrap(g[name]).replace(/`/g, "") : "";
 };
 
+// The charts, by the element each draws into. Only those on screen (or about to be: 200 px
+// ahead) are redrawn: every Plotly redraw lays a whole chart out again, and the browser may
+// share the host's cores with a guest at full rate. One scrolled into view is drawn then.
+const CHARTS = [["latency", drawLatency], ["heatmap", drawHeatmap], ["phases-time", drawPhasesOverTime],
+  ["instead-time", drawInsteadOverTime], ["phases", drawBreakdown], ["instead", drawInsteadBreakdown],
+  ["histogram", drawHistogram]];
+const onScreen = new Set();
+const drawnFrom = {};  // chart id -> the frame it was last drawn from
+// What drawing costs this page, in ms of the main thread: the last few charts' draws, and the
+// whole of the last pass (the browser test reads them; a busy page slows its own redraws)
+const drawCost = { recent: [], lastPassMs: 0 };
+let nextPassAt = 0;  // performance.now() before which charts are not redrawn
+let drawing = false;
+const isDrawn = (id) => chartsFrame !== null && drawnFrom[id] === chartsFrame;  // (what the browser test waits for)
+
+// Every chart again from the newest frame (the hover texts came, say)
+function redrawCharts() {
+  for (const id of Object.keys(drawnFrom)) delete drawnFrom[id];
+  if (chartsFrame) scheduleCharts(chartsFrame);
+}
+
+const chartObserver = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (e.isIntersecting) onScreen.add(e.target.id);
+    else onScreen.delete(e.target.id);
+  }
+  if (chartsFrame) scheduleCharts(chartsFrame);
+}, { rootMargin: "200px 0px" });
+for (const [id] of CHARTS) chartObserver.observe($(id));
+
 function scheduleCharts(frame) {
   chartsFrame = frame;
-  if (drawing) return;  // the drawing under way starts over with this frame when it gets there
+  if (drawing) return;  // the pass under way starts over with this frame when it gets to its next chart
   drawing = true;
-  // one chart per task: a slow machine sees charts drawn in steps, never a frozen page
-  const steps = [drawLatency, drawHeatmap, drawPhasesOverTime, drawInsteadOverTime, drawBreakdown, drawInsteadBreakdown,
-    drawHistogram, describeView];
+  // One chart per task: a slow machine sees charts drawn in steps, never a frozen page. A pass
+  // that took long (a busy browser) spaces the next: charts take at most a third of the page's time.
   let f = chartsFrame;
-  const next = (i) => {
-    if (chartsFrame !== f) { f = chartsFrame; i = 0; }  // a newer frame came meanwhile: every chart from it
-    if (i >= steps.length || !f) { drawing = false; return; }
+  let passMs = 0;
+  const next = () => {
+    if (chartsFrame !== f) f = chartsFrame;  // a newer frame came meanwhile: the charts not drawn from it
+    const todo = CHARTS.find(([id]) => onScreen.has(id) && drawnFrom[id] !== f);
+    if (!todo || !f) {
+      const c = (f && f.charts) || emptyCharts();
+      describeView(c);
+      describeSelfCost(c);
+      drawCost.lastPassMs = passMs;
+      nextPassAt = performance.now() + 2 * passMs;
+      drawing = false;
+      return;
+    }
+    const [id, draw] = todo;
+    const t = performance.now();
     try {
-      steps[i](f.charts || emptyCharts());
+      draw(f.charts || emptyCharts());
     } catch (e) {
       showError(`drawing the charts failed: ${e.message}`);
     }
-    setTimeout(() => next(i + 1), 0);
+    drawnFrom[id] = f;
+    const ms = performance.now() - t;
+    passMs += ms;
+    drawCost.recent.push([id, Math.round(ms * 10) / 10]);
+    if (drawCost.recent.length > 200) drawCost.recent.splice(0, 100);
+    setTimeout(next, 0);
   };
-  setTimeout(() => next(0), 0);
+  setTimeout(next, Math.max(0, nextPassAt - performance.now()));
 }
 
 const emptyCharts = () => ({ t_s: [], latency: {}, heatmap: { buckets: [], low_us: [], z: [] }, requests: [],
@@ -194,16 +239,19 @@ function octaveTicks(buckets, lows) {
 function drawHeatmap(c) {
   const h = c.heatmap;
   const x = c.t_s.map(axisTime);
-  const range = (i) => `${h.low_us[i].toFixed(1)}–${(h.low_us[i] * 2 ** 0.25).toFixed(1)} us`;
+  // the rows are named by their latency range, so hover reads it from the axis: a matrix of
+  // hover strings (40 buckets x 120 bins) cost more than drawing the heatmap itself
+  const rows = h.buckets.map((k, i) => `${h.low_us[i].toFixed(1)}–${bucketLow(k + 1).toFixed(1)} us`);
+  const ticks = octaveTicks(h.buckets, h.low_us);
   const traces = h.buckets.length ? [{
-    type: "heatmap", x, y: h.buckets, z: h.z.map((row) => row.map((n) => (n ? n : null))),
-    customdata: h.z.map((row, i) => row.map(() => range(i))), colorscale: "YlOrRd", reversescale: true, hoverongaps: false,
-    colorbar: { title: { text: "requests" }, thickness: 12 },
-    hovertemplate: "%{x}<br>latency %{customdata}<br>%{z} requests<extra></extra>",
+    type: "heatmap", x, y: rows, z: h.z.map((row) => row.map((n) => (n ? n : null))),
+    colorscale: "YlOrRd", reversescale: true, hoverongaps: false, colorbar: { title: { text: "requests" }, thickness: 12 },
+    hovertemplate: "%{x}<br>latency %{y}<br>%{z} requests<extra></extra>",
   }] : [];
   Plotly.react("heatmap", traces, {
     ...LAYOUT, margin: MARGIN, xaxis: timeAxis(),
-    yaxis: { title: { text: "latency" }, ...octaveTicks(h.buckets, h.low_us) },
+    yaxis: { title: { text: "latency" }, type: "category", tickvals: ticks.tickvals.map((b) => rows[h.buckets.indexOf(b)]),
+      ticktext: ticks.ticktext },
   }, PLOT);
 }
 
@@ -225,17 +273,22 @@ const byPhaseOrder = (a, b) => {
   return (ia < 0 ? 1.5 : ia) - (ib < 0 ? 1.5 : ib);  // a profile's driver and hop phases come after submit
 };
 
+// Stacked areas, not stacked bars: a bar is an SVG path of its own (120 bins x a dozen phases
+// redrawn every second), an area is one path per phase.
 function stackedOverTime(id, series, kind, colors) {
   const x = series.x;
   const names = Object.keys(series.values).filter((name) => series.values[name].some((y) => y > 0));
   if (kind === "phases") names.sort(byPhaseOrder);
-  const traces = names.map((name) => ({
-    type: "bar", x, y: series.values[name], name, marker: { color: colors ? colors[name] : phaseColor(name) },
-    hovertemplate: `<b>${name}</b>: %{y:.1f} us per request<br>${meaning(kind, name)}<extra></extra>`,
-  }));
+  const traces = names.map((name) => {
+    const color = colors ? colors[name] : phaseColor(name);
+    return {
+      type: "scatter", mode: x.length > 5 ? "lines" : "lines+markers", stackgroup: kind, x, y: series.values[name], name,
+      line: { color, width: 0.5 }, marker: { color, size: 4 }, fillcolor: color,
+      hovertemplate: `<b>${name}</b>: %{y:.1f} us per request<br>${meaning(kind, name)}<extra></extra>`,
+    };
+  });
   Plotly.react(id, traces, {
-    ...LAYOUT, margin: MARGIN, barmode: "stack", bargap: 0.05, xaxis: timeAxis(),
-    yaxis: { title: { text: "us per request" } },
+    ...LAYOUT, margin: MARGIN, xaxis: timeAxis(), yaxis: { title: { text: "us per request" } },
   }, PLOT);
 }
 function drawPhasesOverTime(c) {
@@ -258,8 +311,13 @@ function drawBreakdown(c) {
     hovertemplate: `<b>${ph}</b>: %{x:.1f} us per request<br>${meaning("phases", ph)}<extra></extra>`,
   }));
   Plotly.react("phases", phaseTraces, hbar(), PLOT);
-  // qspan's own probes are inside those phases: say how much, as calibrated (tracers/costs.txt)
-  const own = ops.filter((op) => bd[op].qspan_mean_us !== null && bd[op].qspan_mean_us !== undefined)
+}
+
+// qspan's own probes are inside the phases: say how much, as calibrated (tracers/costs.txt).
+// Text, so written on every pass, the chart above it on screen or not.
+function describeSelfCost(c) {
+  const bd = c.breakdown;
+  const own = Object.keys(bd).filter((op) => bd[op].qspan_mean_us !== null && bd[op].qspan_mean_us !== undefined)
     .map((op) => `${op} ${bd[op].qspan_mean_us.toFixed(1)} us of ${bd[op].mean_us.toFixed(1)}`);
   $("selfcost").textContent = own.length
     ? `of which qspan's own probes on the critical path (calibrated estimate): ${own.join(", ")}`

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import sync_playwright
 
-from chromium import launch, require_chromium
+from chromium import full_page_screenshot, launch, require_chromium
 from helpers import require_tracing
 from qspanlab import lab
 from qspanlab.harness import ServerProcess as Server
@@ -61,7 +61,7 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
             own = page.inner_text("#selfcost")
             m = re.search(r"write ([0-9.]+) us of ([0-9.]+)", own)
             assert m and 0 < float(m.group(1)) < float(m.group(2)), own
-            page.screenshot(path=str(output_dir / "browser-1-live.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "browser-1-live.png")
 
             # the slowest request opens its waterfall, with handoffs drawn
             page.click("#slowest tbody tr:first-child")
@@ -72,7 +72,7 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
             assert any("handoff" in y for y in labels) and any("phase: replication" in y for y in labels)
             assert any("B coroutine" in y for y in labels)
             assert page.evaluate("document.getElementById('timeline').data[0].x.length") > 0
-            page.screenshot(path=str(output_dir / "browser-2-waterfall.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "browser-2-waterfall.png")
 
             # export spans JSON from the page
             with page.expect_download() as dl:
@@ -92,7 +92,7 @@ def test_attach_watch_drill_down_and_export(setup, output_dir, tmp_path):
         # detached looks deliberate too (and the tracer is gone before the leak check)
         page.click("#detach")
         page.wait_for_function("document.getElementById('health').dataset.state === 'detached'", timeout=60_000)
-        page.screenshot(path=str(output_dir / "browser-3-detached.png"), full_page=True)
+        full_page_screenshot(page, output_dir / "browser-3-detached.png")
         assert errors == [], errors
         browser.close()
     # (pageerror messages are part of the failure text above when a step times out)

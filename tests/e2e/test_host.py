@@ -13,7 +13,7 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from chromium import launch, require_chromium
+from chromium import full_page_screenshot, launch, require_chromium
 from helpers import require_tracing
 from qspanlab import lab
 from qspanlab.harness import ServerProcess, start_traced
@@ -73,7 +73,7 @@ def test_follow_all_traces_every_qemu_ones_started_later_too(tmp_path, output_di
             for info in vms.values():  # (any other QEMU on the host has a row too)
                 assert page.locator(f"#host tbody tr[data-pid='{info.pid}']").count() == 1
             assert "following every QEMU" in page.inner_text("#host-panel")
-            page.screenshot(path=str(output_dir / "browser-host.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "browser-host.png")
             page.click(f"#host tr[data-pid='{vms['vm-b'].pid}'] button.view")
             page.wait_for_function(f"document.getElementById('session-id').textContent === '{row_b['session']}'")
             browser.close()

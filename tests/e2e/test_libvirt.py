@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from chromium import launch, require_chromium
+from chromium import full_page_screenshot, launch, require_chromium
 from helpers import guest_requests, require_tracing, run_qspan
 from qspan.target import process_alive
 from qspanlab import lab, libvirt
@@ -168,7 +168,7 @@ def test_dashboard_attaches_to_the_libvirt_vm(vm, output_dir):
                 n = int(moved.split()[0])
                 assert n <= 600 * 5 // 100 and ", ok)" in moved, moved  # the target: 5 %
                 assert page.evaluate("document.getElementById('crosscheck-bins').data.length") == 3
-                page.screenshot(path=str(output_dir / "libvirt-crosscheck.png"), full_page=True)
+                full_page_screenshot(page, output_dir / "libvirt-crosscheck.png")
                 lab.send_command(vm, "loop --op write --qd 4 --duration 3 --rate 300")
                 page.wait_for_selector("#slowest tbody tr", timeout=60_000)
                 page.click("#slowest tbody tr:first-child")
@@ -177,7 +177,7 @@ def test_dashboard_attaches_to_the_libvirt_vm(vm, output_dir):
                 labels = page.evaluate("document.getElementById('waterfall').data[0].y")
                 assert any("handoff" in y for y in labels), labels
                 assert any(re.match(r"\d+\. node libvirt-1-", y) for y in labels), labels  # libvirt's names, read off QEMU
-                page.screenshot(path=str(output_dir / "libvirt-waterfall.png"), full_page=True)
+                full_page_screenshot(page, output_dir / "libvirt-waterfall.png")
             finally:
                 lab.send_command(vm, "stop")
                 for sess in server.get("/api/sessions")[1]:

@@ -24,7 +24,7 @@ import pytest
 import websockets
 from playwright.sync_api import sync_playwright
 
-from chromium import launch, require_chromium
+from chromium import full_page_screenshot, launch, require_chromium
 from helpers import require_tracing
 from qspanlab import lab
 from qspanlab.harness import ServerProcess
@@ -118,7 +118,7 @@ def test_a_token_protected_server_through_a_published_port(vm, output_dir):
             _watch_live(page, vm)
             assert "token" not in page.url, page.url
             assert not [u for u in requests if TOKEN in u], "the token went into a URL"
-            page.screenshot(path=str(output_dir / "remote-1-live.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "remote-1-live.png")
             assert errors == [], errors
 
             # a wrong token: the server refuses, the page asks (once), the right one works
@@ -190,7 +190,7 @@ def test_the_same_over_https(vm, tmp_path, output_dir):
             page = browser.new_context(ignore_https_errors=True, accept_downloads=True).new_page()
             page.goto(f"{base}/#token={TOKEN}")
             _watch_live(page, vm)  # the live view over wss
-            page.screenshot(path=str(output_dir / "remote-2-https.png"), full_page=True)
+            full_page_screenshot(page, output_dir / "remote-2-https.png")
             browser.close()
     finally:
         server.stop()

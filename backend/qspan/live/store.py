@@ -5,14 +5,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from operator import attrgetter
 
 from qspan.correlate import Timeline
 from qspan.live.views import in_scope
 from qspan.live.windows import ALL, SLOWEST_PER_MINUTE, SLOWEST_PER_SECOND, Windows, disk_of
 from qspan.model.spans import Span, span_dict, span_group
-
-_dur = attrgetter("dur_ns")
 
 
 class SpanStore:
@@ -97,11 +94,6 @@ class SpanStore:
                 for (scope, g), kept in w.seconds.items() if scope == ALL for r in kept]
         return sorted(rows, key=lambda r: (r["t_s"], r["op"]))
 
-    def slowest(self, n: int = 10, since_ns: int = 0) -> list[dict]:
-        """The n longest spans ending at since_ns or later, longest first (ties: older first)."""
-        cands = self._spans if since_ns <= 0 else [s for s in self._spans if s.end_ns >= since_ns]
-        return [span_dict(s) for s in heapq.nlargest(n, cands, key=_dur)]
-
     def query(self, since_ns: int = 0, until_ns: int | None = None, op: str | None = None,
               min_dur_us: float = 0, limit: int = 1000) -> list[dict]:
         """The ring's spans by time, op group and latency, oldest first (compare's read)."""
@@ -157,9 +149,15 @@ class SpanStore:
         w = self.windows
         if w.newest_s < 0 or window_s <= 0:
             return 0.0
-        last = w.newest_s
-        n = sum(r.rollup.requests for (scope, _g), kept in w.seconds.items() if scope == ALL
-                for r in kept if r.t_s > last - window_s)
+        first = w.newest_s - window_s + 1
+        n = 0
+        for (scope, _g), kept in w.seconds.items():
+            if scope != ALL:
+                continue
+            for r in reversed(kept):  # newest first: stop at the window's start, not the 10 minutes kept
+                if r.t_s < first:
+                    break
+                n += r.rollup.requests
         return round(n / window_s, 1)
 
     def ended_since(self, since_ns: int) -> list[Span]:

@@ -101,7 +101,8 @@ def charts(w: Windows, view: View) -> dict | None:
     if b is None:
         return None
     t0, t1 = b
-    groups = [g for g in w.groups(view.scope) if view.op is None or g == view.op]
+    all_groups = w.groups(view.scope)
+    groups = [g for g in all_groups if view.op is None or g == view.op]
     per_group = {g: w.rows(view.scope, g, t0, t1) for g in groups}
     resolution = max((res for _rows, res in per_group.values()), default=1)
     width = bin_width(t1 - t0 + 1, resolution)
@@ -132,7 +133,7 @@ def charts(w: Windows, view: View) -> dict | None:
     phase_names = sorted({k for x in merged for k in x.phases_ns})
     return {
         "t0_s": t0, "t1_s": t1, "bin_s": width, "resolution_s": resolution, "exact_percentiles": exact,
-        "t_s": times, "groups": groups, "all_groups": w.groups(view.scope), "latency": latency,
+        "t_s": times, "groups": groups, "all_groups": all_groups, "latency": latency,
         "heatmap": {"buckets": heat_rows, "low_us": [bucket_low_us(k) for k in heat_rows],
                     "z": [[x.buckets.get(k, 0) for x in merged] for k in heat_rows]},
         "requests": [x.requests for x in merged],
@@ -140,17 +141,15 @@ def charts(w: Windows, view: View) -> dict | None:
                            for p in phase_names},
         "instead_mean_us": {c: [x.instead_ns.get(c, 0) / x.requests / 1000 if x.requests else 0 for x in merged]
                             for c in INSTEAD_CATEGORIES},
-        "breakdown": breakdown(w, view, t0, t1),
+        "breakdown": breakdown(w, view, groups, t0, t1),
     }
 
 
-def breakdown(w: Windows, view: View, t0: int, t1: int) -> dict:
-    """Per op group, the window's sums as means per request (everything since the start for window 0)."""
+def breakdown(w: Windows, view: View, groups: list[str], t0: int, t1: int) -> dict:
+    """Per op group of the view, the window's sums as means per request (everything since the start for window 0)."""
     since_start = view.window_s == 0 and view.range_s is None
     out = {}
-    for g in w.groups(view.scope):
-        if view.op is not None and g != view.op:
-            continue
+    for g in groups:
         r = w.window_rollup(view.scope, g, None if since_start else t0, None if since_start else t1)
         if r.requests:
             out[g] = r.summary()
