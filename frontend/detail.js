@@ -35,18 +35,20 @@ function openPermalink(sessions) {
 async function openSpan(id) {
   const sid = state.session;
   try {
+    // pinned first, then read: at full rate a request leaves the newest 5,000 within seconds, and
+    // one pinned after it was drawn could be gone by then (its link would not open it)
+    await api(`/api/sessions/${sid}/spans/${id}/pin`, { method: "POST" }).catch(() => {});
     const { span, timeline, timeline_kept: kept, threads } = await api(`/api/sessions/${sid}/spans/${id}`);
     state.threads = threads || {};
     state.selected = id;
     $("detail").hidden = false;
     $("detail-title").textContent = `${span.job ? `Block job ${span.job}, request` : "Request"} #${span.id}: ${span.op} ${span.bytes} B at ${span.offset}${diskOf(span)}, ${(span.dur_ns / 1000).toFixed(1)} us`;
     $("detail-link-note").textContent = "";
-    $("timeline-note").textContent = kept ? "" : "(not kept for this request: the server keeps the timelines of the newest 300 and the slowest requests)";
+    $("timeline-note").textContent = kept ? "" : "(not kept for this request: the server keeps the timelines of the newest 5,000 requests and of those opened while they were kept)";
     history.replaceState(null, "", permalink(sid, id).slice(location.origin.length));
     drawWaterfall(span);
     drawTimeline(span, timeline);
     $("detail").scrollIntoView({ behavior: "smooth" });
-    api(`/api/sessions/${sid}/spans/${id}/pin`, { method: "POST" }).catch(() => {});
   } catch (e) {
     showError(`request ${id}: ${e.message}`);
   }
