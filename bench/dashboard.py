@@ -10,7 +10,7 @@ charts a user sees first). Over --seconds it reads from the page:
 - each chart's redraw (frontend/views.js draws one chart per task and keeps their times in
   `drawCost`): median, p90 and longest per chart;
 - CPU over the stretch in cores: QEMU, the server, bpftrace, Chromium (all its processes),
-  what stayed idle. On a 2-core machine with a TCG guest the browser gets what is left.
+  what stayed idle (idle and iowait, as bench/live.py counts it). On a 2-core machine with a TCG guest the browser gets what is left.
 
 Then the lab is stopped and the same page redraws the same charts with the machine idle: the
 ratio of the two is what contention adds. One run, the figures of one machine; with
@@ -25,19 +25,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from qspan.target import process_cpu_s
-from qspanlab import lab
-from qspanlab.harness import ServerProcess, bpftraces_of
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+from live import children, idle_s  # noqa: E402
+from qspan.output.report import percentile  # noqa: E402
+from qspan.target import process_cpu_s  # noqa: E402
+from qspanlab import lab  # noqa: E402
+from qspanlab.harness import CHROMIUM, CHROMIUM_FLAGS, ServerProcess  # noqa: E402
+
 LONG_TASKS = """
 window.__longtasks = [];
 new PerformanceObserver((list) => {
@@ -60,19 +62,9 @@ def chromium_pids() -> list[int]:
     return pids
 
 
-def idle_s() -> float:
-    with open("/proc/stat") as f:
-        return int(f.readline().split()[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
-
-
 def describe_tasks(what: str, tasks: list[dict]) -> None:
-    d = [t["dur"] for t in tasks]
-    print(f"  long tasks {what}: {len(d)}" + (f", p50 {pct(d, .5):.0f} ms, p90 {pct(d, .9):.0f} ms, longest {max(d):.0f} ms,"
+    d = sorted(t["dur"] for t in tasks)
+    print(f"  long tasks {what}: {len(d)}" + (f", p50 {percentile(d, 50):.0f} ms, p90 {percentile(d, 90):.0f} ms, longest {d[-1]:.0f} ms,"
                                               f" {sum(x > 100 for x in d)} over 100 ms" if d else ""))
 
 
@@ -82,7 +74,8 @@ def describe_draws(what: str, recent: list) -> dict[str, float]:
         by.setdefault(chart, []).append(ms)
     print(f"  chart redraws {what} (ms: median / p90 / longest, of n):")
     for chart, ms in by.items():
-        print(f"    {chart:13s} {statistics.median(ms):6.1f} / {pct(ms, .9):6.1f} / {max(ms):6.1f}   of {len(ms)}")
+        ms.sort()
+        print(f"    {chart:13s} {statistics.median(ms):6.1f} / {percentile(ms, 90):6.1f} / {ms[-1]:6.1f}   of {len(ms)}")
     return {chart: statistics.median(ms) for chart, ms in by.items()}
 
 
@@ -106,7 +99,7 @@ def main() -> None:
         for cmd in LOADS:
             lab.send_command(info, cmd.format(s=int(args.seconds + 120)))
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, headless=True, args=FLAGS)
+            browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.add_init_script(LONG_TASKS)
             page.goto(server.base + "/")
@@ -116,7 +109,7 @@ def main() -> None:
             time.sleep(3)
             print(f"attached (session {sid}); measuring {args.seconds:.0f} s at full rate, the view changed half way",
                   flush=True)
-            browsers, tracers = chromium_pids(), bpftraces_of(info.pid)
+            browsers, tracers = chromium_pids(), children(server.proc.pid)  # bpftrace, as bench/live.py finds it
 
             def cpu_now() -> tuple[float, ...]:
                 return (time.monotonic(), process_cpu_s(info.pid), process_cpu_s(server.proc.pid),

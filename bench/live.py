@@ -82,10 +82,15 @@ def idle_s() -> float:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Child processes of `pid`, whichever of its threads started them (the server starts
+    bpftrace from a worker thread: its main thread's children list alone is empty)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
 
 
 def main() -> None:

@@ -21,6 +21,12 @@ from pathlib import Path
 from qspan.errors import QspanError
 from qspanlab.lab import REPO
 
+# Debian's Chromium, headless, as the browser tests and bench/dashboard.py launch it: no sandbox
+# (root in CI), no GPU, and nothing that would reach for the network on its own.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
 
 def start_traced(*args: str, attach_timeout_s: float = 120.0, python: str = sys.executable,
                  wrapper: tuple[str, ...] = ()) -> subprocess.Popen:

@@ -6,10 +6,7 @@ import shutil
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-# No sandbox (root in CI), no GPU, and nothing that would reach for the network on its own.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+from qspanlab.harness import CHROMIUM, CHROMIUM_FLAGS
 
 
 def require_chromium() -> None:
@@ -20,7 +17,7 @@ def require_chromium() -> None:
 
 def launch(playwright):
     """Headless Chromium from a sync_playwright() context."""
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
 
 
 def full_page_screenshot(page, path) -> None:
