@@ -2,8 +2,10 @@
 
 For each case it boots the seed lab with replica delay R and B CPU time C,
 attaches qspan by PID, drives guest writes with several in flight, and prints
-what the spans say: the replication phase against R, and how much of the ack's
-handoff wait went to B's coroutines, against C.
+what the spans say: the replication phase against R and against driver O's own
+measure of the replica (replica_true_p50_us; replication_error_p50_us is the
+median gap between the two per write), and how much of the ack's handoff wait
+went to B's coroutines, against C.
 
     .venv/bin/python bench/seed_scenarios.py [--count 300] [--rate 300] [--qd 4]
 """
@@ -43,7 +45,8 @@ def main() -> None:
             print(f"running {scenario} R={r} us C={c} us ...", file=sys.stderr, flush=True)
             rows.append(run_case(scenario, r, c, args.count, args.rate, args.qd, Path(tmp)).summary)
     cols = ["scenario", "replica_us", "b_cpu_us", "write_spans", "guest_requests", "verify", "guest_p50_us",
-            "span_p50_us", "replication_min_us", "replication_p50_us", "replication_p90_us", "handoff_mean_us",
+            "span_p50_us", "replication_min_us", "replication_p50_us", "replication_p90_us", "replica_true_p50_us",
+            "replication_error_p50_us", "handoff_mean_us",
             "spawned_mean_us", "spawned_share"]
     print(" | ".join(cols))
     for row in rows:

@@ -14,6 +14,8 @@
  *   replica-delay-us=N    the fast device's latency, measured from submission
  *   b-cpu-us=N            CPU time B's coroutine spends on the iothread per write
  *   mitigation=on|off     keep B's work from running ahead of acks (see below)
+ *   timing=PATH           each write's replica submission and callback times, written
+ *                         there when O closes (the seed tests' ground truth)
  *
  * Mitigation ("ack first"): B's write is not started when the guest write is
  * submitted but when its ack has been given, and B's CPU work runs in slices
@@ -59,6 +61,16 @@
 
 typedef struct OReq OReq;
 
+/* Ground truth for the tests (timing=PATH): per write, when O handed it to the replica
+ * thread and when that thread called back, CLOCK_MONOTONIC ns as bpftrace's clock, kept in
+ * memory by the replica thread (no I/O on its path) and written when O closes. */
+typedef struct OTiming {
+    int64_t offset;
+    uint64_t submit_ns;
+    uint64_t callback_ns;
+} OTiming;
+#define O_TIMINGS_MAX 65536
+
 typedef struct BDRVOState {
     int replica_fd;
     uint64_t replica_delay_ns;
@@ -71,6 +83,9 @@ typedef struct BDRVOState {
     pthread_cond_t cond;
     QSIMPLEQ_HEAD(, OReq) replica_queue;
     bool stopping;
+    char *timing_path;
+    OTiming *timings; /* the replica thread's alone until it is joined */
+    size_t n_timings;
 
     /* background B writes in flight (iothread only), and who waits on them */
     QTAILQ_HEAD(, OReq) b_inflight; /* in submission order */
@@ -214,6 +229,9 @@ static void *replica_thread(void *opaque)
         }
         Coroutine *co = r->co;
         AioContext *ctx = r->ctx;
+        if (s->timings && s->n_timings < O_TIMINGS_MAX) {
+            s->timings[s->n_timings++] = (OTiming){r->offset, r->submit_ns, now_ns()};
+        }
         DTRACE_PROBE4(o, replica_cb, r->offset, r->bytes, r, co);
         oreq_unref(r); /* may free r when B already finished; co and ctx were copied */
         aio_co_schedule(ctx, co);
@@ -291,6 +309,7 @@ static QemuOptsList o_runtime_opts = {
         {.name = "replica-delay-us", .type = QEMU_OPT_NUMBER, .help = "replica latency"},
         {.name = "b-cpu-us", .type = QEMU_OPT_NUMBER, .help = "B's CPU time per write"},
         {.name = "mitigation", .type = QEMU_OPT_BOOL, .help = "ack first, B in slices"},
+        {.name = "timing", .type = QEMU_OPT_STRING, .help = "file for each write's replica times, written at close"},
         {/* end */}},
 };
 
@@ -305,6 +324,11 @@ static int o_open(BlockDriverState *bs, QDict *options, int flags, Error **errp)
     s->replica_delay_ns = qemu_opt_get_number(opts, "replica-delay-us", 20) * 1000;
     s->b_cpu_ns = qemu_opt_get_number(opts, "b-cpu-us", 0) * 1000;
     s->mitigation = qemu_opt_get_bool(opts, "mitigation", false);
+    const char *timing = qemu_opt_get(opts, "timing");
+    if (timing) {
+        s->timing_path = g_strdup(timing);
+        s->timings = g_new0(OTiming, O_TIMINGS_MAX);
+    }
     const char *replica = qemu_opt_get(opts, "replica");
     s->replica_fd = -1;
     if (replica) {
@@ -323,6 +347,8 @@ static int o_open(BlockDriverState *bs, QDict *options, int flags, Error **errp)
         if (s->replica_fd >= 0) {
             close(s->replica_fd);
         }
+        g_free(s->timing_path);
+        g_free(s->timings);
         return -EINVAL;
     }
     pthread_mutex_init(&s->lock, NULL);
@@ -344,6 +370,19 @@ static void o_close(BlockDriverState *bs)
     qemu_thread_join(&s->thread);
     if (s->replica_fd >= 0) {
         close(s->replica_fd);
+    }
+    if (s->timing_path) {
+        /* "offset submit_ns callback_ns" per write; a file that cannot be written is reported, not fatal */
+        FILE *f = fopen(s->timing_path, "w");
+        for (size_t i = 0; f && i < s->n_timings; i++) {
+            fprintf(f, "%" PRId64 " %" PRIu64 " %" PRIu64 "\n", s->timings[i].offset, s->timings[i].submit_ns,
+                    s->timings[i].callback_ns);
+        }
+        if (!f || fclose(f) != 0) {
+            fprintf(stderr, "o: cannot write timing file %s\n", s->timing_path);
+        }
+        g_free(s->timing_path);
+        g_free(s->timings);
     }
 }
 

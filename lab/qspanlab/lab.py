@@ -160,6 +160,11 @@ def build_qemu_dtrace() -> Path:
     return out / "qemu-system-x86_64"
 
 
+def o_timing_path(d: Path) -> Path:
+    """Where driver O writes, when QEMU quits, each write's replica submission and callback times."""
+    return d / "o-timing.txt"
+
+
 def replica_path(d: Path) -> Path:
     """Driver O's replica for the lab in `d`: the "fast device", on tmpfs when there is one.
 
@@ -202,7 +207,7 @@ def _disk_args(d: Path, scenario: str, knobs: SeedKnobs, setup: str = "virtio-bl
         return _stock_disk_args(d, setup)
     # -blockdev driver=o is refused (QEMU's QAPI driver list is fixed): -drive takes any registered driver.
     mitigation = "on" if scenario == "seed-mitigated" else "off"
-    return ["-drive", f"if=none,id=drive-o,driver=o,node-name=o,replica={replica_path(d)},"
+    return ["-drive", f"if=none,id=drive-o,driver=o,node-name=o,replica={replica_path(d)},timing={o_timing_path(d)},"
                       f"replica-delay-us={knobs.replica_delay_us},b-cpu-us={knobs.b_cpu_us},mitigation={mitigation},"
                       f"file.driver=file,file.filename={d / 'disk.img'},file.node-name=b,file.aio=threads",
             "-device", "virtio-blk-pci,drive=drive-o,iothread=iothread0,request-merging=off"]

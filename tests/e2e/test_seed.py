@@ -6,12 +6,17 @@ attribute to B's coroutines a share of the ack waits that follows C, and show
 it drop when C = 0 or with the mitigation on. The guest verifies its data
 through O, and B and the replica hold what it wrote.
 
-Tolerance for the replication phase: its median may exceed R by at most
-REPLICA_TOLERANCE_US. The excess is the replica thread's timer wake-up, its
-pwrite to tmpfs and the USDT probe, on a 2-core VM where TCG's vCPU thread,
-the iothread (spinning for C) and bpftrace compete for CPU; measured here at
-about 75-125 us at the median. It can never be below R: the driver starts the
-delay after the probe that opens the phase fires.
+The replication phase is checked against driver O's own measure of the same
+write (its timing file: from handing the copy to the replica thread until that
+thread calls back), not against R: how late the replica thread wakes is the
+machine's (on this 2-core VM, beside TCG's vCPU thread, the iothread spinning
+for C and bpftrace, its median was 60-210 us over R in benchmarks and 360 us in
+one CI run), while qspan must report what happened. The phase starts at O's
+yield, a few us after O timed the submission, and ends at the callback's probe,
+just after O timed it: measured here over 4 runs of the 3 cases, the median
+gap between the two was 3.7-5.5 us (p90 5.7-12.4 us); REPLICA_ERROR_US bounds
+the median at 4.5 times the largest. The phase can never be below R: the driver starts the delay
+after the probe that opens the phase fires.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 R_US = 200
 C_US = 600
-REPLICA_TOLERANCE_US = 250
+REPLICA_ERROR_US = 25
 MAGIC = struct.pack("<Q", 0x7173706E6C6F6164)  # qspan-load's block pattern starts with it
 
 
@@ -73,8 +78,12 @@ def test_every_guest_write_is_a_span_across_o_the_replica_callback_and_b(runs):
 def test_replication_phase_is_the_replica_delay(runs):
     for run in runs.values():
         s = run.summary
+        print(f"{s['scenario']} C={s['b_cpu_us']}: replication p50 {s['replication_p50_us']:.1f} us, O's own"
+              f" {s['replica_true_p50_us']:.1f} us; the phase against O's own, p50 {s['replication_error_p50_us']:.1f} us,"
+              f" p90 {s['replication_error_p90_us']:.1f} us")
         assert s["replication_min_us"] >= R_US  # never shorter than the device's latency
-        assert s["replication_p50_us"] <= R_US + REPLICA_TOLERANCE_US, s
+        assert s["replica_timed"] == s["write_spans"], s  # O timed every write qspan saw
+        assert s["replication_error_p50_us"] <= REPLICA_ERROR_US, s
 
 
 def test_ack_waits_attributed_to_b_track_b_cpu_time(runs):
