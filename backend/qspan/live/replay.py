@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from qspan.correlate import Timeline
@@ -41,11 +42,20 @@ class _OneTimeline(SpanStore):
         pass
 
 
+# Told how far opening a recording got: "checking", bytes of the file read of its size, then
+# "replaying" (correlating, most of the time), events fed of all (qspan serve --open says it)
+OpenProgress = Callable[[str, int, int], None]
+
+
 class ReplaySession(FedSession):
-    def __init__(self, session_id: str, path: str | Path):
+    def __init__(self, session_id: str, path: str | Path, progress: OpenProgress | None = None):
         self.id = session_id
         self.path = Path(path)
-        rec = recording.read(self.path, allow_truncated=True)  # a clear RecordingError before anything else
+        self._progress = progress
+        size = self.path.stat().st_size if progress else 0
+        rec = recording.read(self.path, allow_truncated=True,  # a clear RecordingError before anything else
+                             on_bytes=(lambda done: progress("checking", done, size)) if progress else None)
+        self._records = len(rec.events) + len(rec.lost)
         self.header = rec.header
         self.end = rec.end or None
         self._truncated = rec.truncated
@@ -72,9 +82,13 @@ class ReplaySession(FedSession):
     def start(self) -> None:
         """Feed every line, then drain: synchronous (a recording is done when it is read)."""
         with self._lock:
-            for line in recording.body_lines(self.path):
+            for n, line in enumerate(recording.body_lines(self.path), 1):
                 self.feed.line(line)
+                if self._progress is not None and not n & 0x3FFF:
+                    self._progress("replaying", n, self._records)
             self.feed.drain()
+            if self._progress is not None:
+                self._progress("replaying", self._records, self._records)
         self.state = "detached"
         self.ended_at = time.time()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qspan.errors import AlreadyTraced, NoSuchSession
 from qspan.live import LiveSession
-from qspan.live.replay import ReplaySession
+from qspan.live.replay import OpenProgress, ReplaySession
 from qspan.live.views import View
 
 from .frames import FrameCache
@@ -81,12 +81,12 @@ class SessionManager:
         log.info("session %s: attaching to PID %d (profile %s)", sid, pid, session.profile_name)
         return session
 
-    def open_recording(self, path: str | Path, pinned: bool = False) -> ReplaySession:
+    def open_recording(self, path: str | Path, pinned: bool = False, progress: OpenProgress | None = None) -> ReplaySession:
         """A session made by replaying a recording (RecordingError if it is unreadable); it is ended at once.
         A pinned one (`qspan serve --open`) stays for the server's lifetime: prune leaves it."""
         with self._lock:
             sid = f"s{next(self._ids)}"
-        session = ReplaySession(sid, path)
+        session = ReplaySession(sid, path, progress)
         session.pinned = pinned
         session.start()
         with self._lock:
