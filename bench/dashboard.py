@@ -13,16 +13,26 @@ charts a user sees first). Over --seconds it reads from the page:
   what stayed idle (idle and iowait, as bench/live.py counts it). On a 2-core machine with a TCG guest the browser gets what is left.
 
 Then the lab is stopped and the same page redraws the same charts with the machine idle: the
-ratio of the two is what contention adds. One run, the figures of one machine; with
---browser-nice -10 Chromium runs at a higher priority, as a browser on a machine of its own
-would (the test suite does not do this: see README, "The dashboard").
+ratio of the two is what contention adds. One run, the figures of one machine.
 
-    .venv/bin/python bench/dashboard.py [--seconds 40] [--browser-nice 0]
+With --browser-nice -10 Chromium gets a larger share of the CPU, as a browser on a machine of
+its own would have (the test suite does not do this: see README, "The dashboard"). The kernel's
+autogroups share the CPU between sessions first and Playwright starts Chromium in sessions of
+its own, so a thread's nice counts only within its session: what is set is the nice of
+Chromium's autogroups (/proc/PID/autogroup; `nice -n -10 chromium` changed nothing).
+
+With --trace FILE, Chromium also writes a trace of the stretch (open it in Perfetto's UI) and
+the long tasks are taken apart (bench/browser_trace.py): the main thread's CPU time in them
+against their wall time (the rest it waited for a core), their time by kind (script, style
+and layout, paint, GC) and the charts drawn in them. Tracing costs the page a little itself.
+
+    .venv/bin/python bench/dashboard.py [--seconds 40] [--browser-nice 0] [--trace /tmp/dashboard-trace.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -34,6 +44,7 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import browser_trace  # noqa: E402
 from live import children, idle_s  # noqa: E402
 from qspan.output.report import percentile  # noqa: E402
 from qspan.target import process_cpu_s  # noqa: E402
@@ -82,15 +93,11 @@ def describe_draws(what: str, recent: list) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=40, help="the stretch at full rate (default 40)")
-    ap.add_argument("--browser-nice", type=int, default=0, help="run Chromium under nice -n N (default 0)")
+    ap.add_argument("--browser-nice", type=int, default=0, help="set the nice of Chromium's autogroups to N (default 0)")
+    ap.add_argument("--trace", type=Path, help="write a Chrome trace of the stretch there and take the long tasks apart")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="qspan-bench-dashboard-"))
-    executable = CHROMIUM
-    if args.browser_nice:
-        executable = str(tmp / "chromium")
-        Path(executable).write_text(f'#!/bin/sh\nexec nice -n {args.browser_nice} {CHROMIUM} "$@"\n')
-        os.chmod(executable, 0o755)
     print(f"booting the two-disk lab in {tmp} ...", flush=True)
     info = lab.up(tmp / "lab", setup="two-disks", name="bench-dashboard")
     server = ServerProcess().wait_ready()
@@ -99,7 +106,16 @@ def main() -> None:
         for cmd in LOADS:
             lab.send_command(info, cmd.format(s=int(args.seconds + 120)))
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            if args.browser_nice:
+                # the autogroups' nice, not the threads' (see the top of this file)
+                for pid in chromium_pids():
+                    try:
+                        Path(f"/proc/{pid}/autogroup").write_text(str(args.browser_nice))
+                    except OSError as err:
+                        print(f"cannot set the autogroup nice of Chromium's PID {pid}: {err}", file=sys.stderr)
+                print("Chromium's autogroups: " + ", ".join(sorted({Path(f"/proc/{pid}/autogroup").read_text().strip()
+                                                                   for pid in chromium_pids()})), flush=True)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.add_init_script(LONG_TASKS)
             page.goto(server.base + "/")
@@ -114,6 +130,12 @@ def main() -> None:
             def cpu_now() -> tuple[float, ...]:
                 return (time.monotonic(), process_cpu_s(info.pid), process_cpu_s(server.proc.pid),
                         sum(process_cpu_s(t) for t in tracers), sum(process_cpu_s(c) for c in browsers), idle_s())
+
+            def requests_now() -> int:  # the guest's requests, as the session counted them (sampling aside)
+                return server.request("GET", f"/api/sessions/{sid}")[1]["status"]["spans"]
+            first_requests = requests_now()
+            if args.trace:
+                browser.start_tracing(page=page, categories=browser_trace.CATEGORIES)
             before = cpu_now()
             mark = page.evaluate("drawCost.recent = []; performance.now()")
             time.sleep(args.seconds / 2)
@@ -122,16 +144,25 @@ def main() -> None:
             half = page.evaluate("performance.now()")
             time.sleep(args.seconds / 2)
             after = cpu_now()
+            rate = (requests_now() - first_requests) / (after[0] - before[0])
+            trace = browser.stop_tracing() if args.trace else None
             tasks = page.evaluate(f"window.__longtasks.filter((t) => t.start >= {mark})")
             loaded = page.evaluate("drawCost.recent")
             wall = after[0] - before[0]
             cores = [(b - a) / wall for a, b in zip(before[1:], after[1:])]
-            print(f"at full rate, {wall:.0f} s, 1500x1100, page at its top:")
+            print(f"at full rate ({rate:.0f} requests/s traced), {wall:.0f} s, 1500x1100, page at its top:")
             describe_tasks("over the stretch", tasks)
             describe_tasks("after the view change", [t for t in tasks if t["start"] >= half + 5000])
             busy = describe_draws("at full rate", loaded)
             print(f"  CPU in cores: QEMU {cores[0]:.2f}, the server {cores[1]:.2f}, bpftrace {cores[2]:.2f},"
                   f" Chromium {cores[3]:.2f}, idle {cores[4]:.2f}")
+            if trace is not None:
+                args.trace.write_bytes(trace)
+                events = json.loads(trace)
+                events = events["traceEvents"] if isinstance(events, dict) else events
+                print(f"  the trace ({len(trace) >> 20} MiB, {args.trace}):")
+                for line in browser_trace.summary(browser_trace.long_tasks(events)):
+                    print(f"    {line}")
 
             lab.send_command(info, "stop")
             server.request("DELETE", f"/api/sessions/{sid}")
