@@ -6,6 +6,7 @@ import os
 import pytest
 
 from helpers import DATA
+from qspan.errors import RecordingError
 from qspan.live.replay import ReplaySession
 from qspan.output import recording
 from qspan.server.run import OpeningProgress
@@ -53,3 +54,8 @@ def test_the_server_says_it_at_most_every_five_seconds():
         now[0] = t
         progress("checking", done << 20, 100 << 20)
     assert said == ["opening big.qspan: checking, 30 % ...", "opening big.qspan: checking, 90 % ..."]
+
+
+def test_a_missing_recording_is_the_same_clear_error_with_progress(tmp_path):
+    with pytest.raises(RecordingError, match="cannot open recording"):
+        ReplaySession("s1", tmp_path / "missing.qspan", progress=lambda *call: None)
