@@ -144,11 +144,11 @@ def main() -> None:
             half = page.evaluate("performance.now()")
             time.sleep(args.seconds / 2)
             after = cpu_now()
-            rate = (requests_now() - first_requests) / (after[0] - before[0])
+            wall = after[0] - before[0]
+            rate = (requests_now() - first_requests) / wall
             trace = browser.stop_tracing() if args.trace else None
             tasks = page.evaluate(f"window.__longtasks.filter((t) => t.start >= {mark})")
             loaded = page.evaluate("drawCost.recent")
-            wall = after[0] - before[0]
             cores = [(b - a) / wall for a, b in zip(before[1:], after[1:])]
             print(f"at full rate ({rate:.0f} requests/s traced), {wall:.0f} s, 1500x1100, page at its top:")
             describe_tasks("over the stretch", tasks)

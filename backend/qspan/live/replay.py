@@ -52,12 +52,8 @@ class ReplaySession(FedSession):
         self.id = session_id
         self.path = Path(path)
         self._progress = progress
-        try:
-            size = self.path.stat().st_size if progress else 0
-        except OSError:
-            size = 0  # recording.read says what is wrong with the path
         rec = recording.read(self.path, allow_truncated=True,  # a clear RecordingError before anything else
-                             on_bytes=(lambda done: progress("checking", done, size)) if progress else None)
+                             on_bytes=(lambda done, size: progress("checking", done, size)) if progress else None)
         self._records = len(rec.events) + len(rec.lost)
         self.header = rec.header
         self.end = rec.end or None

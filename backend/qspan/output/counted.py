@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-# Told the file's position (of a gzipped one, in its compressed bytes)
-OnBytes = Callable[[int], None]
+# Told the file's position and its size (of a gzipped one, in its compressed bytes)
+OnBytes = Callable[[int, int], None]
 
 
 class _Counting(io.RawIOBase):
-    """A raw file that tells on_bytes its position after each read (a version 2 reader seeks)."""
+    """A raw file that tells on_bytes its position and size after each read (a version 2 reader seeks)."""
 
     def __init__(self, raw: io.FileIO, on_bytes: OnBytes):
         self.raw, self.on_bytes = raw, on_bytes
+        self.size = os.fstat(raw.fileno()).st_size
 
     def readable(self) -> bool:
         return True
@@ -33,7 +35,7 @@ class _Counting(io.RawIOBase):
 
     def readinto(self, buffer) -> int | None:  # type: ignore[override]
         n = self.raw.readinto(buffer)
-        self.on_bytes(self.raw.tell())
+        self.on_bytes(self.raw.tell(), self.size)
         return n
 
     def close(self) -> None:
@@ -52,6 +54,6 @@ class _GzipOwning(gzip.GzipFile):
 
 
 def open_counted(path: Path, on_bytes: OnBytes) -> IO[bytes]:
-    """`path` for reading (gunzipped when it ends in .gz), telling on_bytes the file's position after each MiB."""
+    """`path` for reading (gunzipped when it ends in .gz), telling on_bytes the file's position and size after each MiB."""
     raw = io.BufferedReader(_Counting(open(path, "rb", buffering=0), on_bytes), 1 << 20)
     return _GzipOwning(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw

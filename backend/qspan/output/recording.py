@@ -31,9 +31,8 @@ from typing import IO
 
 from qspan import runtime
 from qspan.errors import RecordingError
-from qspan.output import counted
 from qspan.output.capped import Capped
-from qspan.output.counted import OnBytes
+from qspan.output.counted import OnBytes, open_counted
 from qspan.model.events import Event, Lost
 from qspan.transport.text import DEFAULT_STRING_KINDS, MalformedLine, parse_lines
 
@@ -165,7 +164,7 @@ def _body(f: IO[str], start_lineno: int, state: dict) -> Iterator[str]:
 def _open(path: Path, on_bytes: OnBytes | None = None) -> IO[bytes]:
     try:
         if on_bytes is not None:
-            return counted.open_counted(path, on_bytes)
+            return open_counted(path, on_bytes)
         if path.suffix == ".gz":  # recordings compress ~10x; tests keep theirs gzipped
             return gzip.open(path, "rb")
         return open(path, "rb")
